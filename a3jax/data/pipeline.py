@@ -1,0 +1,155 @@
+"""The Grain pipeline: packed rows -> per-epoch shuffle -> stateless groups -> sorted layouts.
+
+Element e of `train_dataset` (the GLOBAL example index) is a pure function of (config, e): its
+row comes from a per-epoch shuffle seeded by (config.seed, e // num_rows) and its grouping from
+`Curriculum.sample_groups(..., config.seed, e, config.train.batch_size)`. Step s holds examples
+[s * B, (s + 1) * B); process p of P takes the contiguous slice [p * B / P, (p + 1) * B / P). So
+resume, any worker count and any process count give the same batches.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import grain
+from absl import flags
+import numpy as np
+
+from a3jax.data.corpus import Corpus
+from a3jax.data.packing import Row, pack_documents
+from a3jax.data.tokenizer import ByteTokenizer
+from a3jax.layout import build_layout, stack_layouts
+from a3jax.orders import Curriculum, example_rng, parse_sampler
+
+_IN_PROCESS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
+class RowToLayout:
+    """map_with_index transform: (global example index, packed row) -> layout dict."""
+
+    def __init__(self, docs: Sequence[np.ndarray], curriculum: Curriculum, seed: int,
+                 global_batch_size: int, seq_len: int, tokenizer: ByteTokenizer):
+        self.docs = list(docs)
+        self.curriculum = curriculum
+        self.seed = seed
+        self.global_batch_size = global_batch_size
+        self.seq_len = seq_len
+        self.bos_id = tokenizer.bos_id
+        self.pad_id = tokenizer.pad_id
+
+    def __call__(self, example_index: int, row: Row) -> dict[str, np.ndarray]:
+        pieces = [self.docs[doc][start:stop] for doc, start, stop in row]
+        groups = self.curriculum.sample_groups(
+            [p.size for p in pieces], self.seed, example_index, self.global_batch_size
+        )
+        return build_layout(pieces, groups, self.seq_len, bos_id=self.bos_id, pad_id=self.pad_id)
+
+
+def _packed_rows(docs: Sequence[np.ndarray], seq_len: int, what: str) -> list[Row]:
+    if not docs:
+        raise ValueError(f"the corpus has no {what} documents")
+    return pack_documents([d.size for d in docs], seq_len)
+
+
+def train_dataset(config, corpus: Corpus, tokenizer: ByteTokenizer) -> grain.MapDataset:
+    """Infinite MapDataset; element e = layout (int32 [seq_len] fields) of global example e."""
+    seq_len = int(config.data.seq_len)
+    rows = _packed_rows(corpus.train_docs, seq_len, "train")
+    dataset = grain.MapDataset.source(rows)
+    if config.data.get("shuffle", True):
+        dataset = dataset.shuffle(seed=int(config.seed) % 2**32)  # reseeded per epoch by grain
+    to_layout = RowToLayout(
+        corpus.train_docs,
+        Curriculum.parse(config.orders.curriculum),
+        int(config.seed),
+        int(config.train.batch_size),
+        seq_len,
+        tokenizer,
+    )
+    return dataset.repeat().map_with_index(to_layout)
+
+
+def train_batches(
+    config,
+    corpus: Corpus,
+    tokenizer: ByteTokenizer,
+    start_step: int = 0,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's slice [batch_size // process_count, seq_len] of steps start_step, ...
+
+    config.data.worker_count > 0 prefetches in that many Grain worker processes.
+    """
+    global_batch = int(config.train.batch_size)
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"bad process_index={process_index} for process_count={process_count}")
+    if global_batch % process_count:
+        raise ValueError(
+            f"train.batch_size={global_batch} is not divisible by process_count={process_count}"
+        )
+    local_batch = global_batch // process_count
+    # Batch k of the local-size batching is process (k % P)'s slice of step k // P.
+    batches = train_dataset(config, corpus, tokenizer).batch(local_batch)
+    batches = batches.slice(slice(start_step * process_count + process_index, None, process_count))
+    stream = batches.to_iter_dataset(_IN_PROCESS)
+    workers = int(config.data.get("worker_count", 0))
+    if workers > 0:
+        if not flags.FLAGS.is_parsed():  # Grain reads its absl flags; outside an absl app
+            flags.FLAGS.mark_as_parsed()  # use their defaults
+        stream = stream.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
+        )
+    return iter(stream)
+
+
+def eval_batch(config, corpus: Corpus, tokenizer: ByteTokenizer, spec: str, num_rows: int,
+               seed: int = 1234) -> dict[str, np.ndarray]:
+    """The first num_rows packed rows of the eval documents, grouped by sampler `spec`."""
+    seq_len = int(config.data.seq_len)
+    rows = _packed_rows(corpus.eval_docs, seq_len, "eval")[:num_rows]
+    sampler = parse_sampler(spec)
+    layouts = []
+    for row_index, row in enumerate(rows):
+        pieces = [corpus.eval_docs[doc][start:stop] for doc, start, stop in row]
+        rng = example_rng(seed, row_index, 0)
+        groups = [sampler(p.size, rng) for p in pieces]
+        layouts.append(build_layout(pieces, groups, seq_len, bos_id=tokenizer.bos_id,
+                                    pad_id=tokenizer.pad_id))
+    return stack_layouts(layouts)
+
+
+def _line_starts(tokens: np.ndarray, newline_id: int) -> np.ndarray:
+    """Indices that begin a line (0 and every index after a newline)."""
+    return np.concatenate([[0], np.flatnonzero(tokens[:-1] == newline_id) + 1])
+
+
+def infill_example(corpus: Corpus, tokenizer: ByteTokenizer, seq_len: int, span_len: int,
+                   seed: int) -> tuple[np.ndarray, int, int]:
+    """A held-out window (<= seq_len - 1 tokens, from a line start) and a span [start, stop) to mask.
+
+    The span starts at a line start inside the window when one leaves room for span_len tokens.
+    """
+    rng = np.random.default_rng(seed)
+    docs = [d[:-1] if d.size and d[-1] == tokenizer.eos_id else d for d in corpus.eval_docs]
+    if not docs or max(d.size for d in docs) < 2:
+        raise ValueError("the corpus has no held-out document to infill")
+    window_len = seq_len - 1
+    usable = [i for i, d in enumerate(docs) if d.size >= window_len] or [
+        int(np.argmax([d.size for d in docs]))
+    ]
+    doc = docs[usable[int(rng.integers(len(usable)))]]
+    newline = tokenizer.encode("\n")[0]
+    starts = _line_starts(doc, newline)
+    starts = starts[starts <= max(0, doc.size - window_len)]
+    begin = int(starts[rng.integers(starts.size)])
+    window = doc[begin : begin + window_len]
+    span_len = int(np.clip(span_len, 1, window.size - 1))
+    # Leave at least one visible token before the span; prefer a line start.
+    candidates = _line_starts(window, newline)
+    candidates = candidates[(candidates >= 1) & (candidates <= window.size - span_len)]
+    if candidates.size == 0:
+        candidates = np.arange(1, window.size - span_len + 1)
+    start = int(candidates[rng.integers(candidates.size)])
+    return window.copy(), start, start + span_len

@@ -1,0 +1,125 @@
+"""The sorted group layout: the contract between data, model, kernels, decoding and evaluation.
+
+A row of length N holds one or more documents. Each document starts with BOS in the context group
+(group 0, never a target, visible to every row of its document). Its other tokens carry group ids
+>= 1 (group 0 is also allowed: prompt tokens join the context group). Tokens are stored in
+GENERATION order: stably sorted by (document, group). Padding sorts last.
+
+Fields (all int32 numpy arrays of shape [N]):
+  tokens       token ids in generation order
+  positions    original position inside the document (BOS = 0), used by RoPE
+  groups       group id, non-decreasing inside a document; 0 = context
+  segment_ids  1..D for documents in row order, 0 for padding
+  loss_mask    1 for a target token (group >= 1 of a real document), else 0
+
+Visibility (what the model implements, see model/attention.py):
+  content row i sees key j  iff  segment(j) == segment(i) and group(j) <= group(i)
+  query   row i sees key j  iff  segment(j) == segment(i) and group(j) <  group(i)
+Because the row is sorted, both are one contiguous key range per row (see `key_ranges`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+FIELDS = ("tokens", "positions", "groups", "segment_ids", "loss_mask")
+PAD_SEGMENT = 0
+CONTEXT_GROUP = 0
+
+
+def build_layout(
+    documents: Sequence[np.ndarray],
+    groups: Sequence[np.ndarray],
+    seq_len: int,
+    *,
+    bos_id: int,
+    pad_id: int,
+) -> dict[str, np.ndarray]:
+    """Builds the sorted layout of one row from documents (without BOS) and their group ids.
+
+    documents[d] holds the tokens of document d at original positions 1..L_d (BOS is added at
+    position 0); groups[d] holds one group id per token (>= 0; 0 = context, not a target).
+    """
+    if len(documents) != len(groups):
+        raise ValueError(
+            f"got {len(documents)} documents but {len(groups)} group arrays; pass one group "
+            "array per document"
+        )
+    total = sum(len(doc) + 1 for doc in documents)
+    if total > seq_len:
+        raise ValueError(
+            f"documents need {total} slots (tokens + one BOS each) but seq_len={seq_len}; "
+            "split long documents or raise seq_len"
+        )
+    fields = {name: np.zeros(seq_len, np.int32) for name in FIELDS}
+    fields["tokens"][:] = pad_id
+    cursor = 0
+    for doc_index, (doc, doc_groups) in enumerate(zip(documents, groups)):
+        doc = np.asarray(doc, np.int32)
+        doc_groups = np.asarray(doc_groups)
+        if doc.ndim != 1 or doc_groups.shape != doc.shape:
+            raise ValueError(
+                f"document {doc_index}: group ids have shape {doc_groups.shape} but the document "
+                f"has shape {doc.shape}; give exactly one group id per token"
+            )
+        if doc_groups.size and (doc_groups.min() < 0 or not np.issubdtype(doc_groups.dtype, np.integer)):
+            raise ValueError(
+                f"document {doc_index}: group ids must be integers >= 0 (0 = context), got "
+                f"min {doc_groups.min()} dtype {doc_groups.dtype}"
+            )
+        all_groups = np.concatenate([[CONTEXT_GROUP], doc_groups]).astype(np.int32)
+        order = np.argsort(all_groups, kind="stable")  # generation order inside the document
+        length = doc.size + 1
+        span = slice(cursor, cursor + length)
+        fields["tokens"][span] = np.concatenate([[bos_id], doc])[order]
+        fields["positions"][span] = order
+        fields["groups"][span] = all_groups[order]
+        fields["segment_ids"][span] = doc_index + 1
+        fields["loss_mask"][span] = all_groups[order] > CONTEXT_GROUP
+        cursor += length
+    return fields
+
+
+def stack_layouts(layouts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stacks per-row layouts into a batch with a leading axis."""
+    return {name: np.stack([layout[name] for layout in layouts]) for name in FIELDS}
+
+
+def key_ranges(segment_ids: np.ndarray, groups: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row contiguous key ranges [key_start, content_end) and [key_start, query_end).
+
+    Valid for sorted rows (groups non-decreasing inside each segment, segments contiguous).
+    Works on [..., N] arrays.
+    """
+    segment_ids = np.asarray(segment_ids)
+    groups = np.asarray(groups)
+    n = segment_ids.shape[-1]
+    idx = np.arange(n)
+    # A run is a maximal stretch of equal (segment, group); segments start where segment changes.
+    seg_change = np.ones(segment_ids.shape, bool)
+    seg_change[..., 1:] = segment_ids[..., 1:] != segment_ids[..., :-1]
+    run_change = seg_change.copy()
+    run_change[..., 1:] |= groups[..., 1:] != groups[..., :-1]
+    key_start = np.maximum.accumulate(np.where(seg_change, idx, 0), axis=-1)
+    query_end = np.maximum.accumulate(np.where(run_change, idx, 0), axis=-1)
+    # End of run: scan from the right for the next run start.
+    run_end_marker = np.zeros(segment_ids.shape, bool)
+    run_end_marker[..., :-1] = run_change[..., 1:]
+    run_end_marker[..., -1] = True
+    flipped = np.flip(np.where(run_end_marker, idx + 1, n + 1), axis=-1)
+    content_end = np.flip(np.minimum.accumulate(flipped, axis=-1), axis=-1)
+    return {
+        "key_start": key_start.astype(np.int32),
+        "content_end": content_end.astype(np.int32),
+        "query_end": query_end.astype(np.int32),
+    }
+
+
+def unsort(values: np.ndarray, layout: dict[str, np.ndarray], segment: int) -> np.ndarray:
+    """Values of one document (segment id) back in original position order (for display)."""
+    rows = np.flatnonzero(layout["segment_ids"] == segment)
+    out = np.empty(rows.size, dtype=np.asarray(values).dtype)
+    out[layout["positions"][rows]] = np.asarray(values)[rows]
+    return out

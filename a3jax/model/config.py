@@ -1,0 +1,91 @@
+"""Model hyper-parameters as a frozen dataclass, validated with errors that name the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+VARIANTS = ("a3", "causal")
+REMAT_POLICIES = ("none", "full", "dots")
+ROPE_SCALINGS = ("none", "llama3")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    kind: str = "none"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    variant: str = "a3"
+    vocab_size: int = 259
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 0  # 0 = d_model // n_heads
+    ffn_dim: int = 384
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = RopeScaling()
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    attention: str = "xla"
+    dtype: str = "bfloat16"
+    remat: str = "none"
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}; "
+                    "choose n_heads dividing d_model or set model.head_dim explicitly"
+                )
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        checks = [
+            (self.variant in VARIANTS, f"model.variant={self.variant!r} is not one of {VARIANTS}"),
+            (self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0,
+             f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads} (GQA)"),
+            (self.head_dim % 2 == 0, f"model.head_dim={self.head_dim} must be even for RoPE"),
+            (self.remat in REMAT_POLICIES, f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}"),
+            (self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {DTYPES}"),
+            (self.rope_scaling.kind in ROPE_SCALINGS,
+             f"model.rope_scaling.kind={self.rope_scaling.kind!r} is not one of {ROPE_SCALINGS}"),
+        ]
+        for value in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_dim"):
+            checks.append((getattr(self, value) > 0, f"model.{value}={getattr(self, value)} must be > 0"))
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> "ModelConfig":
+        values = dict(mapping)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; valid keys: {sorted(known)}")
+        scaling = dict(values.pop("rope_scaling", {}) or {})
+        scaling_known = {f.name for f in dataclasses.fields(RopeScaling)}
+        if set(scaling) - scaling_known:
+            raise ValueError(
+                f"unknown model.rope_scaling keys {sorted(set(scaling) - scaling_known)}; "
+                f"valid keys: {sorted(scaling_known)}"
+            )
+        return cls(rope_scaling=RopeScaling(**scaling), **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim

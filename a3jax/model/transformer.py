@@ -1,0 +1,171 @@
+"""The A3 two-stream transformer on a LLaMA backbone (Flax NNX), and its `causal` variant.
+
+Parameters (float32 masters; names map 1:1 to HF LLaMA, layers stacked on a leading axis L):
+  embed [V, D]                          model.embed_tokens.weight
+  layers.attn_norm [L, D]               model.layers.*.input_layernorm.weight
+  layers.wq [L, D, Hq*Dh], wk, wv       model.layers.*.self_attn.{q,k,v}_proj.weight (transposed)
+  layers.wo [L, Hq*Dh, D]               model.layers.*.self_attn.o_proj.weight (transposed)
+  layers.mlp_norm [L, D]                model.layers.*.post_attention_layernorm.weight
+  layers.w_gate, w_up [L, D, F]; w_down [L, F, D]   model.layers.*.mlp.*_proj.weight (transposed)
+  final_norm [D]                        model.norm.weight
+  lm_head [D, V] (untied only)          lm_head.weight (transposed)
+  query_embed [D] (a3 only)             model.query_embed (the official code's name)
+
+The content stream is exactly a LLaMA stack with the group mask; the query stream starts from
+the learned query vector, shares every weight, and reads keys/values from the content stream.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from a3jax.model import attention as attention_lib
+from a3jax.model import rope
+from a3jax.model.config import ModelConfig
+
+LAYER_PARAMS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
+
+
+def rms_norm(x, weight, eps):
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def _dot(x, w):
+    return jnp.einsum("...d,df->...f", x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _layer(cfg: ModelConfig, p, content, query, cos, sin, segment_ids, groups, update_content):
+    """One pre-norm LLaMA layer applied to the content stream and/or the query stream.
+
+    content, query: [B, N, D]. With update_content=False (the a3 model's last layer) only the
+    query rows are computed: the content stream's output would never be read.
+    """
+    b, n, _ = content.shape
+    if update_content:
+        rows = content if query is None else jnp.concatenate([content, query], axis=1)
+        rows_normed = rms_norm(rows, p["attn_norm"], cfg.norm_eps)
+        content_normed = rows_normed[:, :n]
+    else:
+        rows = query
+        rows_normed = rms_norm(rows, p["attn_norm"], cfg.norm_eps)
+        content_normed = rms_norm(content, p["attn_norm"], cfg.norm_eps)
+    s = rows.shape[1]
+    q = _dot(rows_normed, p["wq"]).reshape(b, s, cfg.n_heads, cfg.head_dim)
+    k = _dot(content_normed, p["wk"]).reshape(b, n, cfg.n_kv_heads, cfg.head_dim)
+    v = _dot(content_normed, p["wv"]).reshape(b, n, cfg.n_kv_heads, cfg.head_dim)
+    k = rope.apply_rope(k, cos, sin)
+    q_rows = [rope.apply_rope(q[:, i:i + n], cos, sin) for i in range(0, s, n)]
+    if update_content:
+        q_content, q_query = q_rows[0], (q_rows[1] if query is not None else None)
+    else:
+        q_content, q_query = None, q_rows[0]
+    out_content, out_query = attention_lib.two_stream_attention(
+        q_content, q_query, k, v, segment_ids, groups, backend=cfg.attention
+    )
+    attn = jnp.concatenate([o for o in (out_content, out_query) if o is not None], axis=1)
+    rows = rows + _dot(attn.reshape(b, s, cfg.q_dim), p["wo"])
+    mlp_in = rms_norm(rows, p["mlp_norm"], cfg.norm_eps)
+    hidden = jax.nn.silu(_dot(mlp_in, p["w_gate"])) * _dot(mlp_in, p["w_up"])
+    rows = rows + _dot(hidden, p["w_down"])
+    if not update_content:
+        return content, rows
+    if query is None:
+        return rows, None
+    return rows[:, :n], rows[:, n:]
+
+
+def _remat(fn, policy: str):
+    if policy == "none":
+        return fn
+    if policy == "full":
+        return jax.checkpoint(fn)
+    return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+
+
+class Transformer(nnx.Module):
+    """LLaMA-backbone transformer; variant `a3` adds the query stream, `causal` is plain LLaMA."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        normal = nnx.initializers.normal(cfg.init_std)
+        out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # residual-branch outputs start small
+        L, D, F = cfg.n_layers, cfg.d_model, cfg.ffn_dim
+        f32 = jnp.float32
+        self.embed = nnx.Param(normal(rngs.params(), (cfg.vocab_size, D), f32))
+        self.layers = nnx.Dict({
+            "attn_norm": nnx.Param(jnp.ones((L, D), f32)),
+            "wq": nnx.Param(normal(rngs.params(), (L, D, cfg.q_dim), f32)),
+            "wk": nnx.Param(normal(rngs.params(), (L, D, cfg.kv_dim), f32)),
+            "wv": nnx.Param(normal(rngs.params(), (L, D, cfg.kv_dim), f32)),
+            "wo": nnx.Param(out_std * jax.random.normal(rngs.params(), (L, cfg.q_dim, D), f32)),
+            "mlp_norm": nnx.Param(jnp.ones((L, D), f32)),
+            "w_gate": nnx.Param(normal(rngs.params(), (L, D, F), f32)),
+            "w_up": nnx.Param(normal(rngs.params(), (L, D, F), f32)),
+            "w_down": nnx.Param(out_std * jax.random.normal(rngs.params(), (L, F, D), f32)),
+        })
+        self.final_norm = nnx.Param(jnp.ones((D,), f32))
+        if not cfg.tie_embeddings:
+            self.lm_head = nnx.Param(normal(rngs.params(), (D, cfg.vocab_size), f32))
+        if cfg.variant == "a3":
+            # One learned vector shared by all query rows, at embedding scale (not std 1).
+            self.query_embed = nnx.Param(normal(rngs.params(), (D,), f32))
+        self.inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.cfg.dtype)
+
+    def embed_tokens(self, tokens_BxN):
+        return jnp.take(self.embed[...], tokens_BxN, axis=0).astype(self.compute_dtype)
+
+    def hidden_states(self, batch, *, inputs_embeds=None, full_content=False):
+        """Final-normed hidden states {"content": [B,N,D], "query": [B,N,D] or None}.
+
+        The a3 model's last content layer is skipped unless full_content=True.
+        """
+        cfg = self.cfg
+        dtype = self.compute_dtype
+        content = self.embed_tokens(batch["tokens"]) if inputs_embeds is None else inputs_embeds.astype(dtype)
+        query = None
+        if cfg.variant == "a3":
+            query = jnp.broadcast_to(self.query_embed[...].astype(dtype), content.shape)
+        cos, sin = rope.rope_tables(batch["positions"], self.inv_freq)
+        params = {name: self.layers[name][...].astype(dtype) for name in LAYER_PARAMS}
+        segment_ids, groups = batch["segment_ids"], batch["groups"]
+
+        def step(carry, layer_params, update_content=True):
+            return _layer(cfg, layer_params, *carry, cos, sin, segment_ids, groups, update_content), None
+
+        skip_last = query is not None and not full_content
+        n_scanned = cfg.n_layers - 1 if skip_last else cfg.n_layers
+        carry = (content, query)
+        if n_scanned:
+            scanned = jax.tree.map(lambda a: a[:n_scanned], params)
+            carry, _ = jax.lax.scan(_remat(step, cfg.remat), carry, scanned)
+        if skip_last:
+            last = jax.tree.map(lambda a: a[-1], params)
+            carry, _ = step(carry, last, update_content=False)
+        content, query = carry
+        norm = self.final_norm[...]
+        out = {"content": rms_norm(content, norm, cfg.norm_eps)}
+        out["query"] = None if query is None else rms_norm(query, norm, cfg.norm_eps)
+        return out
+
+    def logits(self, hidden_BxNxD):
+        """float32 logits [B, N, V] from final-normed hidden states."""
+        if self.cfg.tie_embeddings:
+            head = self.embed[...].T
+        else:
+            head = self.lm_head[...]
+        return jnp.einsum("bnd,dv->bnv", hidden_BxNxD, head.astype(hidden_BxNxD.dtype),
+                          preferred_element_type=jnp.float32)
+
+    def __call__(self, batch, *, inputs_embeds=None):
+        """Prediction logits [B, N, V]: query stream for a3 (token i's own logits), content for causal
+        (row i predicts row i + 1)."""
+        hidden = self.hidden_states(batch, inputs_embeds=inputs_embeds)
+        return self.logits(hidden["query"] if self.cfg.variant == "a3" else hidden["content"])

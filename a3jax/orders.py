@@ -1,0 +1,277 @@
+"""Stateless group samplers and the training curriculum (numpy only).
+
+A sampler maps a document's target length L (original positions 1..L; BOS at 0 is the context
+group and is not included) to int32 group ids of shape [L] with values 1..K, every value used.
+Group k is generated after all groups < k. The grouping of example e is a pure function of
+(seed, e, stage(e)), see `example_rng` and `Curriculum.sample_groups`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Protocol, Sequence
+
+import numpy as np
+
+VALID_FORMS = (
+    "ar, blocks(s), random(s), random_sizes(lo,hi), two_group(lo,hi), span(lo,hi), "
+    "and mixtures like '0.5*ar + 0.5*random(4)'"
+)
+_RNG_SALT = 0xA3_0D_E5  # separates these streams from any other use of the same seed
+
+
+class Sampler(Protocol):
+    def __call__(self, length: int, rng: np.random.Generator) -> np.ndarray: ...
+
+
+def _check_length(length: int) -> None:
+    if length < 0:
+        raise ValueError(f"document length must be >= 0, got {length}")
+
+
+def _chunk(order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Group ids where the first sizes[0] positions of `order` form group 1, and so on."""
+    groups = np.empty(order.size, np.int32)
+    groups[order] = np.repeat(np.arange(1, sizes.size + 1, dtype=np.int32), sizes)
+    return groups
+
+
+def _fraction(lo: float, hi: float, rng: np.random.Generator) -> float:
+    return lo + (hi - lo) * rng.random()
+
+
+@dataclasses.dataclass(frozen=True)
+class AR:
+    def __call__(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        _check_length(length)
+        return np.arange(1, length + 1, dtype=np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    size: int
+
+    def __call__(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        _check_length(length)
+        return (np.arange(length, dtype=np.int32) // self.size + 1).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Random:
+    size: int
+
+    def __call__(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        _check_length(length)
+        groups = np.empty(length, np.int32)
+        groups[rng.permutation(length)] = np.arange(length, dtype=np.int32) // self.size + 1
+        return groups
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomSizes:
+    lo: int
+    hi: int
+
+    def __call__(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        _check_length(length)
+        sizes = rng.integers(self.lo, self.hi + 1, size=length // self.lo + 1)
+        ends = np.cumsum(sizes)
+        count = int(np.searchsorted(ends, length)) + 1  # groups needed to cover length
+        sizes = sizes[:count].copy()
+        sizes[-1] -= ends[count - 1] - length  # last group may be shorter
+        return _chunk(rng.permutation(length), sizes[sizes > 0])
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoGroup:
+    lo: float
+    hi: float
+
+    def __call__(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        _check_length(length)
+        if length < 2:
+            return np.ones(length, np.int32)
+        count = int(np.clip(round(_fraction(self.lo, self.hi, rng) * length), 1, length - 1))
+        groups = np.ones(length, np.int32)
+        groups[rng.choice(length, size=count, replace=False)] = 2
+        return groups
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    lo: float
+    hi: float
+
+    def __call__(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        _check_length(length)
+        if length == 0:
+            return np.zeros(0, np.int32)
+        span = int(np.clip(round(_fraction(self.lo, self.hi, rng) * length), 1, length))
+        start = int(rng.integers(0, length - span + 1))
+        inside = np.zeros(length, bool)
+        inside[start : start + span] = True
+        order = np.concatenate([np.flatnonzero(~inside), np.flatnonzero(inside)])
+        return _chunk(order, np.ones(length, np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    weights: tuple[float, ...]  # normalised
+    components: tuple[Sampler, ...]
+
+    def __call__(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        index = int(rng.choice(len(self.components), p=np.asarray(self.weights)))
+        return self.components[index](length, rng)
+
+
+_TERM = re.compile(r"^(?:(?P<weight>[^*]+)\*)?(?P<name>[a-z_]+)(?:\((?P<args>[^()]*)\))?$")
+
+
+def _parse_term(term: str, spec: str) -> tuple[float, Sampler]:
+    def fail(why: str) -> ValueError:
+        where = repr(term) if term == spec else f"{term!r} in {spec!r}"
+        return ValueError(f"{why} {where}; valid: {VALID_FORMS}")
+
+    match = _TERM.match(term)
+    if match is None:
+        raise fail("unknown sampler")
+    weight = 1.0
+    if match["weight"] is not None:
+        try:
+            weight = float(match["weight"])
+        except ValueError:
+            raise fail("bad mixture weight in") from None
+        if not np.isfinite(weight) or weight < 0:
+            raise fail("mixture weight must be finite and >= 0 in")
+    name, raw = match["name"], match["args"]
+    args = [] if raw is None else raw.split(",")
+    arity = {"ar": 0, "blocks": 1, "random": 1, "random_sizes": 2, "two_group": 2, "span": 2}
+    if name not in arity:
+        raise fail("unknown sampler")
+    if len(args) != arity[name] or (raw is not None and arity[name] == 0):
+        raise fail(f"{name} takes {arity[name]} argument(s):")
+    if name == "ar":
+        return weight, AR()
+    if name in ("blocks", "random", "random_sizes"):
+        try:
+            ints = [int(a) for a in args]
+        except ValueError:
+            raise fail("group sizes must be integers in") from None
+        if min(ints) < 1:
+            raise fail("group sizes must be >= 1 in")
+        if name == "random_sizes":
+            if ints[0] > ints[1]:
+                raise fail("need lo <= hi in")
+            return weight, RandomSizes(ints[0], ints[1])
+        return weight, (Blocks if name == "blocks" else Random)(ints[0])
+    try:
+        lo, hi = (float(a) for a in args)
+    except ValueError:
+        raise fail("fractions must be numbers in") from None
+    if not (0 < lo <= 1 and 0 < hi <= 1):
+        raise fail("fractions must lie in (0, 1] in")
+    if lo > hi:
+        raise fail("need lo <= hi in")
+    return weight, (TwoGroup if name == "two_group" else Span)(lo, hi)
+
+
+def parse_sampler(spec: str) -> Sampler:
+    """Parses a sampler spec such as 'random(4)' or '0.4*ar + 0.6*blocks(2)'."""
+    compact = re.sub(r"\s+", "", spec)
+    if not compact:
+        raise ValueError(f"empty sampler spec {spec!r}; valid: {VALID_FORMS}")
+    terms = re.split(r"(?<![0-9][eE])\+", compact)
+    parsed = [_parse_term(term, compact) for term in terms]
+    if len(parsed) == 1:
+        return parsed[0][1]
+    weights = np.array([w for w, _ in parsed], np.float64)
+    if weights.sum() <= 0:
+        raise ValueError(f"mixture weights sum to 0 in {spec!r}; valid: {VALID_FORMS}")
+    return Mixture(tuple((weights / weights.sum()).tolist()), tuple(s for _, s in parsed))
+
+
+def example_rng(seed: int, example_index: int, stage: int) -> np.random.Generator:
+    """The random stream of one example: a pure function of (seed, example_index, stage)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, example_index, stage, _RNG_SALT]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    spec: str
+    until_step: int | None  # applies to steps < until_step; None for the last stage
+
+
+@dataclasses.dataclass(frozen=True)
+class Curriculum:
+    stages: tuple[Stage, ...]
+    _samplers: tuple[Sampler, ...] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("a curriculum needs at least one stage")
+        object.__setattr__(self, "_samplers", tuple(parse_sampler(s.spec) for s in self.stages))
+
+    @classmethod
+    def parse(cls, text: str) -> "Curriculum":
+        """Parses 'ar until 100; blocks(2) until 200; random(4)' (a bare spec = one stage)."""
+        pieces = [p.strip() for p in text.split(";")]
+        if pieces and not pieces[-1]:
+            pieces.pop()  # allow a trailing ';'
+        if not pieces:
+            raise ValueError(f"empty curriculum {text!r}; write e.g. 'ar until 100; random(4)'")
+        stages, previous = [], 0
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            parts = re.split(r"\buntil\b", piece)
+            if len(parts) > 2 or not parts[0].strip():
+                raise ValueError(f"bad curriculum stage {piece!r}; write '<sampler> until <step>'")
+            until = None
+            if len(parts) == 2:
+                if last:
+                    raise ValueError(f"the last curriculum stage {piece!r} must not have 'until'")
+                try:
+                    until = int(parts[1].strip())
+                except ValueError:
+                    raise ValueError(f"bad 'until' step in curriculum stage {piece!r}") from None
+                if until <= previous:
+                    raise ValueError(
+                        f"curriculum stage {piece!r}: until steps must be positive and strictly "
+                        f"increasing (previous {previous})"
+                    )
+                previous = until
+            elif not last:
+                raise ValueError(
+                    f"curriculum stage {piece!r} needs 'until <step>' (only the last may omit it)"
+                )
+            try:
+                parse_sampler(parts[0])
+            except ValueError as err:
+                raise ValueError(f"curriculum stage {piece!r}: {err}") from None
+            stages.append(Stage(parts[0].strip(), until))
+        return cls(tuple(stages))
+
+    def stage_of_step(self, step: int) -> int:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        for index, stage in enumerate(self.stages):
+            if stage.until_step is None or step < stage.until_step:
+                return index
+        return len(self.stages) - 1
+
+    def sampler(self, stage: int) -> Sampler:
+        return self._samplers[stage]
+
+    def stage_of_example(self, example_index: int, global_batch_size: int) -> int:
+        if global_batch_size < 1:
+            raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
+        return self.stage_of_step(example_index // global_batch_size)
+
+    def sample_groups(
+        self, lengths: Sequence[int], seed: int, example_index: int, global_batch_size: int
+    ) -> list[np.ndarray]:
+        """Group ids for each document packed in one example, all from one example rng."""
+        stage = self.stage_of_example(example_index, global_batch_size)
+        rng = example_rng(seed, example_index, stage)
+        sampler = self.sampler(stage)
+        return [sampler(int(length), rng) for length in lengths]

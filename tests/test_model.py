@@ -1,0 +1,185 @@
+"""The A3 model's defining properties: exact normalisation, no mask leaks, layout invariance,
+AR equivalence of the content stream, and loss hygiene."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from a3jax import orders
+from a3jax.layout import build_layout, stack_layouts
+from a3jax.loss import loss_fn, target_log_probs
+from a3jax.model import ModelConfig, Transformer
+
+BOS, PAD = 4, 3  # vocabulary of 5 including BOS
+
+
+def tiny_model(variant="a3", seed=0, **overrides):
+    kwargs = dict(variant=variant, vocab_size=5, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2,
+                  ffn_dim=32, dtype="float32", init_std=0.5)
+    kwargs.update(overrides)
+    return Transformer(ModelConfig(**kwargs), rngs=nnx.Rngs(seed))
+
+
+log_probs_fn = nnx.jit(target_log_probs)
+
+
+def as_batch(layouts):
+    return {k: jnp.asarray(v) for k, v in stack_layouts(layouts).items()}
+
+
+GROUPINGS = {
+    "ar": np.array([1, 2, 3, 4]),
+    "blocks2": np.array([1, 1, 2, 2]),
+    "random2": np.array([2, 1, 1, 2]),
+    "variable": np.array([2, 1, 2, 2]),
+    "one_group": np.array([1, 1, 1, 1]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GROUPINGS))
+def test_probabilities_sum_to_one_over_all_sequences(name):
+    model = tiny_model()
+    groups = GROUPINGS[name]
+    sequences = np.array(list(itertools.product(range(5), repeat=4)), np.int32)
+    batch = as_batch([build_layout([seq], [groups], 6, bos_id=BOS, pad_id=PAD) for seq in sequences])
+    log_probs, weights = log_probs_fn(model, batch)
+    assert np.asarray(weights).sum(axis=1).tolist() == [4.0] * len(sequences)
+    seq_log_prob = np.asarray(jnp.sum(log_probs * weights, axis=1), np.float64)
+    probs = np.exp(seq_log_prob)
+    assert abs(probs.sum() - 1.0) < 1e-5, probs.sum()
+    # The check means something only if the model is far from uniform.
+    assert probs.max() / probs.min() > 10
+
+
+def test_causal_variant_normalises_too():
+    model = tiny_model("causal")
+    sequences = np.array(list(itertools.product(range(5), repeat=4)), np.int32)
+    batch = as_batch([build_layout([s], [GROUPINGS["ar"]], 5, bos_id=BOS, pad_id=PAD) for s in sequences])
+    log_probs, weights = log_probs_fn(model, batch)
+    probs = np.exp(np.asarray(jnp.sum(log_probs * weights, axis=1), np.float64))
+    assert abs(probs.sum() - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_mask_leak_in_gradients(seed):
+    rng = np.random.default_rng(seed)
+    sampler = orders.parse_sampler("random_sizes(1,3)")
+    docs = [rng.integers(0, 3, size=7), rng.integers(0, 3, size=5)]
+    groups = [sampler(len(d), rng) for d in docs]
+    layout = build_layout(docs, groups, 16, bos_id=BOS, pad_id=PAD)
+    batch = as_batch([layout])
+    model = tiny_model(seed=seed)
+    embeds = model.embed_tokens(batch["tokens"])[0]
+
+    def logits_of(embeds_NxD):
+        return model(batch, inputs_embeds=embeds_NxD[None])[0]
+
+    jac = jax.jit(jax.jacrev(logits_of))(embeds)  # [N, V, N, D]
+    influence = np.abs(np.asarray(jac)).sum(axis=(1, 3))  # [row i, key j]
+    seg, grp = layout["segment_ids"], layout["groups"]
+    real = seg > 0
+    visible = (seg[:, None] == seg[None, :]) & (grp[None, :] < grp[:, None])
+    targets = layout["loss_mask"] > 0
+    forbidden = targets[:, None] & ~visible
+    assert forbidden.sum() > 20
+    assert np.all(influence[forbidden] == 0.0), np.argwhere(influence * forbidden)
+    # Padding never influences real rows; visible earlier groups do influence targets.
+    assert np.all(influence[np.ix_(real, ~real)] == 0.0)
+    assert np.all(influence[targets[:, None] & visible] > 0)
+
+
+def test_logprobs_invariant_to_packing_and_document_order():
+    rng = np.random.default_rng(3)
+    model = tiny_model(vocab_size=5)
+    doc_a, doc_b = rng.integers(0, 3, size=9), rng.integers(0, 3, size=6)
+    sampler = orders.parse_sampler("random(2)")
+    grp_a, grp_b = sampler(9, rng), sampler(6, rng)
+    packings = [
+        build_layout([doc_a, doc_b], [grp_a, grp_b], 20, bos_id=BOS, pad_id=PAD),
+        build_layout([doc_b, doc_a], [grp_b, grp_a], 20, bos_id=BOS, pad_id=PAD),
+        build_layout([doc_a], [grp_a], 20, bos_id=BOS, pad_id=PAD),
+    ]
+    logp, _ = log_probs_fn(model, as_batch(packings))
+    logp = np.asarray(logp)
+    by_position = []
+    for row, a_segment in zip(range(3), [1, 2, 1]):
+        mask = packings[row]["segment_ids"] == a_segment
+        values = np.zeros(10)
+        values[packings[row]["positions"][mask]] = logp[row][mask]
+        by_position.append(values)
+    np.testing.assert_allclose(by_position[0], by_position[1], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(by_position[0], by_position[2], atol=1e-6, rtol=0)
+    assert np.all(by_position[0][1:] < 0)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_content_stream_equals_causal_model_under_ar_groups(tie):
+    a3 = tiny_model("a3", tie_embeddings=tie, init_std=0.2)
+    causal = tiny_model("causal", seed=7, tie_embeddings=tie, init_std=0.2)
+    shared = nnx.state(a3, nnx.Param)
+    del shared["query_embed"]
+    nnx.update(causal, shared)
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 3, size=11), rng.integers(0, 3, size=4)]
+    layout = build_layout(docs, [np.arange(1, 12), np.arange(1, 5)], 20, bos_id=BOS, pad_id=PAD)
+    batch = as_batch([layout])
+    content = a3.hidden_states(batch, full_content=True)["content"]
+    reference = causal.hidden_states(batch)["content"]
+    real = layout["segment_ids"] > 0
+    np.testing.assert_allclose(np.asarray(content)[0][real], np.asarray(reference)[0][real], atol=1e-5)
+
+
+def test_pad_tokens_change_no_loss_or_gradient():
+    model = tiny_model()
+    rng = np.random.default_rng(1)
+    layout = build_layout([rng.integers(0, 3, size=6)], [np.array([1, 2, 1, 3, 2, 1])], 12,
+                          bos_id=BOS, pad_id=PAD)
+    other = dict(layout)
+    other["tokens"] = np.where(layout["segment_ids"] == 0, 1, layout["tokens"]).astype(np.int32)
+    assert not np.array_equal(other["tokens"], layout["tokens"])
+    grad_fn = nnx.jit(nnx.value_and_grad(lambda m, b: loss_fn(m, b)[0]))
+    loss_a, grads_a = grad_fn(model, as_batch([layout]))
+    loss_b, grads_b = grad_fn(model, as_batch([other]))
+    assert float(loss_a) == float(loss_b)
+    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, weights = log_probs_fn(model, as_batch([layout]))
+    weights = np.asarray(weights)[0]
+    assert np.all(weights[layout["segment_ids"] == 0] == 0)
+    assert np.all(weights[layout["groups"] == 0] == 0)
+    assert np.all(weights[(layout["groups"] > 0) & (layout["segment_ids"] > 0)] == 1)
+
+
+def test_empty_rows_give_finite_zero_gradients():
+    model = tiny_model()
+    layout = build_layout([np.array([0, 1, 2])], [np.array([1, 1, 2])], 8, bos_id=BOS, pad_id=PAD)
+    batch = as_batch([layout])
+    grads = nnx.jit(nnx.grad(lambda m, b: loss_fn(m, b)[0]))(model, batch)
+    for leaf in jax.tree.leaves(grads):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def test_bfloat16_compute_tracks_float32():
+    rng = np.random.default_rng(2)
+    docs = [rng.integers(0, 3, size=12)]
+    batch = as_batch([build_layout(docs, [orders.parse_sampler("random(3)")(12, rng)], 16,
+                                   bos_id=BOS, pad_id=PAD)])
+    f32 = tiny_model(init_std=0.1)
+    bf16 = tiny_model(init_std=0.1, dtype="bfloat16")
+    jit_loss = nnx.jit(loss_fn)
+    loss32, loss16 = float(jit_loss(f32, batch)[0]), float(jit_loss(bf16, batch)[0])
+    assert abs(loss32 - loss16) < 2e-2 * abs(loss32)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+
+
+def test_model_config_errors_name_the_value():
+    with pytest.raises(ValueError, match="n_heads=7 does not divide model.d_model=128"):
+        ModelConfig(d_model=128, n_heads=7)
+    with pytest.raises(ValueError, match="n_kv_heads=3"):
+        ModelConfig(n_heads=4, n_kv_heads=3)
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_mapping({"d_modle": 3})
