@@ -32,14 +32,14 @@ def _masked_attention(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask_BxSxN):
         "bskgd,bnkd->bkgsn", q_BxSxKxGxD, k_BxNxKxD, preferred_element_type=jnp.float32
     ) / jnp.sqrt(jnp.float32(head_dim))
     mask = mask_BxSxN[:, None, None, :, :]
-    scores = jnp.where(mask, scores, -1e30)
-    row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
-    weights = jnp.where(mask, jnp.exp(scores - row_max), 0.0)
-    denom = jnp.sum(weights, axis=-1, keepdims=True)
-    probs = weights / jnp.where(denom > 0, denom, 1.0)
+    # Masked scores get a large finite negative (not -inf) so a fully masked row stays finite;
+    # its output is zeroed below, which also zeroes its gradients.
+    probs = jax.nn.softmax(jnp.where(mask, scores, -1e30), axis=-1)
     out = jnp.einsum("bkgsn,bnkd->bskgd", probs.astype(v_BxNxKxD.dtype), v_BxNxKxD,
                      preferred_element_type=jnp.float32)
-    return out.reshape(b, s, n_heads, head_dim).astype(q_BxSxHxD.dtype)
+    sees_any_key = jnp.any(mask_BxSxN, axis=-1)[:, :, None, None]
+    out = out.reshape(b, s, n_heads, head_dim) * sees_any_key
+    return out.astype(q_BxSxHxD.dtype)
 
 
 def two_stream_attention(q_content, q_query, k, v, segment_ids, groups, *, backend="xla"):

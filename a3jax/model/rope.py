@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import numpy as np
 from a3jax.model.config import RopeScaling
 
 
+@functools.lru_cache(maxsize=None)
 def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling) -> np.ndarray:
     """Per-pair inverse frequencies [head_dim // 2], with the llama3 frequency-band rescaling."""
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))

@@ -113,7 +113,6 @@ class Transformer(nnx.Module):
         if cfg.variant == "a3":
             # One learned vector shared by all query rows, at embedding scale (not std 1).
             self.query_embed = nnx.Param(normal(rngs.params(), (D,), f32))
-        self.inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
 
     @property
     def compute_dtype(self):
@@ -133,7 +132,8 @@ class Transformer(nnx.Module):
         query = None
         if cfg.variant == "a3":
             query = jnp.broadcast_to(self.query_embed[...].astype(dtype), content.shape)
-        cos, sin = rope.rope_tables(batch["positions"], self.inv_freq)
+        inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        cos, sin = rope.rope_tables(batch["positions"], inv_freq)
         params = {name: self.layers[name][...].astype(dtype) for name in LAYER_PARAMS}
         segment_ids, groups = batch["segment_ids"], batch["groups"]
 
@@ -145,7 +145,7 @@ class Transformer(nnx.Module):
         carry = (content, query)
         if n_scanned:
             scanned = jax.tree.map(lambda a: a[:n_scanned], params)
-            carry, _ = jax.lax.scan(_remat(step, cfg.remat), carry, scanned)
+            carry, _ = jax.lax.scan(_remat(step, cfg.remat), carry, scanned, unroll=True)
         if skip_last:
             last = jax.tree.map(lambda a: a[-1], params)
             carry, _ = step(carry, last, update_content=False)

@@ -1,0 +1,93 @@
+"""Orbax checkpoints of the train state plus a JSON record of the config and data position.
+
+Layout: WORKDIR/checkpoints/<step>/{state, meta}. Orbax writes each step to a temporary folder
+and renames it when complete, so a half-written step is never listed. Before anything is restored
+the saved model config is compared with the requested one; a mismatch is refused with the
+differences listed, and nothing in the workdir is touched.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class IncompatibleCheckpointError(ValueError):
+    """The workdir holds a checkpoint of a different model."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def config_differences(saved: dict, requested: dict, prefix: str) -> list[str]:
+    """Human-readable differences between two nested config dicts."""
+    saved_flat, requested_flat = _flatten(saved, prefix + "."), _flatten(requested, prefix + ".")
+    lines = []
+    for key in sorted(set(saved_flat) | set(requested_flat)):
+        a, b = saved_flat.get(key, "<absent>"), requested_flat.get(key, "<absent>")
+        if a != b:
+            lines.append(f"{key}: checkpoint has {a!r}, config asks {b!r}")
+    return lines
+
+
+class Checkpointer:
+    """A thin wrapper over orbax's CheckpointManager for train state + metadata."""
+
+    def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True):
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def read_meta(self, step: int) -> dict:
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def check_compatible(self, model_config: dict) -> None:
+        """Raises IncompatibleCheckpointError if the latest checkpoint holds another model."""
+        step = self.latest_step()
+        if step is None:
+            return
+        saved = self.read_meta(step).get("model", {})
+        diffs = config_differences(saved, model_config, "model")
+        if diffs:
+            raise IncompatibleCheckpointError(
+                f"{self.directory} holds a checkpoint (step {step}) of a different model: "
+                + "; ".join(diffs)
+                + ". Use a new --workdir, or set the model config to match the checkpoint."
+            )
+
+    def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            force=force,
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], dict(restored["meta"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

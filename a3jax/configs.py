@@ -1,0 +1,123 @@
+"""Experiment configs: load an ml_collections config file, apply `--config.a.b=v` overrides,
+validate everything up front with one-line errors that name the bad value and the fix."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import pathlib
+from typing import Sequence
+
+from ml_collections import ConfigDict
+
+from a3jax.model import ModelConfig
+from a3jax.orders import Curriculum, parse_sampler
+from a3jax.train.optimizer import SCHEDULES
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used."""
+
+
+def load_config_file(path: str | pathlib.Path) -> ConfigDict:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass e.g. --config=experiments/tiny.py")
+    spec = importlib.util.spec_from_file_location(f"a3jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config() function")
+    return module.get_config()
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        return text  # a bare string such as ar or random(4)
+
+
+def apply_override(config: ConfigDict, dotted_key: str, text: str) -> None:
+    """Sets config[dotted_key] from its command-line text, keeping the field's type."""
+    *parents, leaf = dotted_key.split(".")
+    node = config
+    for depth, name in enumerate(parents + [leaf]):
+        where = ".".join(parents[:depth]) or "the top level"
+        if not isinstance(node, ConfigDict) or name not in node:
+            valid = sorted(node.keys()) if isinstance(node, ConfigDict) else []
+            hint = difflib.get_close_matches(name, valid, n=1)
+            did_you_mean = f" (did you mean {'.'.join(parents[:depth] + hint)}?)" if hint else ""
+            raise ConfigError(
+                f"unknown config key {dotted_key}{did_you_mean}; valid keys under {where}: {valid}"
+            )
+        if name != leaf or depth < len(parents):
+            node = node[name]
+    value = _parse_value(text)
+    old = node[leaf]
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(old, str) and not isinstance(value, str):
+        value = text
+    if isinstance(old, tuple) and isinstance(value, (str, list)):
+        value = tuple(value) if isinstance(value, list) else (value,)
+    try:
+        node[leaf] = value
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"config key {dotted_key}={text!r} has the wrong type: expected "
+            f"{type(old).__name__} like {old!r} ({error})"
+        ) from None
+
+
+def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ConfigDict:
+    """Loads a config file and applies overrides given as 'a.b=v' strings, then validates."""
+    config = load_config_file(path)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} has no '='; write it as --config.{key}=VALUE")
+        apply_override(config, key.removeprefix("--").removeprefix("config."), text)
+    validate(config)
+    return config
+
+
+def model_config(config: ConfigDict) -> ModelConfig:
+    try:
+        return ModelConfig.from_mapping(config.model.to_dict())
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks every section; raises ConfigError naming the first bad value."""
+    model = model_config(config)
+    checks = [
+        (config.train.batch_size > 0, f"train.batch_size={config.train.batch_size} must be > 0"),
+        (config.train.steps > 0, f"train.steps={config.train.steps} must be > 0"),
+        (config.data.seq_len >= 2, f"data.seq_len={config.data.seq_len} must be >= 2"),
+        (config.train.schedule in SCHEDULES,
+         f"train.schedule={config.train.schedule!r} is not one of {SCHEDULES}"),
+        (config.train.checkpoint_every > 0,
+         f"train.checkpoint_every={config.train.checkpoint_every} must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    try:
+        curriculum = Curriculum.parse(config.orders.curriculum)
+        for spec in config.orders.eval:
+            parse_sampler(spec)
+    except ValueError as error:
+        raise ConfigError(f"orders: {error}") from None
+    if model.variant == "causal":
+        bad = [s.spec for s in curriculum.stages if s.spec.replace(" ", "") != "ar"]
+        if bad:
+            raise ConfigError(
+                f"model.variant='causal' predicts the next token and trains only under the 'ar' "
+                f"order, but orders.curriculum has {bad}; set --config.orders.curriculum=ar"
+            )

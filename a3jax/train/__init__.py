@@ -1,0 +1,1 @@
+"""Training on one host: optimizer, jitted steps, metrics, checkpoints and the loop."""

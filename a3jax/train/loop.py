@@ -1,0 +1,123 @@
+"""The single-host training loop: data -> jitted step -> metrics, periodic eval, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from a3jax.checkpoint import Checkpointer
+from a3jax.configs import model_config, validate
+from a3jax.data import ByteTokenizer, eval_batch, load_corpus, train_batches
+from a3jax.data.corpus import Corpus
+from a3jax.train.metrics import MetricWriter
+from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
+from a3jax.train.step import init_model, make_eval_step, make_train_step
+
+
+def evaluate(eval_step, params, eval_batches: dict) -> dict[str, float]:
+    """Held-out NLL per target token and bits per byte under each named order."""
+    results = {}
+    for spec, batch in eval_batches.items():
+        totals = jax.device_get(eval_step(params, batch))
+        nll = float(totals["nll_sum"])
+        results[f"{spec}/nll"] = nll / max(float(totals["n_targets"]), 1.0)
+        results[f"{spec}/bits_per_byte"] = nll / math.log(2) / max(float(totals["n_bytes"]), 1.0)
+    return results
+
+
+def train(config: ConfigDict, workdir: str | pathlib.Path, *, stop_after: int | None = None,
+          corpus: Corpus | None = None, progress: bool = True) -> dict:
+    """Trains (or resumes) to config.train.steps, or stops after step `stop_after`.
+
+    Returns a summary: last step, last logged loss, last eval results, tokens/s.
+    """
+    validate(config)
+    model_cfg = model_config(config)
+    tokenizer = ByteTokenizer()
+    tokenizer.check_vocab(model_cfg.vocab_size)
+    workdir = pathlib.Path(workdir)
+    checkpointer = Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+    try:
+        checkpointer.check_compatible(model_cfg.to_dict())  # before anything is written
+        return _train(config, workdir, model_cfg, tokenizer, checkpointer, stop_after, corpus, progress)
+    finally:
+        checkpointer.close()
+
+
+def _train(config, workdir, model_cfg, tokenizer, checkpointer, stop_after, corpus, progress):
+    log = lambda message: print(f"[a3jax] {message}", file=sys.stderr, flush=True)  # noqa: E731
+    model_def, params = init_model(model_cfg, int(config.seed))
+    tx = make_optimizer(config.train)
+    schedule = learning_rate_schedule(config.train)
+    opt_state = tx.init(params)
+    start = 0
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        abstract = jax.eval_shape(lambda: {"params": params, "opt_state": opt_state})
+        state, meta = checkpointer.restore(latest, abstract)
+        params, opt_state, start = state["params"], state["opt_state"], int(meta["step"])
+        log(f"resumed from {checkpointer.directory / str(latest)} at step {start}")
+
+    corpus = corpus if corpus is not None else load_corpus(config.data, tokenizer)
+    batches = train_batches(config, corpus, tokenizer, start_step=start)
+    eval_specs = list(config.orders.eval)
+    if model_cfg.variant == "causal" and any(s.replace(" ", "") != "ar" for s in eval_specs):
+        log("causal model: evaluating under the 'ar' order only")
+        eval_specs = ["ar"]
+    eval_batches = {s: eval_batch(config, corpus, tokenizer, s, int(config.train.eval_rows)) for s in eval_specs}
+    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
+
+    train_step = make_train_step(model_def, tx, schedule)
+    eval_step = make_eval_step(model_def, tokenizer.eos_id)
+    writer = MetricWriter(workdir, resume_step=start)
+    total = int(config.train.steps)
+    end = total if stop_after is None else min(int(stop_after), total)
+    tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
+    summary = {"step": start, "eval": {}, "loss": None, "tokens_per_s": None}
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 15.0)
+    pending, window_start, window_steps = [], time.perf_counter(), 0
+    try:
+        for step in range(start, end):
+            batch = next(batches)
+            params, opt_state, metrics = train_step(params, opt_state, step, batch)
+            pending.append((step + 1, metrics))
+            window_steps += 1
+            done = step + 1
+            bar.update(1)
+            if done % int(config.train.log_every) == 0 or done == end:
+                fetched = jax.device_get(pending)  # one sync per log interval, not per step
+                elapsed = time.perf_counter() - window_start
+                tokens_per_s = tokens_per_step * window_steps / max(elapsed, 1e-9)
+                for logged_step, values in fetched:
+                    scalars = {k: float(v) for k, v in values.items()}
+                    scalars["tokens_per_s"] = tokens_per_s
+                    writer.write(logged_step, scalars, prefix="train/")
+                loss = float(fetched[-1][1]["loss"])
+                summary.update(loss=loss, tokens_per_s=tokens_per_s)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+                pending, window_start, window_steps = [], time.perf_counter(), 0
+            if done % int(config.train.eval_every) == 0 or done == total:
+                summary["eval"] = evaluate(eval_step, params, eval_batches)
+                writer.write(done, summary["eval"], prefix="eval/")
+                bar.write("[a3jax] step {}: {}".format(done, "  ".join(
+                    f"{k}={v:.3f}" for k, v in summary["eval"].items())), file=sys.stderr)
+            if done % int(config.train.checkpoint_every) == 0 or done == end:
+                meta = {"step": done, "model": model_cfg.to_dict(), "config": config.to_dict()}
+                checkpointer.save(done, {"params": params, "opt_state": opt_state},
+                                  json.loads(json.dumps(meta, default=list)))
+            summary["step"] = done
+    finally:
+        bar.close()
+        writer.close()
+    checkpointer.wait()
+    summary["params"] = params
+    return summary

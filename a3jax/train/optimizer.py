@@ -1,0 +1,51 @@
+"""AdamW with warmup + cosine / constant / WSD schedules and global-norm clipping (optax)."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+SCHEDULES = ("cosine", "constant", "wsd")
+
+
+def learning_rate_schedule(train_config) -> optax.Schedule:
+    """Linear warmup to train.lr, then cosine decay, constant, or warmup-stable-decay."""
+    peak = float(train_config.lr)
+    steps = int(train_config.steps)
+    warmup = min(int(train_config.warmup_steps), steps)
+    floor = peak * float(train_config.min_lr_ratio)
+    kind = train_config.schedule
+    if kind not in SCHEDULES:
+        raise ValueError(f"train.schedule={kind!r} is not one of {SCHEDULES}")
+    warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
+    rest = max(steps - warmup, 1)
+    if kind == "cosine":
+        after = optax.cosine_decay_schedule(peak, rest, alpha=floor / peak if peak else 0.0)
+    elif kind == "constant":
+        after = optax.constant_schedule(peak)
+    else:  # wsd: hold the peak, then decay linearly to the floor over the last decay_fraction
+        decay = max(int(round(rest * float(train_config.decay_fraction))), 1)
+        after = optax.join_schedules(
+            [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)],
+            [rest - decay],
+        )
+    return optax.join_schedules([warmup_fn, after], [warmup])
+
+
+def _decay_mask(params):
+    """Weight decay on matrices only (not norms, not the query vector)."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(float(train_config.clip_norm)),
+        optax.adamw(
+            learning_rate_schedule(train_config),
+            b1=float(train_config.b1),
+            b2=float(train_config.b2),
+            eps=float(train_config.eps),
+            weight_decay=float(train_config.weight_decay),
+            mask=_decay_mask,
+        ),
+    )

@@ -1,0 +1,31 @@
+"""Shared fixtures: a micro config and a small in-memory corpus (tests never need the network)."""
+
+import pathlib
+
+import pytest
+
+from a3jax.configs import load_config
+from a3jax.data import ByteTokenizer, corpus_from_texts
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TINY = ROOT / "experiments" / "tiny.py"
+
+MICRO = [
+    "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
+    "model.ffn_dim=64", "model.dtype=float32", "data.seq_len=64", "train.batch_size=4",
+    "train.steps=20", "train.warmup_steps=4", "train.log_every=1", "train.eval_every=10",
+    "train.eval_rows=4", "train.checkpoint_every=5", "train.lr=0.003",
+]
+
+
+def micro_config(*extra):
+    return load_config(TINY, MICRO + list(extra))
+
+
+@pytest.fixture(scope="session")
+def small_corpus():
+    texts = []
+    for i in range(40):
+        body = "".join(f"    value_{j} = compute({i}, {j})\n" for j in range(i % 7 + 2))
+        texts.append(f"def function_{i}(x):\n{body}    return x + {i}\n")
+    return corpus_from_texts(texts, ByteTokenizer(), eval_fraction=0.1)

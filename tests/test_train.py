@@ -1,0 +1,129 @@
+"""Training end to end on CPU: exact resume, schedules, metrics, and bad input that damages nothing."""
+
+import hashlib
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from a3jax import cli
+from a3jax.checkpoint import IncompatibleCheckpointError
+from a3jax.configs import ConfigError
+from a3jax.layout import build_layout
+from a3jax.train.loop import train
+from a3jax.train.metrics import read_metrics
+from a3jax.train.optimizer import learning_rate_schedule
+
+from conftest import TINY, micro_config
+
+
+def losses(workdir):
+    return [(r["step"], r["train/loss"]) for r in read_metrics(workdir) if "train/loss" in r]
+
+
+def test_resume_gives_identical_losses_and_parameters(tmp_path, small_corpus):
+    config = micro_config()
+    straight = train(config, tmp_path / "straight", corpus=small_corpus, progress=False)
+    first = train(config, tmp_path / "resumed", corpus=small_corpus, progress=False, stop_after=10)
+    assert first["step"] == 10
+    resumed = train(config, tmp_path / "resumed", corpus=small_corpus, progress=False)
+    assert resumed["step"] == 20
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+    assert len(losses(tmp_path / "straight")) == 20
+    for a, b in zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(resumed["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Training actually moved: loss fell and eval metrics are finite.
+    curve = [loss for _, loss in losses(tmp_path / "straight")]
+    assert curve[-1] < curve[0]
+    assert all(np.isfinite(v) for v in straight["eval"].values())
+    assert set(straight["eval"]) == {"ar/nll", "ar/bits_per_byte", "random(4)/nll", "random(4)/bits_per_byte"}
+    assert list((tmp_path / "straight" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_causal_variant_trains(tmp_path, small_corpus):
+    config = micro_config("model.variant=causal", "orders.curriculum=ar", "train.steps=6")
+    summary = train(config, tmp_path, corpus=small_corpus, progress=False)
+    assert set(summary["eval"]) == {"ar/nll", "ar/bits_per_byte"}
+    assert np.isfinite(summary["loss"])
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant", "wsd"])
+def test_schedules_warm_up_then_follow_their_shape(schedule):
+    config = micro_config(f"train.schedule={schedule}", "train.steps=100", "train.warmup_steps=10",
+                          "train.lr=1.0", "train.min_lr_ratio=0.1", "train.decay_fraction=0.2")
+    lr = learning_rate_schedule(config.train)
+    assert float(lr(0)) == 0.0
+    assert float(lr(5)) == pytest.approx(0.5)
+    assert float(lr(10)) == pytest.approx(1.0)
+    if schedule == "cosine":
+        assert float(lr(55)) == pytest.approx(0.55, abs=1e-3)
+        assert float(lr(100)) == pytest.approx(0.1)
+    elif schedule == "constant":
+        assert float(lr(100)) == pytest.approx(1.0)
+    else:
+        assert float(lr(70)) == pytest.approx(1.0)
+        assert float(lr(91)) == pytest.approx(0.55, abs=1e-3)
+        assert float(lr(100)) == pytest.approx(0.1)
+
+
+def tree_digest(directory: pathlib.Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_checkpoint_of_another_model_is_refused_and_nothing_is_damaged(tmp_path, small_corpus):
+    train(micro_config("train.steps=5"), tmp_path, corpus=small_corpus, progress=False)
+    before = tree_digest(tmp_path)
+    with pytest.raises(IncompatibleCheckpointError, match=r"model.d_model: checkpoint has 32, config asks 48"):
+        train(micro_config("train.steps=10", "model.d_model=48"), tmp_path, corpus=small_corpus, progress=False)
+    assert tree_digest(tmp_path) == before
+
+
+def test_cli_errors_are_one_line_and_name_the_value(tmp_path, capsys):
+    cases = [
+        (["--config.model.d_modle=64"], "unknown config key model.d_modle (did you mean model.d_model?)"),
+        (["--config.model.n_heads=7"], "model.n_heads=7 does not divide model.d_model=128"),
+        (["--config.train.steps=abc"], "train.steps='abc' has the wrong type"),
+        (["--config.orders.curriculum=randm(4)"], "unknown sampler 'randm(4)'"),
+    ]
+    for overrides, expected in cases:
+        code = cli.main(["train", f"--config={TINY}", f"--workdir={tmp_path / 'w'}"] + overrides)
+        err = capsys.readouterr().err.strip()
+        assert code == 2
+        assert expected in err, err
+        assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_refuses_a_workdir_of_another_model_without_touching_it(tmp_path, small_corpus, capsys):
+    train(micro_config("train.steps=5"), tmp_path, corpus=small_corpus, progress=False)
+    before = tree_digest(tmp_path)
+    overrides = [f"--config.{o}" for o in ["model.d_model=32", "model.n_layers=3", "model.n_heads=2",
+                                          "model.n_kv_heads=1", "model.ffn_dim=64", "data.seq_len=64"]]
+    code = cli.main(["train", f"--config={TINY}", f"--workdir={tmp_path}"] + overrides)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "model.n_layers: checkpoint has 2, config asks 3" in err
+    assert "new --workdir" in err
+    assert tree_digest(tmp_path) == before
+
+
+def test_group_ids_of_the_wrong_length_are_refused():
+    with pytest.raises(ValueError, match=r"group ids have shape \(3,\) but the document has shape \(4,\)"):
+        build_layout([np.arange(4)], [np.array([1, 2, 3])], 8, bos_id=1, pad_id=0)
+    with pytest.raises(ValueError, match="seq_len=4"):
+        build_layout([np.arange(4)], [np.arange(1, 5)], 4, bos_id=1, pad_id=0)
+
+
+def test_metrics_of_steps_after_the_checkpoint_are_dropped_on_resume(tmp_path, small_corpus):
+    config = micro_config("train.steps=10")
+    train(config, tmp_path, corpus=small_corpus, progress=False, stop_after=5)
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # a crashed run logged step 6 and 7
+        f.write(json.dumps({"step": 6, "train/loss": 123.0}) + "\n")
+        f.write('{"step": 7, "train/lo')
+    train(config, tmp_path, corpus=small_corpus, progress=False)
+    steps = [s for s, _ in losses(tmp_path)]
+    assert steps == list(range(1, 11))
+    assert 123.0 not in [loss for _, loss in losses(tmp_path)]
