@@ -11,7 +11,7 @@ def get_config() -> ConfigDict:
     config.model.variant = "a3"  # "a3" (two streams) or "causal" (single stream, next token)
     config.model.vocab_size = 259  # byte tokenizer: 256 bytes + PAD, BOS, EOS
     config.model.d_model = 128
-    config.model.n_layers = 4
+    config.model.n_layers = 3
     config.model.n_heads = 4
     config.model.n_kv_heads = 2
     config.model.head_dim = 0  # 0 = d_model // n_heads
@@ -27,12 +27,12 @@ def get_config() -> ConfigDict:
     config.model.tie_embeddings = True
     config.model.init_std = 0.02
     config.model.attention = "xla"
-    config.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
+    config.model.dtype = "float32"  # compute dtype (bfloat16 on accelerators); params stay float32
     config.model.remat = "none"  # "none", "full" or "dots"
 
     config.data = ConfigDict()
     config.data.source = "stdlib"
-    config.data.seq_len = 256
+    config.data.seq_len = 128
     config.data.eval_fraction = 0.02  # share of files held out, chosen by a hash of the path
     config.data.max_files = 0  # 0 = all files of the source
     config.data.worker_count = 0
@@ -40,14 +40,14 @@ def get_config() -> ConfigDict:
 
     config.orders = ConfigDict()
     # Curriculum: stages separated by ';', each "SAMPLER until STEP" except the last.
-    config.orders.curriculum = "0.4*ar + 0.2*span(0.05,0.3) + 0.4*random_sizes(1,8)"
+    config.orders.curriculum = "0.5*ar + 0.25*span(0.05,0.3) + 0.25*random_sizes(1,8)"
     config.orders.eval = ("ar", "random(4)")
 
     config.train = ConfigDict()
-    config.train.batch_size = 16
-    config.train.steps = 300
+    config.train.batch_size = 8  # many small steps beat few large ones at this scale
+    config.train.steps = 1200
     config.train.lr = 3e-3
-    config.train.warmup_steps = 30
+    config.train.warmup_steps = 50
     config.train.schedule = "cosine"  # "cosine", "constant" or "wsd"
     config.train.decay_fraction = 0.2  # wsd: share of steps spent decaying
     config.train.min_lr_ratio = 0.1
@@ -56,9 +56,9 @@ def get_config() -> ConfigDict:
     config.train.b2 = 0.95
     config.train.eps = 1e-8
     config.train.clip_norm = 1.0
-    config.train.log_every = 10
-    config.train.eval_every = 100
-    config.train.eval_rows = 32
-    config.train.checkpoint_every = 100
+    config.train.log_every = 20
+    config.train.eval_every = 300
+    config.train.eval_rows = 64
+    config.train.checkpoint_every = 300
     config.train.keep_checkpoints = 2
     return config

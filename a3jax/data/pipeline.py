@@ -106,9 +106,11 @@ def train_batches(
 
 def eval_batch(config, corpus: Corpus, tokenizer: ByteTokenizer, spec: str, num_rows: int,
                seed: int = 1234) -> dict[str, np.ndarray]:
-    """The first num_rows packed rows of the eval documents, grouped by sampler `spec`."""
+    """num_rows evenly spaced packed rows of the eval documents, grouped by sampler `spec`."""
     seq_len = int(config.data.seq_len)
-    rows = _packed_rows(corpus.eval_docs, seq_len, "eval")[:num_rows]
+    rows = _packed_rows(corpus.eval_docs, seq_len, "eval")
+    if len(rows) > num_rows:  # evenly spaced, so every held-out file gets its share
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, num_rows).round().astype(int)]
     sampler = parse_sampler(spec)
     layouts = []
     for row_index, row in enumerate(rows):

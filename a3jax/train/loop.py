@@ -119,5 +119,7 @@ def _train(config, workdir, model_cfg, tokenizer, checkpointer, stop_after, corp
         bar.close()
         writer.close()
     checkpointer.wait()
+    if not summary["eval"]:  # nothing left to train (a finished workdir): still report eval
+        summary["eval"] = evaluate(eval_step, params, eval_batches)
     summary["params"] = params
     return summary
