@@ -8,15 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from a3jax.layout import build_layout
-
-
-def span_groups(length: int, start: int, stop: int) -> np.ndarray:
-    """Visible tokens as singletons left to right, then the span [start, stop) left to right."""
-    groups = np.empty(length, np.int32)
-    outside = np.r_[0:start, stop:length]
-    groups[outside] = np.arange(1, outside.size + 1)
-    groups[start:stop] = np.arange(outside.size + 1, outside.size + 1 + stop - start)
-    return groups
+from a3jax.orders import span_groups
 
 
 def greedy_infill(model_def, params, window: np.ndarray, start: int, stop: int, *, seq_len: int,

@@ -109,10 +109,15 @@ class Span:
             return np.zeros(0, np.int32)
         span = int(np.clip(round(_fraction(self.lo, self.hi, rng) * length), 1, length))
         start = int(rng.integers(0, length - span + 1))
-        inside = np.zeros(length, bool)
-        inside[start : start + span] = True
-        order = np.concatenate([np.flatnonzero(~inside), np.flatnonzero(inside)])
-        return _chunk(order, np.ones(length, np.int64))
+        return span_groups(length, start, start + span)
+
+
+def span_groups(length: int, start: int, stop: int) -> np.ndarray:
+    """Tokens outside [start, stop) as singletons left to right, then the span left to right."""
+    inside = np.zeros(length, bool)
+    inside[start:stop] = True
+    order = np.concatenate([np.flatnonzero(~inside), np.flatnonzero(inside)])
+    return _chunk(order, np.ones(length, np.int64))
 
 
 @dataclasses.dataclass(frozen=True)
