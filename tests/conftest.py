@@ -1,6 +1,10 @@
 """Shared fixtures: a micro config and a small in-memory corpus (tests never need the network)."""
 
+import os
 import pathlib
+
+# Eight fake CPU devices for the sharded tests; must be set before jax is imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import pytest
 

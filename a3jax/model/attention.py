@@ -9,10 +9,14 @@ of a context row, padding) returns exactly 0 with finite, zero gradients.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import jax
 import jax.numpy as jnp
 
-BACKENDS = ("xla",)
+from a3jax.model.config import ATTENTION_BACKENDS as BACKENDS
+_log = logging.getLogger("a3jax")
 
 
 def visibility_masks(segment_ids_BxN, groups_BxN):
@@ -21,6 +25,25 @@ def visibility_masks(segment_ids_BxN, groups_BxN):
     row_group = groups_BxN[:, :, None]
     key_group = groups_BxN[:, None, :]
     return same_segment & (key_group <= row_group), same_segment & (key_group < row_group)
+
+
+def key_ranges(segment_ids_BxN, groups_BxN):
+    """Per-row key ranges of a SORTED layout (jittable twin of layout.key_ranges).
+
+    Returns (key_start, content_end, query_end), int32 [B, N]: content row i sees keys
+    [key_start, content_end), query row i sees [key_start, query_end).
+    """
+    n = segment_ids_BxN.shape[-1]
+    idx = jnp.arange(n, dtype=jnp.int32)
+    new_segment = jnp.concatenate(
+        [jnp.ones_like(segment_ids_BxN[:, :1], bool), segment_ids_BxN[:, 1:] != segment_ids_BxN[:, :-1]], 1)
+    new_run = new_segment | jnp.concatenate(
+        [jnp.zeros_like(groups_BxN[:, :1], bool), groups_BxN[:, 1:] != groups_BxN[:, :-1]], 1)
+    key_start = jax.lax.cummax(jnp.where(new_segment, idx, 0), axis=1)
+    query_end = jax.lax.cummax(jnp.where(new_run, idx, 0), axis=1)
+    run_ends_here = jnp.concatenate([new_run[:, 1:], jnp.ones_like(new_run[:, :1])], 1)
+    content_end = jax.lax.cummin(jnp.where(run_ends_here, idx + 1, n), axis=1, reverse=True)
+    return key_start, content_end, query_end
 
 
 def _masked_attention(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask_BxSxN):
@@ -42,23 +65,81 @@ def _masked_attention(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask_BxSxN):
     return out.astype(q_BxSxHxD.dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def resolve_backend(name: str, platform: str) -> str:
+    """The backend that `name` means on `platform`; `auto` picks per platform and logs it."""
+    if name not in BACKENDS:
+        raise ValueError(f"model.attention={name!r} is not one of {BACKENDS}")
+    if name != "auto":
+        if name == "cudnn" and platform != "gpu":
+            raise ValueError(f"model.attention='cudnn' needs a GPU, but JAX runs on {platform}; "
+                             "use 'auto', 'xla' or 'pallas'")
+        return name
+    chosen = {"gpu": "cudnn"}.get(platform, "xla")
+    _log.info("attention backend auto -> %s on %s", chosen, platform)
+    return chosen
+
+
+def _cudnn_attention(q_BxSxHxD, k, v, mask_BxSxN):
+    out = jax.nn.dot_product_attention(q_BxSxHxD, k, v, mask=mask_BxSxN[:, None],
+                                       implementation="cudnn")
+    return out * jnp.any(mask_BxSxN, axis=-1)[:, :, None, None].astype(out.dtype)
+
+
+def _dense_streams(streams, backend, q, k, v, segment_ids, groups):
+    content_mask, query_mask = visibility_masks(segment_ids, groups)
+    masks = [m for m, used in zip((content_mask, query_mask), streams) if used]
+    mask = jnp.concatenate(masks, 1) if len(masks) > 1 else masks[0]
+    return (_cudnn_attention if backend == "cudnn" else _masked_attention)(q, k, v, mask)
+
+
+def _pallas_streams(streams, q, k, v, segment_ids, groups):
+    from a3jax.kernels.range_attention import range_attention
+
+    key_start, content_end, query_end = key_ranges(segment_ids, groups)
+    ends = [e for e, used in zip((content_end, query_end), streams) if used]
+    starts = [key_start] * len(ends)
+    return range_attention(q, k, v, jnp.concatenate(starts, 1), jnp.concatenate(ends, 1))
+
+
+BATCH_AXES = ("data", "fsdp")  # mesh axes that split the batch
+HEAD_AXIS = "tensor"  # mesh axis that splits attention heads
+
+
+def _over_mesh(fn, q, k, v, segment_ids, groups):
+    """Runs fn per shard under the current mesh (jax.set_mesh): batch over data/fsdp, heads over
+    tensor. Without a mesh (or on a single device) fn runs as is."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return fn(q, k, v, segment_ids, groups)
+    from jax.sharding import PartitionSpec as P
+
+    batch = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1) or None
+    heads = HEAD_AXIS if HEAD_AXIS in mesh.axis_names and mesh.shape[HEAD_AXIS] > 1 else None
+    if heads is not None and k.shape[2] % mesh.shape[heads]:
+        raise ValueError(f"{k.shape[2]} KV heads cannot be split over mesh axis "
+                         f"'{heads}' of size {mesh.shape[heads]}; use a tensor degree dividing n_kv_heads")
+    heads_spec = P(batch, None, heads, None)
+    rows_spec = P(batch, None)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(heads_spec, heads_spec, heads_spec, rows_spec, rows_spec),
+                         out_specs=heads_spec)(q, k, v, segment_ids, groups)
+
+
 def two_stream_attention(q_content, q_query, k, v, segment_ids, groups, *, backend="xla"):
     """Attention for both streams: q_* [B, N, Hq, D] (either may be None), k, v [B, N, Hkv, D].
 
     Returns (out_content, out_query), each [B, N, Hq, D] or None where its input was None.
-    Both streams run as one call of 2N rows against the N content keys.
+    Both streams run as one call of 2N rows against the N content keys. `pallas` needs a sorted
+    layout (it uses the per-row key ranges); `xla` and `cudnn` use the visibility rule directly.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"attention backend {backend!r} is not available; choose one of {BACKENDS}")
-    content_mask, query_mask = visibility_masks(segment_ids, groups)
-    rows, masks = [], []
-    if q_content is not None:
-        rows.append(q_content)
-        masks.append(content_mask)
-    if q_query is not None:
-        rows.append(q_query)
-        masks.append(query_mask)
-    out = _masked_attention(jnp.concatenate(rows, 1), k, v, jnp.concatenate(masks, 1))
+    backend = resolve_backend(backend, jax.default_backend())
+    rows = [q for q in (q_content, q_query) if q is not None]
+    q = jnp.concatenate(rows, 1) if len(rows) > 1 else rows[0]
+    streams = (q_content is not None, q_query is not None)
+    if backend == "pallas":  # a custom kernel: XLA cannot partition it, so shard_map it
+        out = _over_mesh(functools.partial(_pallas_streams, streams), q, k, v, segment_ids, groups)
+    else:
+        out = _dense_streams(streams, backend, q, k, v, segment_ids, groups)
     n = k.shape[1]
     if q_content is not None and q_query is not None:
         return out[:, :n], out[:, n:]

@@ -9,6 +9,7 @@ VARIANTS = ("a3", "causal")
 REMAT_POLICIES = ("none", "full", "dots")
 ROPE_SCALINGS = ("none", "llama3")
 DTYPES = ("float32", "bfloat16")
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "pallas")  # see model/attention.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,8 @@ class ModelConfig:
             (self.head_dim % 2 == 0, f"model.head_dim={self.head_dim} must be even for RoPE"),
             (self.remat in REMAT_POLICIES, f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}"),
             (self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {DTYPES}"),
+            (self.attention in ATTENTION_BACKENDS,
+             f"model.attention={self.attention!r} is not one of {ATTENTION_BACKENDS}"),
             (self.rope_scaling.kind in ROPE_SCALINGS,
              f"model.rope_scaling.kind={self.rope_scaling.kind!r} is not one of {ROPE_SCALINGS}"),
         ]
