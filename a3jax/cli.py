@@ -1,4 +1,4 @@
-"""The `a3jax` command: train, demo (train the tiny model, then infill held-out text)."""
+"""The `a3jax` command: train, demo (train the tiny model, then infill held-out text), bench."""
 
 from __future__ import annotations
 
@@ -66,6 +66,14 @@ def _cmd_demo(args, overrides) -> int:
     return 0
 
 
+def _cmd_bench(args, overrides) -> int:
+    if args.name == "attention":
+        from a3jax.bench import attention
+
+        return attention.main(args)
+    raise AssertionError(args.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a3jax", description=__doc__,
                                      epilog="Config overrides: --config.SECTION.KEY=VALUE, e.g. --config.train.steps=100")
@@ -83,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--span", type=int, default=32, help="bytes to infill")
             p.add_argument("--seed", type=int, default=0, help="picks the held-out window")
+    bench = sub.add_parser("bench", help="benchmarks that print a table of side-by-side timings")
+    bench_sub = bench.add_subparsers(dest="name", required=True)
+    from a3jax.bench import attention as bench_attention
+
+    bench_attention.add_arguments(bench_sub.add_parser("attention", help="attention backends vs 2 causal calls"))
     return parser
 
 
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from a3jax.configs import ConfigError
 
     try:
-        handler = {"train": _cmd_train, "demo": _cmd_demo}[args.command]
+        handler = {"train": _cmd_train, "demo": _cmd_demo, "bench": _cmd_bench}[args.command]
         return handler(args, overrides)
     except (ConfigError, IncompatibleCheckpointError) as error:
         print(f"a3jax {args.command}: error: {error}", file=sys.stderr)
