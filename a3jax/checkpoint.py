@@ -85,6 +85,15 @@ class Checkpointer:
         )
         return restored["state"], dict(restored["meta"])
 
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the params of a checkpoint, placed as the abstract tree's shardings say (any mesh)."""
+        import jax
+
+        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            {"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True)))
+        return restored["state"]["params"]
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

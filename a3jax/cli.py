@@ -105,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     from a3jax.checkpoint import IncompatibleCheckpointError
     from a3jax.configs import ConfigError
+    from a3jax.parallel import MeshError
 
     try:
         handler = {"train": _cmd_train, "demo": _cmd_demo, "bench": _cmd_bench}[args.command]
         return handler(args, overrides)
-    except (ConfigError, IncompatibleCheckpointError) as error:
+    except (ConfigError, IncompatibleCheckpointError, MeshError) as error:
         print(f"a3jax {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

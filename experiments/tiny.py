@@ -31,7 +31,14 @@ def get_config() -> ConfigDict:
     config.model.remat = "none"  # "none", "full" or "dots"
 
     config.data = ConfigDict()
-    config.data.source = "stdlib"
+    config.data.source = "stdlib"  # stdlib, text, jsonl, parquet or arrayrecord (from `a3jax prepare`)
+    config.data.paths = ()  # files / globs / folders (text, jsonl, parquet) or the prepared folder
+    config.data.text_field = "text"  # jsonl / parquet field holding the text
+    config.data.doc_separator = ""  # text: split each file into documents here ("" = one per file)
+    config.data.tokenizer = "bytes"  # "bytes" or a local tokenizer.json / SentencePiece .model
+    config.data.bos_token = ""  # "" = found by the usual names (<s>, <|begin_of_text|>, ...)
+    config.data.eos_token = ""
+    config.data.pad_token = ""  # "" = found, else EOS
     config.data.seq_len = 128
     config.data.eval_fraction = 0.02  # share of files held out, chosen by a hash of the path
     config.data.max_files = 0  # 0 = all files of the source
@@ -42,6 +49,20 @@ def get_config() -> ConfigDict:
     # Curriculum: stages separated by ';', each "SAMPLER until STEP" except the last.
     config.orders.curriculum = "0.5*ar + 0.25*span(0.05,0.3) + 0.25*random_sizes(1,8)"
     config.orders.eval = ("ar", "random(4)")
+    # "example": each example draws its sampler's parameters; "batch": one draw per step (one
+    # group size per batch, e.g. random_sizes -> random(k)), so the masks can be static.
+    config.orders.group_size_scope = "example"
+
+    config.mesh = ConfigDict()
+    config.mesh.data = -1  # -1: all devices not used by the other axes
+    config.mesh.fsdp = 1
+    config.mesh.tensor = 1
+    config.mesh.devices = 0  # use the first N devices; 0 = all
+    # Logical axis -> mesh axes (comma-separated; "" = replicated). See a3jax/parallel.py.
+    config.mesh.rules = (
+        ("batch", "data,fsdp"), ("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"),
+        ("kv_heads", "tensor"), ("mlp", "tensor"), ("layers", ""), ("norm", ""),
+    )
 
     config.train = ConfigDict()
     config.train.batch_size = 8  # many small steps beat few large ones at this scale

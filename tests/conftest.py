@@ -16,7 +16,7 @@ TINY = ROOT / "experiments" / "tiny.py"
 
 MICRO = [
     "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
-    "model.ffn_dim=64", "model.dtype=float32", "data.seq_len=64", "train.batch_size=4",
+    "model.ffn_dim=64", "model.dtype=float32", "data.seq_len=64", "train.batch_size=8",
     "train.steps=20", "train.warmup_steps=4", "train.log_every=1", "train.eval_every=10",
     "train.eval_rows=4", "train.checkpoint_every=5", "train.lr=0.003",
 ]

@@ -61,7 +61,7 @@ def loss_and_grads(model_def, params, batch):
     return jax.value_and_grad(lambda p: loss_fn(model_def.bind(p), batch)[0])(params)
 
 
-@pytest.mark.parametrize("backend", ["xla"])
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
 def test_sharded_train_step_loss_equals_single_device_xla(backend):
     assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
     batch = {k: jnp.asarray(v) for k, v in random_rows(7, n_rows=8).items()}

@@ -127,3 +127,14 @@ def test_metrics_of_steps_after_the_checkpoint_are_dropped_on_resume(tmp_path, s
     steps = [s for s, _ in losses(tmp_path)]
     assert steps == list(range(1, 11))
     assert 123.0 not in [loss for _, loss in losses(tmp_path)]
+
+
+def test_pallas_and_xla_backends_train_to_the_same_losses(tmp_path, small_corpus):
+    runs = {}
+    for backend in ("xla", "pallas"):
+        config = micro_config(f"model.attention={backend}", "train.steps=20", "train.eval_every=1000",
+                              "train.checkpoint_every=1000")
+        train(config, tmp_path / backend, corpus=small_corpus, progress=False)
+        runs[backend] = [loss for _, loss in losses(tmp_path / backend)]
+    assert len(runs["xla"]) == 20
+    np.testing.assert_allclose(runs["pallas"], runs["xla"], atol=1e-4, rtol=0)

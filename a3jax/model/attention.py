@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +116,8 @@ def _over_mesh(fn, q, k, v, segment_ids, groups):
     from jax.sharding import PartitionSpec as P
 
     batch = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1) or None
+    if batch is not None and q.shape[0] % math.prod(mesh.shape[a] for a in batch):
+        batch = None  # e.g. a small eval batch: replicate rather than fail
     heads = HEAD_AXIS if HEAD_AXIS in mesh.axis_names and mesh.shape[HEAD_AXIS] > 1 else None
     if heads is not None and k.shape[2] % mesh.shape[heads]:
         raise ValueError(f"{k.shape[2]} KV heads cannot be split over mesh axis "
@@ -122,7 +125,7 @@ def _over_mesh(fn, q, k, v, segment_ids, groups):
     heads_spec = P(batch, None, heads, None)
     rows_spec = P(batch, None)
     return jax.shard_map(fn, mesh=mesh, in_specs=(heads_spec, heads_spec, heads_spec, rows_spec, rows_spec),
-                         out_specs=heads_spec)(q, k, v, segment_ids, groups)
+                         out_specs=heads_spec, check_vma=False)(q, k, v, segment_ids, groups)
 
 
 def two_stream_attention(q_content, q_query, k, v, segment_ids, groups, *, backend="xla"):

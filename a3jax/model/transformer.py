@@ -27,6 +27,37 @@ from a3jax.model.config import ModelConfig
 
 LAYER_PARAMS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
 
+# Logical axis names of every parameter; parallel.py maps them to mesh axes with the rule table.
+PARAM_AXES = {
+    "embed": ("vocab", "embed"),
+    "final_norm": ("norm",),
+    "lm_head": ("embed", "vocab"),
+    "query_embed": ("norm",),
+    "layers": {
+        "attn_norm": ("layers", "norm"),
+        "wq": ("layers", "embed", "heads"),
+        "wk": ("layers", "embed", "kv_heads"),
+        "wv": ("layers", "embed", "kv_heads"),
+        "wo": ("layers", "heads", "embed"),
+        "mlp_norm": ("layers", "norm"),
+        "w_gate": ("layers", "embed", "mlp"),
+        "w_up": ("layers", "embed", "mlp"),
+        "w_down": ("layers", "mlp", "embed"),
+    },
+}
+
+
+def _param(value, *path):
+    axes = PARAM_AXES
+    for key in path:
+        axes = axes[key]
+    return nnx.Param(value, logical_axes=axes)
+
+
+def param_logical_axes(params: dict, table: dict = PARAM_AXES) -> dict:
+    """The logical axes of exactly the parameters present in `params`, as the same tree."""
+    return {k: param_logical_axes(v, table[k]) if isinstance(v, dict) else table[k] for k, v in params.items()}
+
 
 def rms_norm(x, weight, eps):
     x32 = x.astype(jnp.float32)
@@ -95,24 +126,25 @@ class Transformer(nnx.Module):
         out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # residual-branch outputs start small
         L, D, F = cfg.n_layers, cfg.d_model, cfg.ffn_dim
         f32 = jnp.float32
-        self.embed = nnx.Param(normal(rngs.params(), (cfg.vocab_size, D), f32))
-        self.layers = nnx.Dict({
-            "attn_norm": nnx.Param(jnp.ones((L, D), f32)),
-            "wq": nnx.Param(normal(rngs.params(), (L, D, cfg.q_dim), f32)),
-            "wk": nnx.Param(normal(rngs.params(), (L, D, cfg.kv_dim), f32)),
-            "wv": nnx.Param(normal(rngs.params(), (L, D, cfg.kv_dim), f32)),
-            "wo": nnx.Param(out_std * jax.random.normal(rngs.params(), (L, cfg.q_dim, D), f32)),
-            "mlp_norm": nnx.Param(jnp.ones((L, D), f32)),
-            "w_gate": nnx.Param(normal(rngs.params(), (L, D, F), f32)),
-            "w_up": nnx.Param(normal(rngs.params(), (L, D, F), f32)),
-            "w_down": nnx.Param(out_std * jax.random.normal(rngs.params(), (L, F, D), f32)),
-        })
-        self.final_norm = nnx.Param(jnp.ones((D,), f32))
+        self.embed = _param(normal(rngs.params(), (cfg.vocab_size, D), f32), "embed")
+        layer = {
+            "attn_norm": jnp.ones((L, D), f32),
+            "wq": normal(rngs.params(), (L, D, cfg.q_dim), f32),
+            "wk": normal(rngs.params(), (L, D, cfg.kv_dim), f32),
+            "wv": normal(rngs.params(), (L, D, cfg.kv_dim), f32),
+            "wo": out_std * jax.random.normal(rngs.params(), (L, cfg.q_dim, D), f32),
+            "mlp_norm": jnp.ones((L, D), f32),
+            "w_gate": normal(rngs.params(), (L, D, F), f32),
+            "w_up": normal(rngs.params(), (L, D, F), f32),
+            "w_down": out_std * jax.random.normal(rngs.params(), (L, F, D), f32),
+        }
+        self.layers = nnx.Dict({name: _param(value, "layers", name) for name, value in layer.items()})
+        self.final_norm = _param(jnp.ones((D,), f32), "final_norm")
         if not cfg.tie_embeddings:
-            self.lm_head = nnx.Param(normal(rngs.params(), (D, cfg.vocab_size), f32))
+            self.lm_head = _param(normal(rngs.params(), (D, cfg.vocab_size), f32), "lm_head")
         if cfg.variant == "a3":
             # One learned vector shared by all query rows, at embedding scale (not std 1).
-            self.query_embed = nnx.Param(normal(rngs.params(), (D,), f32))
+            self.query_embed = _param(normal(rngs.params(), (D,), f32), "query_embed")
 
     @property
     def compute_dtype(self):

@@ -13,6 +13,7 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from a3jax import parallel
 from a3jax.checkpoint import Checkpointer
 from a3jax.configs import model_config, validate
 from a3jax.data import ByteTokenizer, eval_batch, load_corpus, train_batches
@@ -53,21 +54,35 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, stop_after: int | 
 
 
 def _train(config, workdir, model_cfg, tokenizer, checkpointer, stop_after, corpus, progress):
+    mesh = parallel.make_mesh(config.mesh)
+    parallel.check_batch(int(config.train.batch_size), mesh)
+    with jax.set_mesh(mesh):
+        return _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_after, corpus,
+                              progress, mesh)
+
+
+def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_after, corpus, progress, mesh):
     log = lambda message: print(f"[a3jax] {message}", file=sys.stderr, flush=True)  # noqa: E731
     model_def, params = init_model(model_cfg, int(config.seed))
     tx = make_optimizer(config.train)
     schedule = learning_rate_schedule(config.train)
-    opt_state = tx.init(params)
+    params_sh = parallel.param_shardings(mesh, params, config.mesh.rules)
+    params = jax.device_put(params, params_sh)
+    opt_state = jax.jit(tx.init)(params)
+    opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
+    batch_sh = parallel.batch_sharding(mesh)
     start = 0
     latest = checkpointer.latest_step()
     if latest is not None:
-        abstract = jax.eval_shape(lambda: {"params": params, "opt_state": opt_state})
+        target = {"params": params, "opt_state": opt_state}
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
         state, meta = checkpointer.restore(latest, abstract)
         params, opt_state, start = state["params"], state["opt_state"], int(meta["step"])
         log(f"resumed from {checkpointer.directory / str(latest)} at step {start}")
 
     corpus = corpus if corpus is not None else load_corpus(config.data, tokenizer)
-    batches = train_batches(config, corpus, tokenizer, start_step=start)
+    batches = train_batches(config, corpus, tokenizer, start_step=start,
+                            process_index=jax.process_index(), process_count=jax.process_count())
     eval_specs = list(config.orders.eval)
     if model_cfg.variant == "causal" and any(s.replace(" ", "") != "ar" for s in eval_specs):
         log("causal model: evaluating under the 'ar' order only")
@@ -75,7 +90,7 @@ def _train(config, workdir, model_cfg, tokenizer, checkpointer, stop_after, corp
     eval_batches = {s: eval_batch(config, corpus, tokenizer, s, int(config.train.eval_rows)) for s in eval_specs}
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
 
-    train_step = make_train_step(model_def, tx, schedule)
+    train_step = make_train_step(model_def, tx, schedule, (params_sh, opt_sh, batch_sh))
     eval_step = make_eval_step(model_def, tokenizer.eos_id)
     writer = MetricWriter(workdir, resume_step=start)
     total = int(config.train.steps)
@@ -87,7 +102,7 @@ def _train(config, workdir, model_cfg, tokenizer, checkpointer, stop_after, corp
     pending, window_start, window_steps = [], time.perf_counter(), 0
     try:
         for step in range(start, end):
-            batch = next(batches)
+            batch = parallel.global_batch(next(batches), batch_sh)
             params, opt_state, metrics = train_step(params, opt_state, step, batch)
             pending.append((step + 1, metrics))
             window_steps += 1

@@ -38,7 +38,8 @@ def abstract_params(model_config: ModelConfig) -> tuple[ModelDef, dict]:
     return ModelDef(graphdef), nnx.to_pure_dict(state)
 
 
-def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule):
+def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule, shardings=None):
+    """The jitted step. shardings = (params, opt_state, batch) NamedSharding trees, or None."""
     def train_step(params, opt_state, step, batch):
         def loss_of(p):
             return loss_fn(model_def.bind(p), batch)
@@ -54,7 +55,11 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
         }
         return params, opt_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0, 1))
+    if shardings is None:
+        return jax.jit(train_step, donate_argnums=(0, 1))
+    params_sh, opt_sh, batch_sh = shardings
+    return jax.jit(train_step, donate_argnums=(0, 1), in_shardings=(params_sh, opt_sh, None, batch_sh),
+                   out_shardings=(params_sh, opt_sh, None))
 
 
 def make_eval_step(model_def: ModelDef, eos_id: int):
