@@ -14,6 +14,18 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 
+def _register_array_handler() -> None:
+    """Replica-parallel writes only for slices >= 1 MiB: small arrays are written whole by one
+    replica instead of being sliced (each distinct slice costs a compile on every save)."""
+    import jax
+
+    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20)
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
+_register_array_handler()
+
+
 class IncompatibleCheckpointError(ValueError):
     """The workdir holds a checkpoint of a different model."""
 

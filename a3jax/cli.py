@@ -1,8 +1,9 @@
-"""The `a3jax` command: train, demo (train the tiny model, then infill held-out text), bench."""
+"""The `a3jax` command: train, demo (train the tiny model, then infill held-out text), prepare, bench."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -34,14 +35,14 @@ def _cmd_demo(args, overrides) -> int:
     import time
 
     from a3jax.configs import load_config, model_config
-    from a3jax.data import ByteTokenizer, infill_example, load_corpus
+    from a3jax.data import infill_example, load_corpus, load_tokenizer
     from a3jax.infill import greedy_infill
     from a3jax.train.loop import train
     from a3jax.train.step import init_model
 
     started = time.perf_counter()
     config = load_config(args.config, overrides)
-    tokenizer = ByteTokenizer()
+    tokenizer = load_tokenizer(config.data)
     corpus = load_corpus(config.data, tokenizer)
     print(f"[a3jax] demo: {len(corpus.train_docs)} train / {len(corpus.eval_docs)} held-out files of the "
           f"Python standard library, {sum(d.size for d in corpus.train_docs):,} training bytes")
@@ -71,7 +72,15 @@ def _cmd_bench(args, overrides) -> int:
         from a3jax.bench import attention
 
         return attention.main(args)
-    raise AssertionError(args.name)
+    from a3jax.bench import data
+
+    return data.main(args)
+
+
+def _cmd_prepare(args, overrides) -> int:
+    from a3jax.data import prepare
+
+    return prepare.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     from a3jax.bench import attention as bench_attention
 
     bench_attention.add_arguments(bench_sub.add_parser("attention", help="attention backends vs 2 causal calls"))
+    from a3jax.bench import data as bench_data
+    from a3jax.data import prepare
+
+    bench_data.add_arguments(bench_sub.add_parser("data", help="tokens/s of the data pipeline by source and workers"))
+    prepare.add_arguments(sub.add_parser("prepare", help="tokenize a corpus into ArrayRecord shards"))
     return parser
 
 
@@ -105,12 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     from a3jax.checkpoint import IncompatibleCheckpointError
     from a3jax.configs import ConfigError
+    from a3jax.data.sources import CorruptShardError
     from a3jax.parallel import MeshError
 
     try:
-        handler = {"train": _cmd_train, "demo": _cmd_demo, "bench": _cmd_bench}[args.command]
+        handler = {"train": _cmd_train, "demo": _cmd_demo, "bench": _cmd_bench,
+                   "prepare": _cmd_prepare}[args.command]
         return handler(args, overrides)
-    except (ConfigError, IncompatibleCheckpointError, MeshError) as error:
+    except (ConfigError, IncompatibleCheckpointError, MeshError, CorruptShardError, FileNotFoundError,
+            ValueError) as error:
+        if os.environ.get("A3JAX_DEBUG"):
+            raise
         print(f"a3jax {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,13 @@ A sampler maps a document's target length L (original positions 1..L; BOS at 0 i
 group and is not included) to int32 group ids of shape [L] with values 1..K, every value used.
 Group k is generated after all groups < k. The grouping of example e is a pure function of
 (seed, e, stage(e)), see `example_rng` and `Curriculum.sample_groups`.
+
+`group_size_scope` (config orders.group_size_scope): "example" draws everything per example;
+"batch" makes all examples of one step share one draw of the sampler's parameters (mixture
+component, random_sizes' group size, two_group/span fraction), taken from (seed, step, stage) by
+`fix_parameters`: random_sizes(lo,hi) becomes random(k) with one k per batch, so the group sizes
+(and the masks, for one document per row) are the same across the batch. Positions stay random
+per example.
 """
 
 from __future__ import annotations
@@ -201,6 +208,28 @@ def example_rng(seed: int, example_index: int, stage: int) -> np.random.Generato
     return np.random.default_rng(np.random.SeedSequence([seed, example_index, stage, _RNG_SALT]))
 
 
+def batch_rng(seed: int, step: int, stage: int) -> np.random.Generator:
+    """The random stream shared by the examples of one step (group_size_scope='batch')."""
+    return np.random.default_rng(np.random.SeedSequence([seed, step, stage, _RNG_SALT, 1]))
+
+
+def fix_parameters(sampler: Sampler, rng: np.random.Generator) -> Sampler:
+    """The sampler with its random parameters drawn once: a mixture's component, random_sizes'
+    group size (-> random(k)), two_group's and span's fraction. Others are returned as they are."""
+    if isinstance(sampler, Mixture):
+        index = int(rng.choice(len(sampler.components), p=np.asarray(sampler.weights)))
+        return fix_parameters(sampler.components[index], rng)
+    if isinstance(sampler, RandomSizes):
+        return Random(int(rng.integers(sampler.lo, sampler.hi + 1)))
+    if isinstance(sampler, (TwoGroup, Span)):
+        fraction = _fraction(sampler.lo, sampler.hi, rng)
+        return type(sampler)(fraction, fraction)
+    return sampler
+
+
+SCOPES = ("example", "batch")
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     spec: str
@@ -210,15 +239,18 @@ class Stage:
 @dataclasses.dataclass(frozen=True)
 class Curriculum:
     stages: tuple[Stage, ...]
+    group_size_scope: str = "example"  # or "batch": one parameter draw per step, see module doc
     _samplers: tuple[Sampler, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.stages:
             raise ValueError("a curriculum needs at least one stage")
+        if self.group_size_scope not in SCOPES:
+            raise ValueError(f"group_size_scope must be one of {SCOPES}, got {self.group_size_scope!r}")
         object.__setattr__(self, "_samplers", tuple(parse_sampler(s.spec) for s in self.stages))
 
     @classmethod
-    def parse(cls, text: str) -> "Curriculum":
+    def parse(cls, text: str, group_size_scope: str = "example") -> "Curriculum":
         """Parses 'ar until 100; blocks(2) until 200; random(4)' (a bare spec = one stage)."""
         pieces = [p.strip() for p in text.split(";")]
         if pieces and not pieces[-1]:
@@ -254,7 +286,7 @@ class Curriculum:
             except ValueError as err:
                 raise ValueError(f"curriculum stage {piece!r}: {err}") from None
             stages.append(Stage(parts[0].strip(), until))
-        return cls(tuple(stages))
+        return cls(tuple(stages), group_size_scope)
 
     def stage_of_step(self, step: int) -> int:
         if step < 0:
@@ -277,6 +309,17 @@ class Curriculum:
     ) -> list[np.ndarray]:
         """Group ids for each document packed in one example, all from one example rng."""
         stage = self.stage_of_example(example_index, global_batch_size)
+        sampler = self.example_sampler(seed, example_index, global_batch_size, stage)
         rng = example_rng(seed, example_index, stage)
-        sampler = self.sampler(stage)
         return [sampler(int(length), rng) for length in lengths]
+
+    def example_sampler(self, seed: int, example_index: int, global_batch_size: int,
+                        stage: int | None = None) -> Sampler:
+        """The sampler of one example: its stage's, with parameters fixed per step for 'batch'."""
+        if stage is None:
+            stage = self.stage_of_example(example_index, global_batch_size)
+        sampler = self.sampler(stage)
+        if self.group_size_scope == "batch":
+            step = example_index // global_batch_size
+            sampler = fix_parameters(sampler, batch_rng(seed, step, stage))
+        return sampler

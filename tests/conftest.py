@@ -2,14 +2,22 @@
 
 import os
 import pathlib
+import tempfile
 
 # Eight fake CPU devices for the sharded tests; must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
+import jax
 import pytest
 
 from a3jax.configs import load_config
 from a3jax.data import ByteTokenizer, corpus_from_texts
+
+# Identical programs recur across tests (each train() jits a fresh closure): share compilations
+# through a persistent cache private to this test session.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="a3jax-test-xla-cache-"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "tiny.py"

@@ -227,3 +227,125 @@ def test_eval_batch_and_infill_example():
     assert TOK.eos_id not in window
     assert any(np.array_equal(window, d[i : i + window.size])
                for d in corpus.eval_docs for i in range(d.size))
+
+
+# Fast layout, group-size scope, 3-stage curriculum ----------------------------------------------
+
+def test_fast_layout_equals_build_layout():
+    from a3jax.data.pipeline import fast_layout
+    from a3jax.layout import build_layout
+    from a3jax.orders import example_rng, parse_sampler
+
+    rng = np.random.default_rng(5)
+    for spec in ("ar", "random(8)", "random_sizes(1,5)", "span(0.1,0.5)", "two_group(0.2,0.8)"):
+        sampler = parse_sampler(spec)
+        for trial in range(6):
+            lengths = rng.integers(0, 12, size=rng.integers(1, 4))
+            pieces = [rng.integers(0, 256, size=n).astype(np.int32) for n in lengths]
+            groups = [sampler(int(n), example_rng(trial, int(n), 0)) for n in lengths]
+            expected = build_layout(pieces, groups, SEQ_LEN + 8, bos_id=1, pad_id=2)
+            got = fast_layout(pieces, groups, SEQ_LEN + 8, 1, 2)
+            assert got.keys() == expected.keys()
+            for name in expected:
+                assert got[name].dtype == np.int32
+                np.testing.assert_array_equal(got[name], expected[name], err_msg=f"{spec} {name}")
+    with pytest.raises(ValueError, match="seq_len"):
+        fast_layout([np.zeros(40, np.int32)], [np.ones(40, np.int32)], SEQ_LEN, 1, 2)
+
+
+def group_sizes(layout_row, segment):
+    groups = layout_row["groups"][layout_row["segment_ids"] == segment]
+    return np.bincount(groups)[1:]
+
+
+def test_group_size_scope_batch_shares_one_draw_per_step():
+    corpus = small_corpus()
+    steps = 8
+    batch_scope = make_config(**{"orders.curriculum": "random_sizes(1,6)",
+                                 "orders.group_size_scope": "batch"})
+    batches = take(train_batches(batch_scope, corpus, TOK, 0), steps)
+    sizes_per_step = []
+    for batch in batches:
+        sizes = set()
+        for row in range(batch["tokens"].shape[0]):
+            layout = {k: v[row] for k, v in batch.items()}
+            for segment in np.unique(layout["segment_ids"][layout["segment_ids"] > 0]):
+                counts = group_sizes(layout, segment)
+                assert np.all(counts[:-1] == counts[0]) and counts[-1] <= counts[0]
+                if counts.size > 1:
+                    sizes.add(int(counts[0]))
+        assert len(sizes) == 1, sizes  # one group size across the whole batch
+        sizes_per_step.append(sizes.pop())
+    assert len(set(sizes_per_step)) > 1  # but drawn anew per step
+    resumed = take(train_batches(batch_scope, corpus, TOK, 3), 2)
+    assert_batches_equal(batches[3:5], resumed)
+    workers = make_config(**{"orders.curriculum": "random_sizes(1,6)",
+                             "orders.group_size_scope": "batch", "data.worker_count": 2})
+    assert_batches_equal(take(train_batches(workers, corpus, TOK, 3), 2), resumed)
+    # Mixtures: every example of a step uses the same component.
+    mixed = make_config(**{"orders.curriculum": "0.5*ar + 0.5*blocks(4)",
+                           "orders.group_size_scope": "batch"})
+    kinds = []
+    for batch in take(train_batches(mixed, corpus, TOK, 0), steps):
+        real = batch["segment_ids"] > 0
+        positions, groups = batch["positions"][real], batch["groups"][real]
+        is_ar = np.array_equal(groups, positions)
+        is_blocks = np.array_equal(groups, np.where(positions > 0, (positions - 1) // 4 + 1, 0))
+        assert is_ar or is_blocks
+        kinds.append(is_ar)
+    assert len(set(kinds)) == 2
+    with pytest.raises(ValueError, match="group_size_scope"):
+        train_dataset(make_config(**{"orders.group_size_scope": "step"}), corpus, TOK)
+
+
+def test_three_stage_curriculum_including_right_after_resume():
+    corpus = small_corpus()
+    config = make_config(**{"orders.curriculum": "ar until 2; blocks(3) until 4; random(2)"})
+
+    def check(step, batch):
+        real = batch["segment_ids"] > 0
+        positions, groups = batch["positions"][real], batch["groups"][real]
+        if step < 2:
+            np.testing.assert_array_equal(groups, positions, err_msg=f"step {step}")
+        elif step < 4:
+            np.testing.assert_array_equal(
+                groups, np.where(positions > 0, (positions - 1) // 3 + 1, 0), err_msg=f"step {step}")
+        else:
+            assert not np.array_equal(groups, positions)
+            for row in range(batch["tokens"].shape[0]):
+                layout = {k: v[row] for k, v in batch.items()}
+                for segment in np.unique(layout["segment_ids"][layout["segment_ids"] > 0]):
+                    counts = group_sizes(layout, segment)
+                    assert np.all(counts[:-1] == 2) and 1 <= counts[-1] <= 2
+
+    straight = take(train_batches(config, corpus, TOK, 0), 6)
+    for step, batch in enumerate(straight):
+        check(step, batch)
+    for resume_at in (2, 4):  # right after each stage boundary
+        resumed = take(train_batches(config, corpus, TOK, resume_at), 2)
+        for offset, batch in enumerate(resumed):
+            check(resume_at + offset, batch)
+        assert_batches_equal(resumed, straight[resume_at : resume_at + 2])
+
+
+def test_hf_tokenizer_feeds_the_pipeline(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from a3jax.data import load_tokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = [f"def f{i}(x):\n    return x * {i}\n" for i in range(30)]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=280, special_tokens=["<s>", "</s>", "<pad>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    hf = load_tokenizer(str(tmp_path / "tokenizer.json"))
+    corpus = corpus_from_texts(texts, hf, eval_fraction=0.2)
+    batch = take(train_batches(make_config(), corpus, hf, 0), 1)[0]
+    first = batch["segment_ids"][0] == 1
+    assert batch["tokens"][0][first][0] == hf.bos_id
+    assert np.all(batch["tokens"][batch["segment_ids"] == 0] == hf.pad_id)
+    decoded = hf.decode(unsort(batch["tokens"][0], {k: v[0] for k, v in batch.items()}, 1))
+    assert decoded in "".join(texts)

@@ -1,19 +1,43 @@
-"""Data: byte tokenizer, corpora with a held-out split, packing and the Grain pipeline."""
+"""Data: tokenizers, sources and corpora with a held-out split, packing, the Grain pipeline, prepare.
 
-from a3jax.data.corpus import Corpus, corpus_from_texts, load_corpus
-from a3jax.data.packing import pack_documents, split_documents
-from a3jax.data.pipeline import eval_batch, infill_example, train_batches, train_dataset
-from a3jax.data.tokenizer import ByteTokenizer
+Names are imported lazily, so `a3jax.data.prepare` (and its worker processes) do not pull in
+Grain and JAX.
+"""
 
-__all__ = [
-    "ByteTokenizer",
-    "Corpus",
-    "corpus_from_texts",
-    "eval_batch",
-    "infill_example",
-    "load_corpus",
-    "pack_documents",
-    "split_documents",
-    "train_batches",
-    "train_dataset",
-]
+import importlib
+
+_EXPORTS = {
+    "ByteTokenizer": "tokenizer",
+    "HFTokenizer": "tokenizer",
+    "SentencePieceTokenizer": "tokenizer",
+    "Tokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    "Corpus": "corpus",
+    "corpus_from_texts": "corpus",
+    "load_corpus": "corpus",
+    "CorruptShardError": "sources",
+    "ShardedDocs": "sources",
+    "PackedRows": "packing",
+    "pack_documents": "packing",
+    "pack_rows": "packing",
+    "split_documents": "packing",
+    "eval_batch": "pipeline",
+    "infill_example": "pipeline",
+    "train_batches": "pipeline",
+    "train_dataset": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,4 +1,13 @@
-"""Text sources and the held-out split by document (file).
+"""Corpora (data.source) and the held-out split by document.
+
+Sources: 'stdlib' (default, embedded), 'text' / 'jsonl' / 'parquet' (files, globs or folders in
+data.paths; data.text_field names the JSONL/Parquet text field; data.doc_separator splits text
+files into several documents) and 'arrayrecord' (a folder written by `a3jax prepare`; its
+manifest's tokenizer fingerprint must match data.tokenizer). Raw sources are read and tokenized
+into memory; ArrayRecord documents are read lazily.
+
+Raw sources hold a document out iff a stable hash of its name (see sources.py) maps below
+`eval_fraction`; ArrayRecord corpora hash the document's global index instead.
 
 The embedded default source 'stdlib' is the Python standard library's own .py files, without
 tests and site-packages, in sorted relative-path order. A file is held out (eval) iff a stable
@@ -20,18 +29,22 @@ from typing import Sequence
 
 import numpy as np
 
-from a3jax.data.tokenizer import ByteTokenizer
+from a3jax.data import sources as sources_lib
+from a3jax.data.tokenizer import Tokenizer
 
-SOURCES = ("stdlib",)
+SOURCES = ("stdlib", "text", "jsonl", "parquet", "arrayrecord")
 _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 
 
 @dataclasses.dataclass
 class Corpus:
-    """Tokenized documents (each ends with EOS), split by document."""
+    """Tokenized documents (each ends with EOS), split by document.
 
-    train_docs: list[np.ndarray]
-    eval_docs: list[np.ndarray]
+    train_docs / eval_docs are lists of int32 arrays, or `ShardedDocs` (lazy, with `.lengths`).
+    """
+
+    train_docs: Sequence[np.ndarray]
+    eval_docs: Sequence[np.ndarray]
     eval_names: list[str]
     train_names: list[str] = dataclasses.field(default_factory=list)
 
@@ -47,12 +60,7 @@ def split_names(names: Sequence[str], eval_fraction: float) -> np.ndarray:
     if len(names) < 2:
         raise ValueError(f"need at least 2 documents to split train/eval, got {len(names)}")
     fractions = np.array([stable_fraction(name) for name in names])
-    is_eval = fractions < eval_fraction
-    if not is_eval.any():
-        is_eval[np.argmin(fractions)] = True
-    if is_eval.all():
-        is_eval[np.argmax(fractions)] = False
-    return is_eval
+    return sources_lib.split_fractions(fractions, eval_fraction)
 
 
 def stdlib_files(max_files: int = 0) -> tuple[pathlib.Path, list[str]]:
@@ -72,13 +80,17 @@ def stdlib_files(max_files: int = 0) -> tuple[pathlib.Path, list[str]]:
     return root, names
 
 
-def _document(tokenizer: ByteTokenizer, text: str | bytes) -> np.ndarray:
-    return np.append(tokenizer.encode(text), np.int32(tokenizer.eos_id)).astype(np.int32)
+def doc_lengths(docs: Sequence[np.ndarray]) -> np.ndarray:
+    """Token counts of documents (lazy ShardedDocs know them without reading)."""
+    lengths = getattr(docs, "lengths", None)
+    if lengths is not None:
+        return np.asarray(lengths, np.int64)
+    return np.array([d.size for d in docs], np.int64)
 
 
 def corpus_from_texts(
     texts: Sequence[str | bytes],
-    tokenizer: ByteTokenizer,
+    tokenizer: Tokenizer,
     *,
     names: Sequence[str] | None = None,
     eval_fraction: float = 0.02,
@@ -88,7 +100,8 @@ def corpus_from_texts(
     if len(names) != len(texts):
         raise ValueError(f"got {len(texts)} texts but {len(names)} names")
     is_eval = split_names(names, eval_fraction)
-    docs = [_document(tokenizer, text) for text in texts]
+    docs = [np.append(ids, np.int32(tokenizer.eos_id)).astype(np.int32)
+            for ids in tokenizer.encode_batch(list(texts))]
     return Corpus(
         train_docs=[d for d, e in zip(docs, is_eval) if not e],
         eval_docs=[d for d, e in zip(docs, is_eval) if e],
@@ -97,11 +110,57 @@ def corpus_from_texts(
     )
 
 
-def load_corpus(data_config, tokenizer: ByteTokenizer) -> Corpus:
+def _paths(data_config) -> list[str]:
+    paths = data_config.get("paths", ())
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
+def load_raw_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
+    """A corpus of text / JSONL / Parquet files, tokenized in memory."""
+    fmt = data_config.source
+    files = sources_lib.expand_paths(_paths(data_config), fmt)
+    documents = list(sources_lib.read_documents(
+        files, fmt, text_field=str(data_config.get("text_field", "text")),
+        separator=str(data_config.get("doc_separator", ""))))
+    if not documents:
+        listed = ", ".join(str(f) for f in files[:5]) + (" ..." if len(files) > 5 else "")
+        raise ValueError(f"empty corpus: the {fmt} files {listed} hold no document")
+    if len(documents) < 2:
+        raise ValueError(f"the {fmt} corpus {documents[0][0]!r} is a single document; the held-out "
+                         "split needs at least 2 (for text, set data.doc_separator, e.g. '\\n\\n')")
+    names, texts = zip(*documents)
+    return corpus_from_texts(texts, tokenizer, names=names,
+                             eval_fraction=float(data_config.get("eval_fraction", 0.02)))
+
+
+def load_prepared_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
+    """A corpus of ArrayRecord shards (a folder written by `a3jax prepare`), read lazily."""
+    paths = _paths(data_config)
+    if len(paths) != 1:
+        raise ValueError(f"data.source='arrayrecord' needs data.paths = one folder written by "
+                         f"`a3jax prepare`, got {paths}")
+    directory = paths[0]
+    manifest, lengths = sources_lib.load_shards(directory, fingerprint=tokenizer.fingerprint())
+    count = sum(x.size for x in lengths)
+    if count == 0:
+        raise ValueError(f"empty corpus: {directory} holds no document")
+    is_eval = sources_lib.split_fractions(sources_lib.index_fractions(np.arange(count)),
+                                          float(data_config.get("eval_fraction", 0.02)))
+    docs = sources_lib.ShardedDocs.from_manifest
+    return Corpus(train_docs=docs(directory, manifest, lengths, ~is_eval),
+                  eval_docs=docs(directory, manifest, lengths, is_eval),
+                  eval_names=[f"document{i}" for i in np.flatnonzero(is_eval)])
+
+
+def load_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
     """The corpus named by data_config.source, split with data_config.eval_fraction."""
     source = data_config.source
     if source not in SOURCES:
         raise ValueError(f"unknown data.source {source!r}; valid sources: {', '.join(SOURCES)}")
+    if source == "arrayrecord":
+        return load_prepared_corpus(data_config, tokenizer)
+    if source != "stdlib":
+        return load_raw_corpus(data_config, tokenizer)
     root, names = stdlib_files(int(data_config.get("max_files", 0)))
     texts = [(root / name).read_bytes() for name in names]
     return corpus_from_texts(

@@ -16,21 +16,21 @@ from tqdm import tqdm
 from a3jax import parallel
 from a3jax.checkpoint import Checkpointer
 from a3jax.configs import model_config, validate
-from a3jax.data import ByteTokenizer, eval_batch, load_corpus, train_batches
+from a3jax.data import ByteTokenizer, eval_batch, load_corpus, load_tokenizer, train_batches
 from a3jax.data.corpus import Corpus
 from a3jax.train.metrics import MetricWriter
 from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
-from a3jax.train.step import init_model, make_eval_step, make_train_step
+from a3jax.train.step import abstract_params, init_model, make_eval_step, make_train_step
 
 
-def evaluate(eval_step, params, eval_batches: dict) -> dict[str, float]:
-    """Held-out NLL per target token and bits per byte under each named order."""
+def evaluate(eval_step, params, eval_batches: dict, unit: str = "byte") -> dict[str, float]:
+    """Held-out NLL per target token and bits per byte (per token for subword tokenizers)."""
     results = {}
     for spec, batch in eval_batches.items():
         totals = jax.device_get(eval_step(params, batch))
         nll = float(totals["nll_sum"])
         results[f"{spec}/nll"] = nll / max(float(totals["n_targets"]), 1.0)
-        results[f"{spec}/bits_per_byte"] = nll / math.log(2) / max(float(totals["n_bytes"]), 1.0)
+        results[f"{spec}/bits_per_{unit}"] = nll / math.log(2) / max(float(totals["n_bytes"]), 1.0)
     return results
 
 
@@ -42,7 +42,7 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, stop_after: int | 
     """
     validate(config)
     model_cfg = model_config(config)
-    tokenizer = ByteTokenizer()
+    tokenizer = load_tokenizer(config.data)
     tokenizer.check_vocab(model_cfg.vocab_size)
     workdir = pathlib.Path(workdir)
     checkpointer = Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
@@ -63,11 +63,11 @@ def _train(config, workdir, model_cfg, tokenizer, checkpointer, stop_after, corp
 
 def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_after, corpus, progress, mesh):
     log = lambda message: print(f"[a3jax] {message}", file=sys.stderr, flush=True)  # noqa: E731
-    model_def, params = init_model(model_cfg, int(config.seed))
+    _, shapes = abstract_params(model_cfg)
+    params_sh = parallel.param_shardings(mesh, shapes, config.mesh.rules)
+    model_def, params = init_model(model_cfg, int(config.seed), params_sh)
     tx = make_optimizer(config.train)
     schedule = learning_rate_schedule(config.train)
-    params_sh = parallel.param_shardings(mesh, params, config.mesh.rules)
-    params = jax.device_put(params, params_sh)
     opt_state = jax.jit(tx.init)(params)
     opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
     batch_sh = parallel.batch_sharding(mesh)
@@ -92,6 +92,7 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
 
     train_step = make_train_step(model_def, tx, schedule, (params_sh, opt_sh, batch_sh))
     eval_step = make_eval_step(model_def, tokenizer.eos_id)
+    unit = "byte" if isinstance(tokenizer, ByteTokenizer) else "token"  # EOS excluded from the count
     writer = MetricWriter(workdir, resume_step=start)
     total = int(config.train.steps)
     end = total if stop_after is None else min(int(stop_after), total)
@@ -121,7 +122,7 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
                 pending, window_start, window_steps = [], time.perf_counter(), 0
             if done % int(config.train.eval_every) == 0 or done == total:
-                summary["eval"] = evaluate(eval_step, params, eval_batches)
+                summary["eval"] = evaluate(eval_step, params, eval_batches, unit)
                 writer.write(done, summary["eval"], prefix="eval/")
                 bar.write("[a3jax] step {}: {}".format(done, "  ".join(
                     f"{k}={v:.3f}" for k, v in summary["eval"].items())), file=sys.stderr)
@@ -135,6 +136,6 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
         writer.close()
     checkpointer.wait()
     if not summary["eval"]:  # nothing left to train (a finished workdir): still report eval
-        summary["eval"] = evaluate(eval_step, params, eval_batches)
+        summary["eval"] = evaluate(eval_step, params, eval_batches, unit)
     summary["params"] = params
     return summary

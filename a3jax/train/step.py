@@ -25,10 +25,16 @@ class ModelDef:
         return nnx.merge(self.graphdef, nnx.State(params))
 
 
-def init_model(model_config: ModelConfig, seed: int) -> tuple[ModelDef, dict]:
-    model = Transformer(model_config, rngs=nnx.Rngs(seed))
-    graphdef, state = nnx.split(model, nnx.Param)
-    return ModelDef(graphdef), nnx.to_pure_dict(state)
+def init_model(model_config: ModelConfig, seed: int, shardings=None) -> tuple[ModelDef, dict]:
+    """A fresh model: (static ModelDef, float32 params). With `shardings` (a params-shaped tree),
+    one jitted program creates every parameter directly in its sharding, never whole on one device."""
+    model_def, _ = abstract_params(model_config)
+
+    def create():
+        model = Transformer(model_config, rngs=nnx.Rngs(seed))
+        return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
+
+    return model_def, jax.jit(create, out_shardings=shardings)()
 
 
 def abstract_params(model_config: ModelConfig) -> tuple[ModelDef, dict]:
