@@ -40,7 +40,14 @@ class MeshError(ValueError):
 
 def mesh_shape(mesh_config, device_count: int) -> tuple[int, ...]:
     """Resolves the (data, fsdp, tensor) degrees; one of them may be -1 (fill the rest)."""
-    degrees = [int(mesh_config[name]) for name in MESH_AXES]
+    preset = mesh_config.get("preset", "")
+    if preset:
+        presets = dict(mesh_config.get("presets", {}))
+        if preset not in presets:
+            raise MeshError(f"mesh.preset={preset!r} is not one of {sorted(presets)}")
+        degrees = [int(d) for d in presets[preset]]
+    else:
+        degrees = [int(mesh_config[name]) for name in MESH_AXES]
     text = ", ".join(f"{n}={d}" for n, d in zip(MESH_AXES, degrees))
     if degrees.count(-1) > 1 or any(d == 0 or d < -1 for d in degrees):
         raise MeshError(f"mesh ({text}): degrees must be >= 1, with at most one -1 (auto-fill)")

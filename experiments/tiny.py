@@ -58,6 +58,8 @@ def get_config() -> ConfigDict:
     config.mesh.fsdp = 1
     config.mesh.tensor = 1
     config.mesh.devices = 0  # use the first N devices; 0 = all
+    config.mesh.preset = ""  # a key of mesh.presets: its (data, fsdp, tensor) replace the degrees
+    config.mesh.presets = {"cpu": (-1, 1, 1)}
     # Logical axis -> mesh axes (comma-separated; "" = replicated). See a3jax/parallel.py.
     config.mesh.rules = (
         ("batch", "data,fsdp"), ("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"),
@@ -77,6 +79,7 @@ def get_config() -> ConfigDict:
     config.train.b2 = 0.95
     config.train.eps = 1e-8
     config.train.clip_norm = 1.0
+    config.train.peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 = from flops.PEAK_FLOPS
     config.train.log_every = 20
     config.train.eval_every = 300
     config.train.eval_rows = 64

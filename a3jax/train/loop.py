@@ -13,7 +13,7 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from a3jax import parallel
+from a3jax import flops, parallel
 from a3jax.checkpoint import Checkpointer
 from a3jax.configs import model_config, validate
 from a3jax.data import ByteTokenizer, eval_batch, load_corpus, load_tokenizer, train_batches
@@ -97,6 +97,9 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
     total = int(config.train.steps)
     end = total if stop_after is None else min(int(stop_after), total)
     tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
+    n_devices = mesh.size
+    flops_per_token = flops.train_flops_per_token(model_cfg, int(config.data.seq_len))
+    peak = flops.peak_flops(jax.devices()[0].device_kind, float(config.train.get("peak_flops", 0.0)))
     summary = {"step": start, "eval": {}, "loss": None, "tokens_per_s": None}
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress,
                file=sys.stderr, dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 15.0)
@@ -116,6 +119,10 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
                 for logged_step, values in fetched:
                     scalars = {k: float(v) for k, v in values.items()}
                     scalars["tokens_per_s"] = tokens_per_s
+                    scalars["tokens_per_s_per_device"] = tokens_per_s / n_devices
+                    scalars["tflops_per_device"] = flops_per_token * tokens_per_s / n_devices / 1e12
+                    if peak:
+                        scalars["mfu"] = flops_per_token * tokens_per_s / n_devices / peak
                     writer.write(logged_step, scalars, prefix="train/")
                 loss = float(fetched[-1][1]["loss"])
                 summary.update(loss=loss, tokens_per_s=tokens_per_s)
