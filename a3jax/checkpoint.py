@@ -8,6 +8,7 @@ differences listed, and nothing in the workdir is touched.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Any
 
@@ -20,7 +21,13 @@ def _register_array_handler() -> None:
     import jax
 
     handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20)
-    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns that the default handler is overridden
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_logger.setLevel(level)
 
 
 _register_array_handler()

@@ -20,10 +20,12 @@ def _default_config() -> str:
 
 
 def _cmd_train(args, overrides) -> int:
+    from a3jax import distributed
     from a3jax.configs import load_config
     from a3jax.train.loop import train
 
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides)  # bad config fails before any process waits
+    distributed.initialize(timeout_s=args.distributed_timeout)
     summary = train(config, args.workdir, stop_after=args.stop_after, progress=not args.no_progress)
     print(f"[a3jax] finished at step {summary['step']}; checkpoints in {pathlib.Path(args.workdir) / 'checkpoints'}")
     for name, value in summary["eval"].items():
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--stop-after", type=int, default=None,
                            help="stop after this step (the schedule still spans train.steps)")
+            p.add_argument("--distributed-timeout", type=int, default=300,
+                           help="seconds to wait for the other processes of a multi-process job")
         else:
             p.add_argument("--span", type=int, default=32, help="bytes to infill")
             p.add_argument("--seed", type=int, default=0, help="picks the held-out window")
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from a3jax.checkpoint import IncompatibleCheckpointError
     from a3jax.configs import ConfigError
     from a3jax.data.sources import CorruptShardError
+    from a3jax.distributed import DistributedError
     from a3jax.parallel import MeshError
 
     try:
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                    "prepare": _cmd_prepare}[args.command]
         return handler(args, overrides)
     except (ConfigError, IncompatibleCheckpointError, MeshError, CorruptShardError, FileNotFoundError,
-            ValueError) as error:
+            DistributedError, ValueError) as error:
         if os.environ.get("A3JAX_DEBUG"):
             raise
         print(f"a3jax {args.command}: error: {error}", file=sys.stderr)

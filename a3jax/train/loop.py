@@ -18,7 +18,7 @@ from a3jax.checkpoint import Checkpointer
 from a3jax.configs import model_config, validate
 from a3jax.data import ByteTokenizer, eval_batch, load_corpus, load_tokenizer, train_batches
 from a3jax.data.corpus import Corpus
-from a3jax.train.metrics import MetricWriter
+from a3jax.train.metrics import MetricWriter, NullWriter
 from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
 from a3jax.train.step import abstract_params, init_model, make_eval_step, make_train_step
 
@@ -88,12 +88,14 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
         log("causal model: evaluating under the 'ar' order only")
         eval_specs = ["ar"]
     eval_batches = {s: eval_batch(config, corpus, tokenizer, s, int(config.train.eval_rows)) for s in eval_specs}
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
+    is_chief = jax.process_index() == 0  # one process writes logs and the resolved config
+    if is_chief:
+        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
 
     train_step = make_train_step(model_def, tx, schedule, (params_sh, opt_sh, batch_sh))
     eval_step = make_eval_step(model_def, tokenizer.eos_id)
     unit = "byte" if isinstance(tokenizer, ByteTokenizer) else "token"  # EOS excluded from the count
-    writer = MetricWriter(workdir, resume_step=start)
+    writer = MetricWriter(workdir, resume_step=start) if is_chief else NullWriter()
     total = int(config.train.steps)
     end = total if stop_after is None else min(int(stop_after), total)
     tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
@@ -101,7 +103,7 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
     flops_per_token = flops.train_flops_per_token(model_cfg, int(config.data.seq_len))
     peak = flops.peak_flops(jax.devices()[0].device_kind, float(config.train.get("peak_flops", 0.0)))
     summary = {"step": start, "eval": {}, "loss": None, "tokens_per_s": None}
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress,
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not (progress and is_chief),
                file=sys.stderr, dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 15.0)
     pending, window_start, window_steps = [], time.perf_counter(), 0
     try:
@@ -131,8 +133,9 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
             if done % int(config.train.eval_every) == 0 or done == total:
                 summary["eval"] = evaluate(eval_step, params, eval_batches, unit)
                 writer.write(done, summary["eval"], prefix="eval/")
-                bar.write("[a3jax] step {}: {}".format(done, "  ".join(
-                    f"{k}={v:.3f}" for k, v in summary["eval"].items())), file=sys.stderr)
+                if is_chief:
+                    bar.write("[a3jax] step {}: {}".format(done, "  ".join(
+                        f"{k}={v:.3f}" for k, v in summary["eval"].items())), file=sys.stderr)
             if done % int(config.train.checkpoint_every) == 0 or done == end:
                 meta = {"step": done, "model": model_cfg.to_dict(), "config": config.to_dict()}
                 checkpointer.save(done, {"params": params, "opt_state": opt_state},

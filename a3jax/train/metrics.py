@@ -56,3 +56,13 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+class NullWriter:
+    """The writer of processes other than the first: drops everything."""
+
+    def write(self, step: int, scalars: dict[str, float], prefix: str = "") -> None:
+        pass
+
+    def close(self) -> None:
+        pass
