@@ -74,6 +74,10 @@ def _cmd_bench(args, overrides) -> int:
         from a3jax.bench import attention
 
         return attention.main(args)
+    if args.name == "train":
+        from a3jax.bench import train as bench_train
+
+        return bench_train.main(args, overrides)
     from a3jax.bench import data
 
     return data.main(args)
@@ -113,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     from a3jax.data import prepare
 
     bench_data.add_arguments(bench_sub.add_parser("data", help="tokens/s of the data pipeline by source and workers"))
+    from a3jax.bench import train as bench_train
+
+    bench_train.add_arguments(bench_sub.add_parser("train", help="A3 vs causal train step: tokens/s, TFLOP/s, MFU"))
     prepare.add_arguments(sub.add_parser("prepare", help="tokenize a corpus into ArrayRecord shards"))
     return parser
 
