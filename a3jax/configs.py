@@ -102,6 +102,9 @@ def validate(config: ConfigDict) -> None:
         (config.data.seq_len >= 2, f"data.seq_len={config.data.seq_len} must be >= 2"),
         (config.train.schedule in SCHEDULES,
          f"train.schedule={config.train.schedule!r} is not one of {SCHEDULES}"),
+        (config.train.grad_accum > 0 and config.train.batch_size % config.train.grad_accum == 0,
+         f"train.grad_accum={config.train.grad_accum} must be > 0 and divide "
+         f"train.batch_size={config.train.batch_size}"),
         (config.train.checkpoint_every > 0,
          f"train.checkpoint_every={config.train.checkpoint_every} must be > 0"),
     ]

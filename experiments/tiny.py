@@ -68,6 +68,7 @@ def get_config() -> ConfigDict:
 
     config.train = ConfigDict()
     config.train.batch_size = 8  # many small steps beat few large ones at this scale
+    config.train.grad_accum = 1  # micro-batches per step (the batch is split, gradients summed)
     config.train.steps = 1200
     config.train.lr = 3e-3
     config.train.warmup_steps = 50

@@ -138,3 +138,18 @@ def test_pallas_and_xla_backends_train_to_the_same_losses(tmp_path, small_corpus
         runs[backend] = [loss for _, loss in losses(tmp_path / backend)]
     assert len(runs["xla"]) == 20
     np.testing.assert_allclose(runs["pallas"], runs["xla"], atol=1e-4, rtol=0)
+
+
+def test_gradient_accumulation_equals_the_full_batch_step(tmp_path, small_corpus):
+    runs = {}
+    for accum in (1, 2, 4):
+        config = micro_config(f"train.grad_accum={accum}", "train.steps=5", "train.eval_every=1000",
+                              "train.checkpoint_every=1000", "mesh.devices=1")
+        summary = train(config, tmp_path / str(accum), corpus=small_corpus, progress=False)
+        runs[accum] = ([loss for _, loss in losses(tmp_path / str(accum))], summary["params"])
+    for accum in (2, 4):
+        np.testing.assert_allclose(runs[accum][0], runs[1][0], atol=1e-5, rtol=0)
+        for a, b in zip(jax.tree.leaves(runs[accum][1]), jax.tree.leaves(runs[1][1])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    with pytest.raises(ConfigError, match="train.grad_accum=3 must be > 0 and divide train.batch_size=8"):
+        micro_config("train.grad_accum=3")

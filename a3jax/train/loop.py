@@ -92,7 +92,8 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
     if is_chief:
         (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
 
-    train_step = make_train_step(model_def, tx, schedule, (params_sh, opt_sh, batch_sh))
+    train_step = make_train_step(model_def, tx, schedule, (params_sh, opt_sh, batch_sh),
+                                 grad_accum=int(config.train.grad_accum))
     eval_step = make_eval_step(model_def, tokenizer.eos_id)
     unit = "byte" if isinstance(tokenizer, ByteTokenizer) else "token"  # EOS excluded from the count
     writer = MetricWriter(workdir, resume_step=start) if is_chief else NullWriter()

@@ -44,20 +44,40 @@ def abstract_params(model_config: ModelConfig) -> tuple[ModelDef, dict]:
     return ModelDef(graphdef), nnx.to_pure_dict(state)
 
 
-def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule, shardings=None):
-    """The jitted step. shardings = (params, opt_state, batch) NamedSharding trees, or None."""
-    def train_step(params, opt_state, step, batch):
-        def loss_of(p):
-            return loss_fn(model_def.bind(p), batch)
+def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule, shardings=None,
+                    grad_accum: int = 1):
+    """The jitted step. shardings = (params, opt_state, batch) NamedSharding trees, or None.
 
-        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+    grad_accum > 1 splits the batch into that many micro-batches (scanned) and sums their NLL
+    gradients before one update: the result equals the full-batch step (the mean is taken over
+    all target tokens of the batch, not per micro-batch).
+    """
+    def nll_sum(p, micro):
+        _, aux = loss_fn(model_def.bind(p), micro)
+        return aux["nll_sum"], aux["n_targets"]
+
+    def train_step(params, opt_state, step, batch):
+        if grad_accum == 1:
+            (total, n_targets), grads = jax.value_and_grad(nll_sum, has_aux=True)(params, batch)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+
+            def accumulate(carry, micro_batch):
+                (part, count), part_grads = jax.value_and_grad(nll_sum, has_aux=True)(params, micro_batch)
+                total, n, grads = carry
+                return (total + part, n + count, jax.tree.map(jnp.add, grads, part_grads)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (total, n_targets, grads), _ = jax.lax.scan(accumulate, (0.0, 0.0, zeros), micro)
+        scale = 1.0 / jnp.maximum(n_targets, 1.0)
+        loss, grads = total * scale, jax.tree.map(lambda g: g * scale, grads)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "lr": schedule(step),
-            "n_targets": aux["n_targets"],
+            "n_targets": n_targets,
         }
         return params, opt_state, metrics
 
