@@ -17,10 +17,10 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from a3jax.model.sharding import BATCH_AXES
 from a3jax.model.transformer import param_logical_axes
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
 DEFAULT_RULES = (
     ("batch", "data,fsdp"),
     ("vocab", "tensor"),

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from a3jax.model.config import ATTENTION_BACKENDS as BACKENDS
+from a3jax.model.sharding import BATCH_AXES
 _log = logging.getLogger("a3jax")
 
 
@@ -103,7 +104,6 @@ def _pallas_streams(streams, q, k, v, segment_ids, groups):
     return range_attention(q, k, v, jnp.concatenate(starts, 1), jnp.concatenate(ends, 1))
 
 
-BATCH_AXES = ("data", "fsdp")  # mesh axes that split the batch
 HEAD_AXIS = "tensor"  # mesh axis that splits attention heads
 
 

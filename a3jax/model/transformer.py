@@ -24,6 +24,7 @@ from flax import nnx
 from a3jax.model import attention as attention_lib
 from a3jax.model import rope
 from a3jax.model.config import ModelConfig
+from a3jax.model.sharding import constrain_batch
 
 LAYER_PARAMS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
 
@@ -170,7 +171,8 @@ class Transformer(nnx.Module):
         segment_ids, groups = batch["segment_ids"], batch["groups"]
 
         def step(carry, layer_params, update_content=True):
-            return _layer(cfg, layer_params, *carry, cos, sin, segment_ids, groups, update_content), None
+            content, query = _layer(cfg, layer_params, *carry, cos, sin, segment_ids, groups, update_content)
+            return (constrain_batch(content), None if query is None else constrain_batch(query)), None
 
         skip_last = query is not None and not full_content
         n_scanned = cfg.n_layers - 1 if skip_last else cfg.n_layers
