@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+TORCH_STAMP := $(VENV)/.installed-torch-stamp
 WORKDIR ?= runs/demo
 
 .PHONY: demo test install clean
@@ -14,12 +15,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The tests also cover HF conversion, which needs the optional torch extra (a pinned CPU build).
+$(TORCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,torch]'
+	touch $(TORCH_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/a3jax demo --workdir=$(WORKDIR)
 
-test: $(STAMP)
+test: $(TORCH_STAMP)
 	$(BIN)/python -m pytest -q tests
 
 clean:

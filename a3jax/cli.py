@@ -1,4 +1,5 @@
-"""The `a3jax` command: train, demo (train the tiny model, then infill held-out text), prepare, bench."""
+"""The `a3jax` command: train, demo (train the tiny model, then infill held-out text), prepare,
+convert, export, bench."""
 
 from __future__ import annotations
 
@@ -83,6 +84,18 @@ def _cmd_bench(args, overrides) -> int:
     return data.main(args)
 
 
+def _cmd_convert(args, overrides) -> int:
+    from a3jax.convert import cli as convert_cli
+
+    return convert_cli.convert_main(args, overrides)
+
+
+def _cmd_export(args, overrides) -> int:
+    from a3jax.convert import cli as convert_cli
+
+    return convert_cli.export_main(args, overrides)
+
+
 def _cmd_prepare(args, overrides) -> int:
     from a3jax.data import prepare
 
@@ -121,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_train.add_arguments(bench_sub.add_parser("train", help="A3 vs causal train step: tokens/s, TFLOP/s, MFU"))
     prepare.add_arguments(sub.add_parser("prepare", help="tokenize a corpus into ArrayRecord shards"))
+    from a3jax.convert import cli as convert_cli
+
+    convert_cli.add_convert_arguments(sub.add_parser("convert", help="HF LLaMA safetensors -> a3jax checkpoint"))
+    convert_cli.add_export_arguments(sub.add_parser("export", help="a3jax checkpoint -> HF safetensors + config.json"))
     return parser
 
 
@@ -136,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         handler = {"train": _cmd_train, "demo": _cmd_demo, "bench": _cmd_bench,
-                   "prepare": _cmd_prepare}[args.command]
+                   "prepare": _cmd_prepare, "convert": _cmd_convert, "export": _cmd_export}[args.command]
         return handler(args, overrides)
     except (ConfigError, IncompatibleCheckpointError, MeshError, CorruptShardError, FileNotFoundError,
             DistributedError, ValueError) as error:

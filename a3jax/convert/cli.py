@@ -1,0 +1,57 @@
+"""Arguments and entry points of `a3jax convert` (HF -> a3jax) and `a3jax export` (a3jax -> HF).
+
+    a3jax convert --from-hf Llama-3.2-1B --out runs/a3-1b --variant a3 \
+        --config experiments/adapt_llama3_1b.py [--config.model.dtype=bfloat16 ...]
+    a3jax train --workdir runs/a3-1b --config runs/a3-1b/experiment.py --config.data.paths=...
+    a3jax export --workdir runs/a3-1b --out runs/a3-1b-hf [--step N] [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def add_convert_arguments(parser) -> None:
+    parser.add_argument("--from-hf", required=True, metavar="DIR",
+                        help="HF LLaMA folder: config.json + model.safetensors or sharded "
+                             "model-*.safetensors with model.safetensors.index.json")
+    parser.add_argument("--out", required=True, metavar="CKPT",
+                        help="new a3jax workdir (checkpoint at step 0, experiment.py, tokenizer files)")
+    parser.add_argument("--variant", choices=("a3", "causal"), default="a3",
+                        help="a3: add the query vector (two-stream model); causal: plain LLaMA")
+    parser.add_argument("--config", default=None,
+                        help="base experiment config for everything but the architecture "
+                             "(default experiments/adapt_tiny.py); --config.KEY=VALUE overrides apply")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the query vector's initialisation")
+
+
+def convert_main(args, overrides: Sequence[str] = ()) -> int:
+    from a3jax.configs import apply_override, load_config_file
+    from a3jax.convert.hf_import import convert_hf, default_config_path
+
+    config = load_config_file(args.config or default_config_path())
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} has no '='; write it as --config.{key}=VALUE")
+        apply_override(config, key.removeprefix("--").removeprefix("config."), text)
+    convert_hf(args.from_hf, args.out, variant=args.variant, config=config, seed=args.seed)
+    return 0
+
+
+def add_export_arguments(parser) -> None:
+    parser.add_argument("--workdir", required=True, help="a3jax workdir holding checkpoints/")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--out", required=True, metavar="HFDIR", help="new folder for the HF files")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="dtype of the written tensors (the checkpoint holds float32)")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB")
+
+
+def export_main(args, overrides: Sequence[str] = ()) -> int:
+    from a3jax.convert.hf_export import export_hf
+
+    if overrides:
+        raise ValueError(f"a3jax export takes no --config overrides (got {list(overrides)})")
+    export_hf(args.workdir, args.out, step=args.step, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    return 0

@@ -1,0 +1,241 @@
+"""a3jax workdir -> an HF LLaMA folder: safetensors (HF key names) + config.json + tokenizer.
+
+The key map is hf_import's, inverted (see its docstring): per-layer slices of the stacked [L, ...]
+arrays are written as model.layers.<i>.* and Linear weights transposed back to HF's [out, in].
+The a3 model's query vector is written as `model.query_embed` [D] (the official A3 code's name);
+transformers' LlamaForCausalLM reports it as an unexpected key and ignores it, so the folder loads
+as the causal LLaMA that the content stream is. config.json carries an extra "a3" entry
+({"variant", "query_embed", "step"}) that transformers keeps as an attribute and ignores.
+
+Written shard by shard (each shard's tensors are materialised only while it is written) into a
+temporary sibling folder that is renamed to --out when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import shutil
+import sys
+from typing import Callable
+
+import numpy as np
+
+from a3jax.convert.hf_import import (
+    LAYER_KEYS, QUERY_KEY, TOKENIZER_FILES, TOP_KEYS, ConversionError, finish_out, prepare_out,
+)
+from a3jax.model.config import ModelConfig
+
+EXPORT_DTYPES = ("float32", "bfloat16")
+
+
+def _log(message: str) -> None:
+    print(f"[a3jax] {message}", file=sys.stderr, flush=True)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from 5GB / 500MB / 2GiB / 20KB / a plain integer (HF's decimal units)."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*", str(text).upper())
+    if not match:
+        raise ConversionError(f"--max-shard-size {text!r} is not a size like 5GB, 500MB or 1000000")
+    number, unit = float(match.group(1)), match.group(2) or "B"
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    return int(number * scale)
+
+
+def hf_config_dict(cfg: ModelConfig, dtype: str, extra: dict | None = None) -> dict:
+    """An HF LlamaConfig dict for `cfg` (transformers 4.x keys, which 5.x reads too).
+
+    `extra`: an original config.json (kept for keys a3jax does not model, e.g. token ids and
+    max_position_embeddings); architecture keys are always taken from `cfg`.
+    """
+    hf = {k: v for k, v in (extra or {}).items()
+          if k not in ("rope_parameters", "rope_scaling", "rope_theta", "transformers_version", "dtype",
+                       "torch_dtype", "a3", "quantization_config")}
+    scaling = None
+    if cfg.rope_scaling.kind == "llama3":
+        scaling = {"rope_type": "llama3", "factor": cfg.rope_scaling.factor,
+                   "low_freq_factor": cfg.rope_scaling.low_freq_factor,
+                   "high_freq_factor": cfg.rope_scaling.high_freq_factor,
+                   "original_max_position_embeddings": cfg.rope_scaling.original_max_position}
+    hf.update({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.ffn_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": scaling,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "torch_dtype": dtype,
+    })
+    hf.setdefault("max_position_embeddings",
+                  131072 if scaling else max(2048, cfg.rope_scaling.original_max_position))
+    hf.setdefault("initializer_range", cfg.init_std)
+    return hf
+
+
+def _tensor_plan(cfg: ModelConfig, params: dict) -> list[tuple[str, Callable[[], np.ndarray], tuple, int]]:
+    """(HF name, producer of the HF-layout array, HF shape, element count) in HF's usual order."""
+    plan = []
+
+    def add(name, getter, shape):
+        plan.append((name, getter, tuple(shape), int(np.prod(shape))))
+
+    def top(key):
+        hf_name, transposed = TOP_KEYS[key]
+        array = params[key]
+        add(hf_name, (lambda a=array, t=transposed: a.T if t else a), array.shape[::-1] if transposed else array.shape)
+
+    top("embed")
+    for i in range(cfg.n_layers):
+        for key, (suffix, transposed) in LAYER_KEYS.items():
+            array = params["layers"][key]
+            shape = array.shape[1:][::-1] if transposed else array.shape[1:]
+            add(f"model.layers.{i}.{suffix}", (lambda a=array, i=i, t=transposed: a[i].T if t else a[i]), shape)
+    top("final_norm")
+    if "lm_head" in params:
+        top("lm_head")
+    if "query_embed" in params:
+        top("query_embed")
+    return plan
+
+
+def _numpy_dtype(dtype: str):
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.float32
+
+
+def restore_checkpoint_params(workdir: pathlib.Path, step: int | None):
+    """(step, ModelConfig, meta, float32 numpy params) of a workdir's checkpoint (latest if None)."""
+    import jax
+
+    from a3jax.checkpoint import Checkpointer
+    from a3jax.train.step import abstract_params
+
+    if not (workdir / "checkpoints").is_dir():
+        raise ConversionError(f"--workdir {workdir} has no checkpoints/ folder; pass a training workdir")
+    checkpointer = Checkpointer(workdir, async_save=False)
+    try:
+        steps = sorted(checkpointer.manager.all_steps())
+        if not steps:
+            raise ConversionError(f"--workdir {workdir} has no complete checkpoint")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise ConversionError(f"--step {step}: {workdir} has checkpoints at steps {steps}")
+        meta = checkpointer.read_meta(step)
+        cfg = ModelConfig.from_mapping(meta["model"])
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        _, shapes = abstract_params(cfg)
+        abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=cpu), shapes)
+        params = checkpointer.restore_params(step, abstract)
+    finally:
+        checkpointer.close()
+    return step, cfg, meta, jax.tree.map(np.asarray, params)
+
+
+def _tokenizer_sources(workdir: pathlib.Path, meta: dict) -> list[pathlib.Path]:
+    found = [workdir / n for n in TOKENIZER_FILES if (workdir / n).is_file()]
+    if found:
+        return found
+    tokenizer = str(meta.get("config", {}).get("data", {}).get("tokenizer", "") or "")
+    path = pathlib.Path(tokenizer)
+    if tokenizer and tokenizer != "bytes" and path.is_file():
+        return [path] + [path.parent / n for n in TOKENIZER_FILES
+                         if n != path.name and (path.parent / n).is_file()]
+    return []
+
+
+def _token_ids(meta: dict) -> dict:
+    """bos/eos/pad ids of the training tokenizer, if it can be loaded here."""
+    try:
+        from ml_collections import ConfigDict
+
+        from a3jax.data import load_tokenizer
+
+        tokenizer = load_tokenizer(ConfigDict(meta["config"]["data"]))
+        return {"bos_token_id": int(tokenizer.bos_id), "eos_token_id": int(tokenizer.eos_id),
+                "pad_token_id": int(tokenizer.pad_id)}
+    except Exception:  # noqa: BLE001 - ids are a convenience, not needed for the weights
+        return {}
+
+
+def export_hf(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int | None = None,
+              dtype: str = "float32", max_shard_size: str | int = "5GB",
+              log: Callable[[str], None] = _log) -> pathlib.Path:
+    """Writes the checkpoint at `step` (latest if None) of `workdir` as an HF LLaMA folder `out`."""
+    try:
+        from safetensors.numpy import save_file
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ConversionError("export needs the `safetensors` package: pip install -e '.[torch]'") from None
+    if dtype not in EXPORT_DTYPES:
+        raise ConversionError(f"--dtype {dtype!r} is not one of {EXPORT_DTYPES}")
+    limit = parse_size(max_shard_size)
+    workdir, out = pathlib.Path(workdir), pathlib.Path(out).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConversionError(f"--out {out} already exists and is not empty; choose a new folder")
+    step, cfg, meta, params = restore_checkpoint_params(workdir, step)
+    np_dtype = _numpy_dtype(dtype)
+    itemsize = np.dtype(np_dtype).itemsize
+    plan = _tensor_plan(cfg, params)
+    shards: list[list] = [[]]
+    size = 0
+    for entry in plan:
+        nbytes = entry[3] * itemsize
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += nbytes
+
+    tmp = prepare_out(out)
+    try:
+        weight_map, total = {}, 0
+        for index, shard in enumerate(shards):
+            name = ("model.safetensors" if len(shards) == 1
+                    else f"model-{index + 1:05d}-of-{len(shards):05d}.safetensors")
+            tensors = {hf_name: np.ascontiguousarray(getter(), dtype=np_dtype) for hf_name, getter, _, _ in shard}
+            save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+            for hf_name, array in tensors.items():
+                weight_map[hf_name] = name
+                total += array.nbytes
+            del tensors
+        if len(shards) > 1:
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        original = {}
+        if (workdir / "hf_config.json").is_file():
+            original = json.loads((workdir / "hf_config.json").read_text())
+        hf = hf_config_dict(cfg, dtype, original)
+        for key, value in _token_ids(meta).items():
+            hf.setdefault(key, value)
+        hf["a3"] = {"variant": cfg.variant, "query_embed": QUERY_KEY if "query_embed" in params else None,
+                    "step": int(step), "exported_by": "a3jax"}
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        copied = []
+        for source in _tokenizer_sources(workdir, meta):
+            shutil.copy2(source, tmp / source.name)
+            copied.append(source.name)
+        finish_out(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"exported {workdir} step {step} ({cfg.variant}, {dtype}, {len(shards)} shard(s)"
+        f"{', tokenizer ' + ', '.join(copied) if copied else ', no tokenizer files found'}) -> {out}")
+    return out
