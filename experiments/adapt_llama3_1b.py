@@ -27,9 +27,14 @@ adapt = _load("adapt_tiny")
 TOKENS = 2_000_000_000
 
 
-def get_config():
-    config = base.get_config()
-    steps = round(TOKENS / (config.train.batch_size * config.data.seq_len))
+def adaptation_config(base_module, tokens: int):
+    """The paper's recipe (lr 2e-5) on `base_module`'s shape, with steps for `tokens` tokens."""
+    config = base_module.get_config()
+    steps = round(tokens / (config.train.batch_size * config.data.seq_len))
     adapt.apply_adaptation(config, steps=steps, lr=2e-5)
     config.train.eval_every = config.train.checkpoint_every = 500
     return config
+
+
+def get_config():
+    return adaptation_config(base, TOKENS)

@@ -21,15 +21,10 @@ def _load(name):
     return module
 
 
-base = _load("llama3_8b")
-adapt = _load("adapt_tiny")
+recipe = _load("adapt_llama3_1b")  # the same recipe, on the 8B shape with the 8B token budget
 
 TOKENS = 8_000_000_000
 
 
 def get_config():
-    config = base.get_config()
-    steps = round(TOKENS / (config.train.batch_size * config.data.seq_len))
-    adapt.apply_adaptation(config, steps=steps, lr=2e-5)
-    config.train.eval_every = config.train.checkpoint_every = 500
-    return config
+    return recipe.adaptation_config(_load("llama3_8b"), TOKENS)
