@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 
 import jax
 import jax.numpy as jnp
 
 from a3jax.model.config import ATTENTION_BACKENDS as BACKENDS
-from a3jax.model.sharding import BATCH_AXES
+from a3jax.model.sharding import batch_axes
 _log = logging.getLogger("a3jax")
 
 
@@ -115,9 +114,7 @@ def _over_mesh(fn, q, k, v, segment_ids, groups):
         return fn(q, k, v, segment_ids, groups)
     from jax.sharding import PartitionSpec as P
 
-    batch = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1) or None
-    if batch is not None and q.shape[0] % math.prod(mesh.shape[a] for a in batch):
-        batch = None  # e.g. a small eval batch: replicate rather than fail
+    batch = batch_axes(mesh, q.shape[0])
     heads = HEAD_AXIS if HEAD_AXIS in mesh.axis_names and mesh.shape[HEAD_AXIS] > 1 else None
     if heads is not None and k.shape[2] % mesh.shape[heads]:
         raise ValueError(f"{k.shape[2]} KV heads cannot be split over mesh axis "
