@@ -66,7 +66,7 @@ def rms_norm(x, weight, eps):
     return (normed * weight.astype(jnp.float32)).astype(x.dtype)
 
 
-def _dot(x, w):
+def dense(x, w):
     return jnp.einsum("...d,df->...f", x, w, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
@@ -86,9 +86,9 @@ def _layer(cfg: ModelConfig, p, content, query, cos, sin, segment_ids, groups, u
         rows_normed = rms_norm(rows, p["attn_norm"], cfg.norm_eps)
         content_normed = rms_norm(content, p["attn_norm"], cfg.norm_eps)
     s = rows.shape[1]
-    q = _dot(rows_normed, p["wq"]).reshape(b, s, cfg.n_heads, cfg.head_dim)
-    k = _dot(content_normed, p["wk"]).reshape(b, n, cfg.n_kv_heads, cfg.head_dim)
-    v = _dot(content_normed, p["wv"]).reshape(b, n, cfg.n_kv_heads, cfg.head_dim)
+    q = dense(rows_normed, p["wq"]).reshape(b, s, cfg.n_heads, cfg.head_dim)
+    k = dense(content_normed, p["wk"]).reshape(b, n, cfg.n_kv_heads, cfg.head_dim)
+    v = dense(content_normed, p["wv"]).reshape(b, n, cfg.n_kv_heads, cfg.head_dim)
     k = rope.apply_rope(k, cos, sin)
     q_rows = [rope.apply_rope(q[:, i:i + n], cos, sin) for i in range(0, s, n)]
     if update_content:
@@ -99,15 +99,21 @@ def _layer(cfg: ModelConfig, p, content, query, cos, sin, segment_ids, groups, u
         q_content, q_query, k, v, segment_ids, groups, backend=cfg.attention
     )
     attn = jnp.concatenate([o for o in (out_content, out_query) if o is not None], axis=1)
-    rows = rows + _dot(attn.reshape(b, s, cfg.q_dim), p["wo"])
-    mlp_in = rms_norm(rows, p["mlp_norm"], cfg.norm_eps)
-    hidden = jax.nn.silu(_dot(mlp_in, p["w_gate"])) * _dot(mlp_in, p["w_up"])
-    rows = rows + _dot(hidden, p["w_down"])
+    rows = residual_tail(cfg, p, rows, attn)
     if not update_content:
         return content, rows
     if query is None:
         return rows, None
     return rows[:, :n], rows[:, n:]
+
+
+def residual_tail(cfg: ModelConfig, p, rows, attn_BxSxHxD):
+    """rows + o_proj(attention), then the SwiGLU MLP block: the rest of a layer after attention."""
+    b, s = rows.shape[:2]
+    rows = rows + dense(attn_BxSxHxD.reshape(b, s, cfg.q_dim), p["wo"])
+    mlp_in = rms_norm(rows, p["mlp_norm"], cfg.norm_eps)
+    hidden = jax.nn.silu(dense(mlp_in, p["w_gate"])) * dense(mlp_in, p["w_up"])
+    return rows + dense(hidden, p["w_down"])
 
 
 def _remat(fn, policy: str):

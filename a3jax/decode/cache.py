@@ -1,0 +1,109 @@
+"""The exact KV cache of the content stream, and one decoding call against it.
+
+Decoding commits tokens group by group. When group g is committed, its content rows see every
+earlier group and each other (content rule: group(j) <= g), so their keys/values at every layer are
+final: later groups never change them. They are computed once, appended to the cache, and reused by
+every later call. In the same call, the query rows of the next positions to predict see all groups
+committed so far (query rule: group(j) < next group), which is exactly the cache after the append.
+So one call = (content rows of the committed group + query rows of the next positions) against
+the cache, and both kinds of rows see the same keys: every valid slot.
+
+For the `causal` variant (left-to-right only) a content row sees the cached keys at positions <= its
+own, and the prediction for position p is the content row at p - 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from a3jax.model import rope
+from a3jax.model.attention import _masked_attention
+from a3jax.model.config import ModelConfig
+from a3jax.model.transformer import LAYER_PARAMS, dense, residual_tail, rms_norm
+
+
+class KVCache(NamedTuple):
+    """Content-stream keys and values of the committed tokens, per layer.
+
+    k, v: [L, B, S, Hkv, Dh] in the compute dtype, RoPE applied at each key's original position.
+    positions: [B, S] int32 original positions; valid: [B, S] bool (slot holds a committed token).
+    length: int32 scalar, slots used so far (every call appends the same number to every row).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    positions: jax.Array
+    valid: jax.Array
+    length: jax.Array
+
+
+def init_cache(cfg: ModelConfig, batch: int, size: int) -> KVCache:
+    shape = (cfg.n_layers, batch, size, cfg.n_kv_heads, cfg.head_dim)
+    dtype = jnp.dtype(cfg.dtype)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   positions=jnp.zeros((batch, size), jnp.int32), valid=jnp.zeros((batch, size), bool),
+                   length=jnp.zeros((), jnp.int32))
+
+
+def _append(buffer, new, start):
+    """Writes new [B, C, ...] into buffer [B, S, ...] at slot `start` (same for every row)."""
+    index = (0, start) + (0,) * (buffer.ndim - 2)
+    return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), index)
+
+
+def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid, query_positions):
+    """Commits one group per row and predicts the next positions, in one call.
+
+    commit_tokens, commit_positions, commit_valid: [B, C] (invalid slots are ignored, never seen);
+    query_positions: [B, Q] original positions to predict (a3 only; Q may be 0).
+    Returns (cache, logits): float32 [B, Q, V] query-stream logits for a3; for causal, [B, 1, V]
+    from the valid committed row with the largest position (it predicts that position + 1).
+    The caller must leave room: cache.length + C <= S.
+    """
+    cfg: ModelConfig = model.cfg
+    dtype = model.compute_dtype
+    b, c = commit_tokens.shape
+    causal = cfg.variant == "causal"
+    q_len = 0 if causal else query_positions.shape[1]
+    start = cache.length
+    positions = _append(cache.positions, commit_positions.astype(jnp.int32), start)
+    valid = _append(cache.valid, commit_valid, start)
+
+    content = model.embed_tokens(commit_tokens)
+    row_positions = commit_positions
+    if q_len:
+        query = jnp.broadcast_to(model.query_embed[...].astype(dtype), (b, q_len, cfg.d_model))
+        rows = jnp.concatenate([content, query], axis=1)
+        row_positions = jnp.concatenate([commit_positions, query_positions], axis=1)
+    else:
+        rows = content
+    inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    cos, sin = rope.rope_tables(row_positions, inv_freq)
+    mask = jnp.broadcast_to(valid[:, None, :], (b, rows.shape[1], valid.shape[1]))
+    if causal:
+        mask = mask & (positions[:, None, :] <= row_positions[:, :, None])
+    params = {name: model.layers[name][...].astype(dtype) for name in LAYER_PARAMS}
+
+    def layer(rows, xs):
+        p, k_cache, v_cache = xs
+        normed = rms_norm(rows, p["attn_norm"], cfg.norm_eps)
+        q = dense(normed, p["wq"]).reshape(b, rows.shape[1], cfg.n_heads, cfg.head_dim)
+        k = dense(normed[:, :c], p["wk"]).reshape(b, c, cfg.n_kv_heads, cfg.head_dim)
+        v = dense(normed[:, :c], p["wv"]).reshape(b, c, cfg.n_kv_heads, cfg.head_dim)
+        k_cache = _append(k_cache, rope.apply_rope(k, cos[:, :c], sin[:, :c]), start)
+        v_cache = _append(v_cache, v, start)
+        attn = _masked_attention(rope.apply_rope(q, cos, sin), k_cache, v_cache, mask)
+        return residual_tail(cfg, p, rows, attn), (k_cache, v_cache)
+
+    rows, (k_all, v_all) = jax.lax.scan(layer, rows, (params, cache.k, cache.v))
+    cache = KVCache(k=k_all, v=v_all, positions=positions, valid=valid, length=start + c)
+    if causal:
+        last = jnp.argmax(jnp.where(commit_valid, commit_positions, -1), axis=1)
+        rows = jnp.take_along_axis(rows, last[:, None, None], axis=1)
+    else:
+        rows = rows[:, c:]
+    hidden = rms_norm(rows, model.final_norm[...], cfg.norm_eps)
+    return cache, model.logits(hidden)

@@ -1,0 +1,172 @@
+"""Decoding plans (which positions each step commits) and prompts with gaps.
+
+Static plans fix the groups before decoding (exact group-by-group sampling of the model):
+  ar            one position per step, left to right
+  blocks(k)     k consecutive unknown positions per step, left to right
+  random        one position per step in a random order (random(k): k per step)
+  groups        the caller's own group ids (generate(..., groups=...))
+Dynamic plans look at the model's predictions for every remaining position and commit the k best:
+  confidence(k) | entropy(k) | margin(k) | random_pick(k)       k fixed
+  confidence(steps=T)                                           k_t spread evenly over T steps
+  confidence(steps=T, schedule=cosine)                          few first, more later (MaskGIT)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+
+from a3jax.decode.sampling import CRITERIA
+
+STATIC = ("ar", "blocks", "random", "groups")
+DYNAMIC = {"confidence": "confidence", "entropy": "entropy", "margin": "margin", "random_pick": "random"}
+SCHEDULES = ("linear", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    kind: str  # one of STATIC or a key of DYNAMIC
+    k: int = 1  # positions per step (static: group size; dynamic: fixed k, 0 when `steps` is set)
+    steps: int = 0  # dynamic only: total steps with a schedule
+    schedule: str = "linear"
+
+    @property
+    def dynamic(self) -> bool:
+        return self.kind in DYNAMIC
+
+    @property
+    def criterion(self) -> str:
+        return DYNAMIC[self.kind]
+
+    def commits(self, remaining: int) -> list[int]:
+        """How many positions each step commits (dynamic plans) for `remaining` unknown positions."""
+        if self.k:
+            return [min(self.k, remaining - i) for i in range(0, remaining, self.k)]
+        steps = min(self.steps, remaining)
+        if self.schedule == "linear":
+            return [len(range(i, remaining, steps)) for i in range(steps)]
+        left, out = remaining, []
+        for t in range(steps):  # after step t, cos(pi/2 * (t+1)/T) of the positions stay unknown
+            target = math.floor(remaining * math.cos(math.pi / 2 * (t + 1) / steps))
+            take = max(1, left - target) if t < steps - 1 else left
+            take = min(take, left - (steps - 1 - t))  # leave one for each later step
+            out.append(max(take, 1))
+            left -= out[-1]
+        return out
+
+
+_CALL = re.compile(r"^([a-z_]+)(?:\((.*)\))?$")
+
+
+def parse_plan(spec: str) -> Plan:
+    """Parses a plan string (see the module docstring); errors name the bad part."""
+    text = str(spec).replace(" ", "")
+    match = _CALL.match(text)
+    known = list(STATIC) + list(DYNAMIC)
+    if not match or match.group(1) not in known:
+        raise ValueError(f"unknown plan {spec!r}; use one of ar, blocks(k), random, random(k), groups, "
+                         f"{', '.join(f'{n}(k)' for n in DYNAMIC)} (criteria: {', '.join(CRITERIA)})")
+    name, args = match.group(1), match.group(2)
+    positional, keywords = [], {}
+    for part in filter(None, (args or "").split(",")):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            keywords[key] = value
+        else:
+            positional.append(part)
+
+    def integer(value: str, what: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"plan {spec!r}: {what}={value!r} is not an integer") from None
+        if number < 1:
+            raise ValueError(f"plan {spec!r}: {what}={number} must be >= 1")
+        return number
+
+    if name in ("ar", "groups"):
+        if args:
+            raise ValueError(f"plan {spec!r}: {name!r} takes no arguments")
+        return Plan(name)
+    if name in ("blocks", "random"):
+        if keywords or len(positional) > 1 or (name == "blocks" and not positional):
+            raise ValueError(f"plan {spec!r}: write {name}(k) with one integer k" +
+                             (" (or plain 'random')" if name == "random" else ""))
+        return Plan(name, k=integer(positional[0], "k") if positional else 1)
+    unknown = set(keywords) - {"k", "steps", "schedule"}
+    if unknown:
+        raise ValueError(f"plan {spec!r}: unknown argument(s) {sorted(unknown)}; use k, steps, schedule")
+    if positional:
+        if len(positional) > 1 or "k" in keywords:
+            raise ValueError(f"plan {spec!r}: give k once")
+        keywords["k"] = positional[0]
+    if ("k" in keywords) == ("steps" in keywords):
+        raise ValueError(f"plan {spec!r}: give either k (positions per step) or steps=T (a schedule)")
+    schedule = keywords.get("schedule", "linear")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"plan {spec!r}: schedule={schedule!r} is not one of {SCHEDULES}")
+    if "k" in keywords:
+        if "schedule" in keywords:
+            raise ValueError(f"plan {spec!r}: a schedule needs steps=T, not a fixed k")
+        return Plan(name, k=integer(keywords["k"], "k"))
+    return Plan(name, k=0, steps=integer(keywords["steps"], "steps"), schedule=schedule)
+
+
+def static_groups(plan: Plan, unknown_positions: np.ndarray, rng: np.random.Generator,
+                  user_groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """The groups (arrays of positions, in commit order) of a static plan for one document."""
+    positions = np.asarray(unknown_positions)
+    if plan.kind == "groups":
+        if user_groups is None:
+            raise ValueError("plan 'groups' needs groups=... (one group id >= 1 per unknown position)")
+        ids = np.asarray(user_groups)
+        return [positions[ids == g] for g in np.unique(ids)]
+    if plan.kind == "random":
+        positions = positions[rng.permutation(positions.size)]
+    size = 1 if plan.kind == "ar" else plan.k
+    return [positions[i:i + size] for i in range(0, positions.size, size)]
+
+
+@dataclasses.dataclass
+class Prompt:
+    tokens: np.ndarray  # int32 [L], document positions 1..L (gap slots hold pad)
+    known: np.ndarray  # bool [L]
+    trailing_gap: bool  # the prompt ends in a gap: generation may stop early at EOS
+
+
+_GAP = re.compile(r"\[gap:([^\]]*)\]")
+
+
+def parse_prompt(text: str, tokenizer, max_len: int) -> Prompt:
+    """'text [gap:20] more text' -> tokens and a known mask. max_len counts BOS."""
+    pieces, gaps = [], []
+    cursor = 0
+    for match in _GAP.finditer(text):
+        pieces.append(text[cursor:match.start()])
+        try:
+            size = int(match.group(1))
+        except ValueError:
+            raise ValueError(f"prompt gap {match.group(0)!r}: the size must be an integer, e.g. [gap:20]") from None
+        if size < 1:
+            raise ValueError(f"prompt gap {match.group(0)!r} has no room: a gap needs at least 1 position")
+        gaps.append(size)
+        cursor = match.end()
+    pieces.append(text[cursor:])
+    if not gaps:
+        raise ValueError("the prompt has no gap to fill; mark one with [gap:N], e.g. 'def f(x):[gap:40]'")
+    tokens, known = [], []
+    for index, piece in enumerate(pieces):
+        ids = tokenizer.encode(piece) if piece else np.zeros(0, np.int32)
+        tokens.append(np.asarray(ids, np.int32))
+        known.append(np.ones(len(ids), bool))
+        if index < len(gaps):
+            tokens.append(np.full(gaps[index], tokenizer.pad_id, np.int32))
+            known.append(np.zeros(gaps[index], bool))
+    tokens, known = np.concatenate(tokens), np.concatenate(known)
+    if tokens.size + 1 > max_len:
+        raise ValueError(f"the prompt needs {tokens.size} tokens + BOS = {tokens.size + 1} but the model's "
+                         f"max length is {max_len}; shorten the text or the gaps")
+    return Prompt(tokens=tokens, known=known, trailing_gap=not pieces[-1])

@@ -1,0 +1,360 @@
+"""Any-order generation: fill the unknown positions of a batch of documents, group by group.
+
+Every step is one jitted call with static shapes: (the group committed last step + the positions
+to predict now) against the state, where the state is either
+  cached     the exact KV cache (decode/cache.py): each committed token's keys/values are computed
+             once; sampling follows the model's group-by-group distribution exactly;
+  recompute  the official code's semantics: every known token (prompt and committed) forms one
+             context group and the whole row is recomputed each step.
+The host loop only moves small int arrays (chosen tokens and positions) between steps.
+
+Documents are int arrays of the tokens at positions 1..L (BOS is added at position 0); `known`
+marks the given positions, the others are generated. Rows may differ in length and in gaps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from a3jax.decode import cache as cache_lib
+from a3jax.decode.plans import parse_plan, static_groups
+from a3jax.decode.sampling import check_settings, choose_tokens, position_scores
+
+MODES = ("cached", "recompute")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    plan: str = "ar"  # see decode/plans.py
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int = 0
+    mode: str = "cached"  # or "recompute"
+    stop_at_eos: bool = True  # a generated EOS ends its document: later unknown positions are dropped
+
+    def check(self) -> None:
+        check_settings(self.temperature, self.top_k, self.top_p)
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not one of {MODES}")
+        parse_plan(self.plan)
+
+
+@dataclasses.dataclass
+class GenerateResult:
+    tokens: list[np.ndarray]  # filled documents; cut before the first generated EOS (stop_at_eos)
+    log_probs: list[np.ndarray]  # the model's log-prob (temperature 1, unfiltered) of each generated
+    #                              token under the groups actually used; 0 at given positions
+    steps: list[np.ndarray]  # the step (= group id, 1-based) that committed each position; 0 = given
+    n_steps: int  # decoding calls after the prefill
+    state: object = None  # the final KV cache (cached mode with keep_cache=True)
+
+
+# ---- the two states behind one call: (state, commit, query) -> (state, logits) -------------------
+
+def _recompute_call(model, state, commit_tokens, commit_positions, commit_valid, query_positions):
+    tokens, known, lengths = state
+    b, n = tokens.shape
+    rows = jnp.arange(b)[:, None]
+    slots = jnp.where(commit_valid, commit_positions, n)  # invalid commits land out of bounds: dropped
+    tokens = tokens.at[rows, slots].set(commit_tokens, mode="drop")
+    known = known.at[rows, slots].set(True, mode="drop")
+    in_doc = jnp.arange(n)[None, :] <= lengths[:, None]
+    group = jnp.where(known, 0, jnp.where(in_doc, 1, 2))  # known = one context group, unknown = group 1
+    order = jnp.argsort(group, axis=1, stable=True)
+    batch = {
+        "tokens": jnp.take_along_axis(tokens, order, 1),
+        "positions": order.astype(jnp.int32),
+        "groups": jnp.minimum(jnp.take_along_axis(group, order, 1), 1).astype(jnp.int32),
+        "segment_ids": jnp.take_along_axis(in_doc, order, 1).astype(jnp.int32),
+    }
+    hidden = model.hidden_states(batch)["query"]
+    rank = jnp.argsort(order, axis=1)
+    picked = jnp.take_along_axis(hidden, jnp.take_along_axis(rank, query_positions, 1)[..., None], 1)
+    return (tokens, known, lengths), model.logits(picked)
+
+
+def _cached_call(model, state, commit_tokens, commit_positions, commit_valid, query_positions):
+    return cache_lib.extend(model, state, commit_tokens, commit_positions, commit_valid, query_positions)
+
+
+_CALLS = {"cached": _cached_call, "recompute": _recompute_call}
+
+
+def _choose(sampling: SampleConfig, key, logits, force_tokens, force_mask):
+    """(tokens, model log-probs of those tokens, full log-probs)."""
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    tokens = choose_tokens(key, logits, temperature=sampling.temperature, top_k=sampling.top_k,
+                           top_p=sampling.top_p)
+    tokens = jnp.where(force_mask, force_tokens, tokens)
+    picked = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+    return tokens, picked, log_probs
+
+
+@functools.lru_cache(maxsize=64)
+def _static_step(model_def, sampling: SampleConfig):
+    call = _CALLS[sampling.mode]
+
+    @functools.partial(jax.jit, donate_argnums=(1,))
+    def step(params, state, commit_tokens, commit_positions, commit_valid, query_positions, force_tokens,
+             force_mask, key):
+        model = model_def.bind(params)
+        state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_positions)
+        if query_positions.shape[1] == 0:
+            return state, None, None
+        tokens, picked, _ = _choose(sampling, key, logits, force_tokens, force_mask)
+        return state, tokens, picked
+
+    return step
+
+
+@functools.lru_cache(maxsize=64)
+def _dynamic_step(model_def, sampling: SampleConfig, criterion: str, width: int):
+    call = _CALLS[sampling.mode]
+
+    @functools.partial(jax.jit, donate_argnums=(1,))
+    def step(params, state, commit_tokens, commit_positions, commit_valid, query_positions, remaining,
+             k_now, force_tokens, force_mask, key):
+        model = model_def.bind(params)
+        state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_positions)
+        token_key, score_key = jax.random.split(key)
+        tokens, picked, log_probs = _choose(sampling, token_key, logits, force_tokens, force_mask)
+        scores = position_scores(criterion, score_key, log_probs, tokens)
+        scores = jnp.where(remaining, scores, -jnp.inf)
+        top, index = jax.lax.top_k(scores, width)
+        chosen = (jnp.arange(width)[None, :] < k_now[:, None]) & (top > -jnp.inf)
+        take = lambda x: jnp.take_along_axis(x, index, axis=1)  # noqa: E731
+        return state, take(tokens), take(query_positions), chosen, take(picked)
+
+    return step
+
+
+# ---- the driver ---------------------------------------------------------------------------------
+
+def _pad_rows(rows: list[np.ndarray], width: int, fill, dtype) -> np.ndarray:
+    out = np.full((len(rows), width), fill, dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def _check_inputs(documents, known, forced, groups, max_len):
+    if len(documents) != len(known):
+        raise ValueError(f"got {len(documents)} documents but {len(known)} known masks")
+    for i, (doc, mask) in enumerate(zip(documents, known)):
+        if np.shape(doc) != np.shape(mask) or np.ndim(doc) != 1:
+            raise ValueError(f"document {i}: tokens {np.shape(doc)} and known mask {np.shape(mask)} "
+                             "must be 1-D arrays of the same length")
+        if max_len is not None and len(doc) + 1 > max_len:
+            raise ValueError(f"document {i} needs {len(doc)} positions + BOS = {len(doc) + 1} but the max "
+                             f"length is {max_len}")
+        if np.all(mask):
+            raise ValueError(f"document {i} has no unknown position to generate (its gap has no room)")
+        if forced is not None and np.shape(forced[i]) != np.shape(doc):
+            raise ValueError(f"forced[{i}] has shape {np.shape(forced[i])}, document {i} {np.shape(doc)}")
+        if groups is not None and np.shape(groups[i]) != np.shape(doc):
+            raise ValueError(f"groups[{i}] has shape {np.shape(groups[i])}, document {i} {np.shape(doc)}")
+
+
+def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, eos_id: int | None = None,
+             sampling: SampleConfig = SampleConfig(), groups=None, forced=None, max_len: int | None = None,
+             keep_cache: bool = False, progress: bool = False) -> GenerateResult:
+    """Fills every position of `documents` where `known` is False.
+
+    groups: per-document group ids (>= 1 at unknown positions) for plan 'groups'.
+    forced: per-document tokens to commit instead of sampling (the reported log-probs then score
+      them: the sum equals log P(forced | known) under the groups used).
+    max_len: the model's maximum row length including BOS (e.g. the training seq_len), checked.
+    keep_cache: also commit the last group and return the final KV cache (cached mode).
+    """
+    sampling.check()
+    plan = parse_plan(sampling.plan)
+    documents = [np.asarray(d, np.int32) for d in documents]
+    known = [np.asarray(k, bool) for k in known]
+    _check_inputs(documents, known, forced, groups, max_len)
+    cfg = model_def.bind(params).cfg
+    causal = cfg.variant == "causal"
+    if causal and (plan.kind != "ar" or sampling.mode != "cached"):
+        raise ValueError(f"a causal model decodes left to right only: use plan 'ar' in cached mode "
+                         f"(got plan {sampling.plan!r}, mode {sampling.mode!r})")
+    if eos_id is None:
+        sampling = dataclasses.replace(sampling, stop_at_eos=False)
+    if plan.dynamic:
+        return _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, bos_id=bos_id,
+                                 pad_id=pad_id, eos_id=eos_id, forced=forced, keep_cache=keep_cache,
+                                 progress=progress)
+    return _generate_static(model_def, params, cfg, documents, known, plan, sampling, bos_id=bos_id,
+                            pad_id=pad_id, eos_id=eos_id, groups=groups, forced=forced, keep_cache=keep_cache,
+                            progress=progress)
+
+
+def _context(documents, known, bos_id, causal):
+    """Per document: (tokens, positions) committed by the prefill, BOS first."""
+    out = []
+    for doc, mask in zip(documents, known):
+        if causal:  # left to right: only the prefix before the first unknown position
+            first = int(np.flatnonzero(~mask)[0])
+            given = np.arange(first)
+        else:
+            given = np.flatnonzero(mask)
+        out.append((np.concatenate([[bos_id], doc[given]]).astype(np.int32),
+                    np.concatenate([[0], given + 1]).astype(np.int32)))
+    return out
+
+
+def _init_state(cfg, mode, documents, known, pad_id, size):
+    if mode == "cached":
+        return cache_lib.init_cache(cfg, len(documents), size)
+    width = max(d.size for d in documents) + 1
+    tokens = _pad_rows([np.concatenate([[pad_id], np.where(k, d, pad_id)]) for d, k in zip(documents, known)],
+                       width, pad_id, np.int32)
+    given = _pad_rows([np.concatenate([[True], k]) for k in known], width, False, bool)
+    lengths = np.array([d.size for d in documents], np.int32)
+    return jnp.asarray(tokens), jnp.asarray(given), jnp.asarray(lengths)
+
+
+class _Output:
+    """Host-side results per document, and the EOS cut."""
+
+    def __init__(self, documents, known, eos_id, stop_at_eos):
+        self.known = known
+        self.tokens = [np.where(k, d, -1).astype(np.int32) for d, k in zip(documents, known)]
+        self.log_probs = [np.zeros(d.size, np.float64) for d in documents]
+        self.steps = [np.zeros(d.size, np.int32) for d in documents]
+        self.eos_id, self.stop_at_eos = eos_id, stop_at_eos
+        self.eos_at = [None] * len(documents)  # 1-based position of the first generated EOS
+
+    def record(self, step, tokens, positions, valid, log_probs):
+        for b in range(tokens.shape[0]):
+            for tok, pos, ok, lp in zip(tokens[b], positions[b], valid[b], log_probs[b]):
+                if not ok or self.known[b][pos - 1]:  # given tokens (forced by a causal model) stay given
+                    continue
+                self.tokens[b][pos - 1], self.log_probs[b][pos - 1] = tok, lp
+                self.steps[b][pos - 1] = step
+                if self.stop_at_eos and tok == self.eos_id:
+                    self.eos_at[b] = pos if self.eos_at[b] is None else min(self.eos_at[b], pos)
+
+    def result(self, n_steps, state) -> GenerateResult:
+        tokens, log_probs, steps = [], [], []
+        for b, cut in enumerate(self.eos_at):
+            end = len(self.tokens[b]) if cut is None else cut - 1
+            tokens.append(self.tokens[b][:end].copy())
+            log_probs.append(self.log_probs[b][:end].copy())
+            steps.append(self.steps[b][:end].copy())
+        return GenerateResult(tokens=tokens, log_probs=log_probs, steps=steps, n_steps=n_steps, state=state)
+
+
+def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
+                     groups, forced, keep_cache, progress):
+    causal = cfg.variant == "causal"
+    batch = len(documents)
+    plans = []
+    for b, (doc, mask) in enumerate(zip(documents, known)):
+        if causal:
+            first = int(np.flatnonzero(~mask)[0]) + 1
+            plans.append([np.array([p]) for p in range(first, doc.size + 1)])
+            continue
+        unknown = np.flatnonzero(~mask) + 1
+        user = None if groups is None else np.asarray(groups[b])[unknown - 1]
+        rng = np.random.default_rng([int(sampling.seed), b])
+        plans.append(static_groups(plan, unknown, rng, user))
+    n_steps = max(len(p) for p in plans)
+    width = max(g.size for p in plans for g in p)
+    step_pos = np.zeros((n_steps, batch, width), np.int32)
+    step_valid = np.zeros((n_steps, batch, width), bool)
+    for b, groups_b in enumerate(plans):
+        for t, group in enumerate(groups_b):
+            step_pos[t, b, :group.size] = group
+            step_valid[t, b, :group.size] = True
+    # tokens committed instead of sampled: the caller's `forced`, and (causal) the given positions
+    force_tok = np.zeros_like(step_pos)
+    force_mask = np.zeros_like(step_valid)
+    for b in range(batch):
+        source = documents[b] if forced is None else np.where(known[b], documents[b], forced[b])
+        force_tok[:, b] = source[np.maximum(step_pos[:, b], 1) - 1]
+        given = known[b][np.maximum(step_pos[:, b], 1) - 1]
+        force_mask[:, b] = step_valid[:, b] & (given if forced is None else True)
+
+    context = _context(documents, known, bos_id, causal)
+    ctx_width = max(t.size for t, _ in context)
+    ctx_tok = _pad_rows([t for t, _ in context], ctx_width, pad_id, np.int32)
+    ctx_pos = _pad_rows([p for _, p in context], ctx_width, 0, np.int32)
+    ctx_valid = _pad_rows([np.ones(t.size, bool) for t, _ in context], ctx_width, False, bool)
+    state = _init_state(cfg, sampling.mode, documents, known, pad_id, ctx_width + n_steps * width)
+    step = _static_step(model_def, sampling)
+    out = _Output(documents, known, eos_id, sampling.stop_at_eos)
+    key = jax.random.key(int(sampling.seed))
+    commit = (ctx_tok, ctx_pos, ctx_valid)
+    for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
+        valid = step_valid[t].copy()
+        for b, cut in enumerate(out.eos_at):  # nothing after a generated EOS is generated
+            if cut is not None:
+                valid[b] &= step_pos[t, b] <= cut
+        query = np.where(valid, step_pos[t], 0)
+        state, tokens, picked = step(params, state, *commit, query, force_tok[t], force_mask[t] & valid,
+                                     jax.random.fold_in(key, t))
+        tokens, picked = np.asarray(tokens), np.asarray(picked)
+        out.record(t + 1, tokens, step_pos[t], valid, picked)
+        commit = (tokens, query, valid)
+    if keep_cache and not causal:
+        state, _, _ = step(params, state, *commit, np.zeros((batch, 0), np.int32), np.zeros((batch, 0), np.int32),
+                           np.zeros((batch, 0), bool), key)
+    return out.result(n_steps, state if keep_cache else None)
+
+
+def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
+                      forced, keep_cache, progress):
+    batch = len(documents)
+    unknown = [np.flatnonzero(~m) + 1 for m in known]
+    schedules = [plan.commits(u.size) for u in unknown]
+    n_steps = max(len(s) for s in schedules)
+    width = max(max(s) for s in schedules)
+    k_now = np.zeros((n_steps, batch), np.int32)
+    for b, schedule in enumerate(schedules):
+        k_now[:len(schedule), b] = schedule
+    query = _pad_rows(unknown, max(u.size for u in unknown), 0, np.int32)
+    remaining = _pad_rows([np.ones(u.size, bool) for u in unknown], query.shape[1], False, bool)
+    force_tok = np.zeros_like(query)
+    force_mask = np.zeros_like(remaining)
+    if forced is not None:
+        for b, u in enumerate(unknown):
+            force_tok[b, :u.size] = np.asarray(forced[b])[u - 1]
+            force_mask[b, :u.size] = True
+
+    context = _context(documents, known, bos_id, causal=False)
+    ctx_width = max(t.size for t, _ in context)
+    commit = (_pad_rows([t for t, _ in context], ctx_width, pad_id, np.int32),
+              _pad_rows([p for _, p in context], ctx_width, 0, np.int32),
+              _pad_rows([np.ones(t.size, bool) for t, _ in context], ctx_width, False, bool))
+    state = _init_state(cfg, sampling.mode, documents, known, pad_id, ctx_width + n_steps * width)
+    step = _dynamic_step(model_def, sampling, plan.criterion, width)
+    out = _Output(documents, known, eos_id, sampling.stop_at_eos)
+    key = jax.random.key(int(sampling.seed))
+    done_steps = 0
+    for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
+        for b, cut in enumerate(out.eos_at):
+            if cut is not None:
+                remaining[b] &= query[b] <= cut
+        if not remaining.any():
+            break
+        k = np.minimum(k_now[t], remaining.sum(axis=1)).astype(np.int32)
+        state, tokens, positions, chosen, picked = step(params, state, *commit, query, remaining, k, force_tok,
+                                                        force_mask, jax.random.fold_in(key, t))
+        tokens, positions, chosen, picked = map(np.asarray, (tokens, positions, chosen, picked))
+        out.record(t + 1, tokens, positions, chosen, picked)
+        for b in range(batch):
+            remaining[b] &= ~np.isin(query[b], positions[b][chosen[b]])
+        commit = (tokens, np.where(chosen, positions, 0), chosen)
+        done_steps = t + 1
+    if keep_cache:
+        final = _static_step(model_def, sampling)
+        state, _, _ = final(params, state, *commit, np.zeros((batch, 0), np.int32), np.zeros((batch, 0), np.int32),
+                            np.zeros((batch, 0), bool), key)
+    return out.result(done_steps, state if keep_cache else None)

@@ -1,0 +1,311 @@
+"""Any-order decoding: the KV cache is exact, sampling follows the model's distribution, the
+sampler's options do what they say, and bad input fails with a message naming it."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from a3jax.data import ByteTokenizer
+from a3jax.decode import SampleConfig, extend, generate, init_cache, parse_plan, parse_prompt
+from a3jax.decode.sampling import filter_logits
+from a3jax.layout import build_layout
+from a3jax.loss import target_log_probs
+from a3jax.model import ModelConfig, rope
+from a3jax.model.transformer import LAYER_PARAMS, _layer, dense, rms_norm
+from a3jax.train.step import init_model
+
+BOS, PAD, EOS = 10, 11, 9
+
+
+def _model(variant="a3", vocab=12, seed=0, init_std=0.3):
+    cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                      dtype="float32", init_std=init_std, variant=variant)
+    return init_model(cfg, seed)
+
+
+def _batch(layout):
+    return {k: jnp.asarray(v)[None] for k, v in layout.items()}
+
+
+def _full_log_probs(model_def, params, doc, groups, seq_len=16, bos=BOS, pad=PAD):
+    """{position: log p(token)} of one document's targets from one uncached forward pass."""
+    layout = build_layout([doc], [groups], seq_len, bos_id=bos, pad_id=pad)
+    log_probs, weights = target_log_probs(model_def.bind(params), _batch(layout))
+    return {int(p): float(lp) for p, lp, w in zip(layout["positions"], np.asarray(log_probs[0]),
+                                                  np.asarray(weights[0])) if w > 0}
+
+
+# ---- cache exactness ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["a3", "causal"])
+def test_cached_logits_equal_the_full_forward(variant):
+    model_def, params = _model(variant)
+    model = model_def.bind(params)
+    doc = np.random.default_rng(0).integers(0, 9, 10).astype(np.int32)
+    groups = np.array([0, 2, 1, 0, 3, 3, 2, 1, 4, 4]) if variant == "a3" else np.arange(1, 11)
+    layout = build_layout([doc], [groups], 12, bos_id=BOS, pad_id=PAD)
+    full = np.asarray(model(_batch(layout)))[0]
+    row_of = {int(p): i for i, (p, seg) in enumerate(zip(layout["positions"], layout["segment_ids"])) if seg}
+    cache = init_cache(model.cfg, 1, 24)
+    call = jax.jit(lambda params, cache, *rows: extend(model_def.bind(params), cache, *rows))
+    given = np.flatnonzero(groups == 0)
+    commit = (np.concatenate([[BOS], doc[given]]), np.concatenate([[0], given + 1]))
+    for g in range(1, groups.max() + 1):
+        query = np.flatnonzero(groups == g) + 1
+        cache, logits = call(params, cache, jnp.asarray(commit[0])[None], jnp.asarray(commit[1])[None],
+                             jnp.ones((1, commit[0].size), bool), jnp.asarray(query)[None])
+        # a3: the query row of position p; causal: the content row of p - 1 predicts p
+        rows = [row_of[p] if variant == "a3" else row_of[p - 1] for p in query]
+        np.testing.assert_allclose(np.asarray(logits)[0], full[rows], atol=1e-5, rtol=0)
+        commit = (doc[query - 1], query)
+
+
+def _reference_keys_values(model, layout):
+    """Per-layer content-stream K/V of the full sequence with its final groups: {position: [L,2,H,D]}."""
+    cfg = model.cfg
+    batch = _batch(layout)
+    content = model.embed_tokens(batch["tokens"])
+    query = jnp.broadcast_to(model.query_embed[...], content.shape)
+    cos, sin = rope.rope_tables(batch["positions"], rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta,
+                                                                             cfg.rope_scaling))
+    per_layer = []
+    for layer in range(cfg.n_layers):
+        p = {name: model.layers[name][...][layer] for name in LAYER_PARAMS}
+        normed = rms_norm(content, p["attn_norm"], cfg.norm_eps)
+        n = content.shape[1]
+        k = rope.apply_rope(dense(normed, p["wk"]).reshape(1, n, cfg.n_kv_heads, cfg.head_dim), cos, sin)
+        v = dense(normed, p["wv"]).reshape(1, n, cfg.n_kv_heads, cfg.head_dim)
+        per_layer.append(np.stack([np.asarray(k[0]), np.asarray(v[0])], 1))
+        content, query = _layer(cfg, p, content, query, cos, sin, batch["segment_ids"], batch["groups"], True)
+    kv = np.stack(per_layer)  # [L, N, 2, H, D]
+    return {int(pos): kv[:, i] for i, (pos, seg) in enumerate(zip(layout["positions"], layout["segment_ids"]))
+            if seg > 0}
+
+
+@pytest.mark.parametrize("plan", ["random(3)", "confidence(2)"])
+def test_cached_keys_values_equal_a_recompute_after_all_groups(plan):
+    model_def, params = _model()
+    model = model_def.bind(params)
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(0, 9, 10).astype(np.int32), rng.integers(0, 9, 7).astype(np.int32)]
+    known = [np.array([1, 0, 0, 1, 0, 0, 0, 1, 0, 0], bool), np.array([0, 1, 0, 0, 1, 0, 0], bool)]
+    result = generate(model_def, params, docs, known, bos_id=BOS, pad_id=PAD, eos_id=None,
+                      sampling=SampleConfig(plan=plan, seed=3), keep_cache=True)
+    cache = result.state
+    checked = 0
+    for b in range(2):
+        layout = build_layout([result.tokens[b]], [result.steps[b]], 12, bos_id=BOS, pad_id=PAD)
+        reference = _reference_keys_values(model, layout)
+        for slot in np.flatnonzero(np.asarray(cache.valid[b])):
+            position = int(cache.positions[b, slot])
+            cached = np.stack([np.asarray(cache.k[:, b, slot]), np.asarray(cache.v[:, b, slot])], 1)
+            np.testing.assert_allclose(cached, reference[position], atol=1e-5, rtol=0)
+            checked += 1
+    assert checked == 11 + 8  # every position of both documents and their BOS, each cached once
+
+
+@pytest.mark.parametrize("plan", ["ar", "blocks(2)", "random(3)", "groups", "confidence(2)", "entropy(steps=3)",
+                                  "margin(steps=4, schedule=cosine)", "random_pick(2)"])
+def test_reported_log_probs_equal_the_full_forward_under_the_groups_used(plan):
+    model_def, params = _model()
+    rng = np.random.default_rng(2)
+    docs = [rng.integers(0, 9, 10).astype(np.int32), rng.integers(0, 9, 7).astype(np.int32)]
+    known = [np.array([1, 0, 0, 1, 0, 0, 0, 1, 0, 0], bool), np.array([0, 1, 0, 0, 1, 0, 0], bool)]
+    user = [np.array([0, 3, 3, 0, 1, 2, 1, 0, 2, 2]), np.array([2, 0, 1, 1, 0, 1, 2])]
+    result = generate(model_def, params, docs, known, bos_id=BOS, pad_id=PAD, eos_id=None, groups=user,
+                      sampling=SampleConfig(plan=plan, seed=5))
+    for b in range(2):
+        np.testing.assert_array_equal(result.tokens[b][known[b]], docs[b][known[b]])
+        assert np.all(result.steps[b][~known[b]] >= 1) and np.all(result.steps[b][known[b]] == 0)
+        if plan == "groups":
+            order = np.unique(user[b][~known[b]], return_inverse=True)[1] + 1
+            np.testing.assert_array_equal(result.steps[b][~known[b]], order)
+        reference = _full_log_probs(model_def, params, result.tokens[b], result.steps[b])
+        for position, value in reference.items():
+            assert abs(result.log_probs[b][position - 1] - value) < 1e-5
+
+
+# ---- sampling follows the model's distribution ----------------------------------------------------
+
+def _exact_distribution(model_def, params, groups):
+    """P(x) of all 3^4 sequences under one grouping, from full forward passes (BOS = PAD = 0)."""
+    model = model_def.bind(params)
+    sequences = np.array(list(itertools.product(range(3), repeat=4)), np.int32)
+    layouts = [build_layout([s], [groups], 5, bos_id=0, pad_id=0) for s in sequences]
+    batch = {k: jnp.asarray(np.stack([lay[k] for lay in layouts])) for k in layouts[0]}
+    log_probs, weights = target_log_probs(model, batch)
+    return sequences, np.exp(np.asarray(jnp.sum(log_probs * weights, axis=1), np.float64))
+
+
+@pytest.mark.parametrize("plan", ["ar", "random(2)"])
+def test_samples_follow_the_exact_distribution_chi_square(plan):
+    model_def, params = _model(vocab=3, seed=4, init_std=1.0)
+    n = 20_000
+    docs = [np.zeros(4, np.int32)] * n
+    known = [np.zeros(4, bool)] * n
+    result = generate(model_def, params, docs, known, bos_id=0, pad_id=0, eos_id=None,
+                      sampling=SampleConfig(plan=plan, seed=11, temperature=1.0))
+    samples = np.stack(result.tokens)
+    codes = samples @ (3 ** np.arange(3, -1, -1))
+    observed = np.bincount(codes, minlength=81)
+    # Each sample was drawn under its own grouping: expected counts sum P(x | grouping) over samples.
+    groupings, counts = np.unique(np.stack(result.steps), axis=0, return_counts=True)
+    assert (len(groupings) == 1) == (plan == "ar") and len(groupings) <= 6
+    expected = np.zeros(81)
+    for grouping, count in zip(groupings, counts):
+        sequences, probs = _exact_distribution(model_def, params, grouping)
+        assert abs(probs.sum() - 1) < 1e-5  # the model's P(x) is normalised under every grouping
+        expected[sequences @ (3 ** np.arange(3, -1, -1))] += count * probs
+    assert probs.max() / probs.min() > 20  # far from uniform, so the test has power
+    keep = expected >= 5  # pool rare sequences into one bin
+    obs = np.append(observed[keep], observed[~keep].sum())
+    exp = np.append(expected[keep], expected[~keep].sum())
+    p_value = stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+    assert p_value > 1e-3, p_value
+    # the same test rejects samples drawn at the wrong temperature
+    cold = generate(model_def, params, docs, known, bos_id=0, pad_id=0, eos_id=None,
+                    sampling=SampleConfig(plan=plan, seed=11, temperature=0.7))
+    cold_obs = np.bincount(np.stack(cold.tokens) @ (3 ** np.arange(3, -1, -1)), minlength=81)
+    cold_obs = np.append(cold_obs[keep], cold_obs[~keep].sum())
+    assert stats.chisquare(cold_obs, exp * cold_obs.sum() / exp.sum()).pvalue < 1e-3
+
+
+# ---- options ----------------------------------------------------------------------------------------
+
+def test_filter_logits_top_k_and_nucleus():
+    logits = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
+    kept = lambda out: np.isfinite(np.asarray(out)).tolist()  # noqa: E731
+    assert kept(filter_logits(logits, top_k=2)) == [True, True, False, False]
+    assert kept(filter_logits(logits, top_p=0.5)) == [True, False, False, False]
+    assert kept(filter_logits(logits, top_p=0.79)) == [True, True, False, False]
+    assert kept(filter_logits(logits, top_p=0.81)) == [True, True, True, False]
+    assert kept(filter_logits(logits, top_p=1.0)) == [True] * 4
+
+
+def test_greedy_top_k_1_and_tiny_top_p_agree_and_batching_does_not_change_results():
+    model_def, params = _model()
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(0, 9, 10).astype(np.int32), rng.integers(0, 9, 6).astype(np.int32)]
+    known = [np.arange(10) % 3 == 0, np.array([1, 1, 0, 0, 0, 1], bool)]
+    run = lambda d, k, **kw: generate(model_def, params, d, k, bos_id=BOS, pad_id=PAD, eos_id=None,  # noqa: E731
+                                      sampling=SampleConfig(plan="random(2)", seed=2, **kw)).tokens
+    greedy = run(docs, known, temperature=0.0)
+    for other in (run(docs, known, top_k=1), run(docs, known, top_p=1e-6)):
+        for a, b in zip(greedy, other):
+            np.testing.assert_array_equal(a, b)
+    # batched rows with different lengths and gaps decode as they would alone
+    groups = generate(model_def, params, docs, known, bos_id=BOS, pad_id=PAD,
+                      sampling=SampleConfig(plan="random(2)", seed=2)).steps
+    batched = generate(model_def, params, docs, known, bos_id=BOS, pad_id=PAD, groups=groups,
+                       sampling=SampleConfig(plan="groups", temperature=0.0))
+    for b in range(2):
+        alone = generate(model_def, params, docs[b:b + 1], known[b:b + 1], bos_id=BOS, pad_id=PAD,
+                         groups=groups[b:b + 1], sampling=SampleConfig(plan="groups", temperature=0.0))
+        np.testing.assert_array_equal(alone.tokens[0], batched.tokens[b])
+        np.testing.assert_allclose(alone.log_probs[0], batched.log_probs[b], atol=1e-5)
+
+
+def test_eos_ends_the_document_and_nothing_after_it_is_generated():
+    model_def, params = _model()
+    doc = np.array([1, 2, 3, 4, 5, 6, 7, 8], np.int32)
+    known = np.array([1, 1, 0, 0, 0, 0, 0, 0], bool)
+    forced = doc.copy()
+    forced[4] = EOS  # position 5
+    result = generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD, eos_id=EOS, forced=[forced],
+                      sampling=SampleConfig(plan="ar"))
+    np.testing.assert_array_equal(result.tokens[0], [1, 2, 3, 4])
+    assert result.n_steps == 6  # the plan had 6 steps; steps after the EOS commit nothing
+    kept = generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD, eos_id=EOS, forced=[forced],
+                    sampling=SampleConfig(plan="ar", stop_at_eos=False))
+    np.testing.assert_array_equal(kept.tokens[0], forced)
+
+
+def test_recompute_mode_follows_the_official_semantics():
+    """Each step: every known token (given or committed) is one context group; first step = cached."""
+    model_def, params = _model()
+    doc = np.random.default_rng(4).integers(0, 9, 9).astype(np.int32)
+    known = np.array([1, 0, 0, 0, 1, 0, 0, 0, 1], bool)
+    sampling = SampleConfig(plan="blocks(2)", temperature=0.0, mode="recompute")
+    result = generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD, sampling=sampling)
+    filled, steps = result.tokens[0], result.steps[0]
+    model = model_def.bind(params)
+    for step in range(1, steps.max() + 1):
+        groups = np.where(steps < step, 0, np.where(steps == step, 1, 2))
+        hidden_groups = np.where(groups == 2, 1, groups)  # later positions are unknown too
+        tokens = np.where(groups == 2, PAD, filled)
+        layout = build_layout([tokens], [hidden_groups], 12, bos_id=BOS, pad_id=PAD)
+        logits = np.asarray(model(_batch(layout)))[0]
+        for i, position in enumerate(layout["positions"]):
+            if position and steps[position - 1] == step:
+                assert np.argmax(logits[i]) == filled[position - 1]
+    cached = generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD,
+                      sampling=SampleConfig(plan="blocks(2)", temperature=0.0))
+    first = steps == 1
+    np.testing.assert_array_equal(cached.tokens[0][first], filled[first])
+
+
+def test_one_compile_for_the_prefill_and_one_for_all_steps():
+    from a3jax.decode.sampler import _static_step
+
+    model_def, params = _model()
+    sampling = SampleConfig(plan="ar", seed=7)
+    step = _static_step(model_def, sampling)
+    before = step._cache_size()
+    generate(model_def, params, [np.zeros(12, np.int32)], [np.arange(12) < 2], bos_id=BOS, pad_id=PAD,
+             eos_id=EOS, sampling=sampling)
+    assert step._cache_size() - before == 2  # 10 decoding steps, 2 compiled shapes
+
+
+def test_causal_model_decodes_left_to_right_with_the_cache():
+    model_def, params = _model("causal")
+    doc = np.random.default_rng(5).integers(0, 9, 8).astype(np.int32)
+    known = np.array([1, 1, 0, 0, 1, 0, 0, 1], bool)
+    result = generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD,
+                      sampling=SampleConfig(plan="ar", seed=1), forced=[doc])
+    # forced to the document itself: the reported log-probs are the causal model's own
+    reference = _full_log_probs(model_def, params, doc, np.arange(1, 9))
+    for position in np.flatnonzero(~known) + 1:
+        assert abs(result.log_probs[0][position - 1] - reference[position]) < 1e-5
+    with pytest.raises(ValueError, match="left to right"):
+        generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD, sampling=SampleConfig(plan="random"))
+
+
+# ---- prompts and bad input ------------------------------------------------------------------------
+
+def test_prompt_with_gaps():
+    tok = ByteTokenizer()
+    prompt = parse_prompt("ab [gap:3] cd[gap:2]", tok, max_len=16)
+    assert prompt.tokens.size == 3 + 3 + 3 + 2
+    np.testing.assert_array_equal(prompt.known, [1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0])
+    assert prompt.trailing_gap and not parse_prompt("[gap:2]x", tok, 8).trailing_gap
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda tok: parse_prompt("x" * 20 + "[gap:5]", tok, max_len=16), "max length is 16"),
+    (lambda tok: parse_prompt("abc [gap:0] d", tok, max_len=16), "has no room"),
+    (lambda tok: parse_prompt("abc [gap:x] d", tok, max_len=16), "must be an integer"),
+    (lambda tok: parse_prompt("no gap here", tok, max_len=16), "no gap"),
+    (lambda tok: parse_plan("sharpness(4)"), "unknown plan 'sharpness\\(4\\)'"),
+    (lambda tok: parse_plan("confidence(4, steps=3)"), "either k"),
+    (lambda tok: parse_plan("confidence(steps=3, schedule=exp)"), "schedule='exp'"),
+    (lambda tok: parse_plan("blocks(0)"), "must be >= 1"),
+    (lambda tok: SampleConfig(top_p=0.0).check(), "top_p=0.0 must be in \\(0, 1\\]"),
+    (lambda tok: SampleConfig(top_p=1.5).check(), "top_p=1.5"),
+    (lambda tok: SampleConfig(temperature=-1).check(), "temperature=-1"),
+    (lambda tok: SampleConfig(mode="fast").check(), "mode='fast'"),
+])
+def test_bad_input_is_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(ByteTokenizer())
+
+
+def test_generate_rejects_documents_longer_than_max_len_and_full_documents():
+    model_def, params = _model()
+    with pytest.raises(ValueError, match="max length is 8"):
+        generate(model_def, params, [np.zeros(9, np.int32)], [np.zeros(9, bool)], bos_id=BOS, pad_id=PAD, max_len=8)
+    with pytest.raises(ValueError, match="no unknown position"):
+        generate(model_def, params, [np.zeros(4, np.int32)], [np.ones(4, bool)], bos_id=BOS, pad_id=PAD)
