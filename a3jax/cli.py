@@ -1,5 +1,5 @@
-"""The `a3jax` command: train, demo (train the tiny model, then infill held-out text), prepare,
-convert, export, bench."""
+"""The `a3jax` command: train, demo (train the tiny model, then infill held-out text), sample, eval,
+prepare, convert, export, bench."""
 
 from __future__ import annotations
 
@@ -39,9 +39,11 @@ def _cmd_demo(args, overrides) -> int:
 
     from a3jax.configs import load_config, model_config
     from a3jax.data import infill_example, load_corpus, load_tokenizer
-    from a3jax.infill import greedy_infill
+    import numpy as np
+
+    from a3jax.decode import SampleConfig, generate
     from a3jax.train.loop import train
-    from a3jax.train.step import init_model
+    from a3jax.train.step import abstract_params
 
     started = time.perf_counter()
     config = load_config(args.config, overrides)
@@ -50,10 +52,13 @@ def _cmd_demo(args, overrides) -> int:
     print(f"[a3jax] demo: {len(corpus.train_docs)} train / {len(corpus.eval_docs)} held-out files of the "
           f"Python standard library, {sum(d.size for d in corpus.train_docs):,} training bytes")
     summary = train(config, args.workdir, corpus=corpus, progress=not args.no_progress)
-    model_def, _ = init_model(model_config(config), 0)
+    model_def, _ = abstract_params(model_config(config))
     window, start, stop = infill_example(corpus, tokenizer, int(config.data.seq_len), args.span, seed=args.seed)
-    filled = greedy_infill(model_def, summary["params"], window, start, stop, seq_len=int(config.data.seq_len),
-                           bos_id=tokenizer.bos_id, pad_id=tokenizer.pad_id)
+    known = np.ones(window.size, bool)
+    known[start:stop] = False
+    # greedy, left to right through the gap, with the exact KV cache
+    filled = generate(model_def, summary["params"], [window], [known], bos_id=tokenizer.bos_id,
+                      pad_id=tokenizer.pad_id, sampling=SampleConfig(plan="ar", temperature=0.0)).tokens[0]
     before, gap, after = (tokenizer.decode(window[:start]), tokenizer.decode(window[start:stop]),
                           tokenizer.decode(window[stop:]))
     print("\n==== held-out file, the gap to fill marked [...] ====")
@@ -62,6 +67,7 @@ def _cmd_demo(args, overrides) -> int:
     print(gap)
     print("==== model's greedy infill ====")
     print(tokenizer.decode(filled[start:stop]))
+    print(f"(more: a3jax sample --workdir {args.workdir} --prompt 'def add(a, b):[gap:40]')")
     print("====")
     for name, value in summary["eval"].items():
         print(f"held-out {name} = {value:.3f}")
@@ -79,6 +85,10 @@ def _cmd_bench(args, overrides) -> int:
         from a3jax.bench import train as bench_train
 
         return bench_train.main(args, overrides)
+    if args.name == "decode":
+        from a3jax.bench import decode as bench_decode
+
+        return bench_decode.main(args, overrides)
     from a3jax.bench import data
 
     return data.main(args)
@@ -94,6 +104,12 @@ def _cmd_export(args, overrides) -> int:
     from a3jax.convert import cli as convert_cli
 
     return convert_cli.export_main(args, overrides)
+
+
+def _cmd_sample(args, overrides) -> int:
+    from a3jax.decode import cli as sample_cli
+
+    return sample_cli.main(args, overrides)
 
 
 def _cmd_prepare(args, overrides) -> int:
@@ -133,11 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     from a3jax.bench import train as bench_train
 
     bench_train.add_arguments(bench_sub.add_parser("train", help="A3 vs causal train step: tokens/s, TFLOP/s, MFU"))
+    from a3jax.bench import decode as bench_decode
+
+    bench_decode.add_arguments(bench_sub.add_parser("decode", help="infilling with the KV cache vs recompute"))
     prepare.add_arguments(sub.add_parser("prepare", help="tokenize a corpus into ArrayRecord shards"))
     from a3jax.convert import cli as convert_cli
 
     convert_cli.add_convert_arguments(sub.add_parser("convert", help="HF LLaMA safetensors -> a3jax checkpoint"))
     convert_cli.add_export_arguments(sub.add_parser("export", help="a3jax checkpoint -> HF safetensors + config.json"))
+    from a3jax.decode import cli as sample_cli
+
+    sample_cli.add_arguments(sub.add_parser("sample", help="fill the [gap:N] slots of a prompt"))
     return parser
 
 
@@ -153,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         handler = {"train": _cmd_train, "demo": _cmd_demo, "bench": _cmd_bench,
-                   "prepare": _cmd_prepare, "convert": _cmd_convert, "export": _cmd_export}[args.command]
+                   "prepare": _cmd_prepare, "convert": _cmd_convert, "export": _cmd_export,
+                   "sample": _cmd_sample}[args.command]
         return handler(args, overrides)
     except (ConfigError, IncompatibleCheckpointError, MeshError, CorruptShardError, FileNotFoundError,
             DistributedError, ValueError) as error:

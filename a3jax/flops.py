@@ -35,7 +35,7 @@ PEAK_FLOPS = {
 }
 
 
-def _terms(cfg: ModelConfig, seq_len: int) -> tuple[float, float, float, float]:
+def layer_terms(cfg: ModelConfig, seq_len: int) -> tuple[float, float, float, float]:
     d, dh = cfg.d_model, cfg.head_dim
     stream = 2 * d * cfg.n_heads * dh * 2 + 3 * 2 * d * cfg.ffn_dim
     kv = 2 * 2 * d * cfg.n_kv_heads * dh
@@ -45,7 +45,7 @@ def _terms(cfg: ModelConfig, seq_len: int) -> tuple[float, float, float, float]:
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    stream, kv, attn, logits = _terms(cfg, seq_len)
+    stream, kv, attn, logits = layer_terms(cfg, seq_len)
     layers = cfg.n_layers
     if cfg.variant == "causal":
         return layers * (stream + kv + attn) + logits
@@ -58,7 +58,7 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
 
 def causal_equivalent_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    stream, kv, attn, logits = _terms(cfg, seq_len)
+    stream, kv, attn, logits = layer_terms(cfg, seq_len)
     return 3 * (cfg.n_layers * (stream + kv + attn) + logits)
 
 

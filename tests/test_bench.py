@@ -28,3 +28,32 @@ def test_bench_attention_compares_backends_with_two_causal_calls(capsys):
     assert re.search(r"^xla\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M)
     assert re.search(r"^pallas\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M)
     assert "cudnn" in out and "needs a GPU" in out
+
+
+def test_bench_decode_prints_cached_and_recompute_and_the_ratio(capsys):
+    code = cli.main(["bench", "decode", f"--config={TINY}", "--row-len=40", "--gap=8", "--plan=blocks(2)",
+                     "--batch=2", "--repeats=1", "--config.model.d_model=32", "--config.model.n_layers=2",
+                     "--config.model.n_heads=2", "--config.model.n_kv_heads=1", "--config.model.ffn_dim=64"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = dict(re.findall(r"^(cached|recompute)\s+[\d.]+\s+[\d,]+\s+([\d.]+)$", out, re.M))
+    assert set(rows) == {"cached", "recompute"}
+    assert float(rows["recompute"]) > float(rows["cached"]) > 0  # recompute redoes the whole row each step
+    assert re.search(r"cached is [\d.]+x faster than recompute \([\d.]+x fewer model FLOPs per token\)", out)
+
+
+def test_decode_flops_match_a_hand_count():
+    from a3jax.bench.decode import decode_flops
+    from a3jax.model import ModelConfig
+
+    cfg = ModelConfig(vocab_size=10, d_model=4, n_layers=1, n_heads=1, n_kv_heads=1, ffn_dim=8, variant="a3")
+    stream = 2 * 4 * 4 * 2 + 3 * 2 * 4 * 8  # q and o projections + the SwiGLU MLP, per row
+    kv, attn, logits = 2 * 2 * 4 * 4, 2 * 2 * 4, 2 * 4 * 10  # per content row; per key; per predicted row
+    # 3 given tokens (BOS included), then groups of 1 and 2. cached: prefill (3 content + 1 query rows
+    # against 3 keys), then (1 content + 2 query rows against 4 keys).
+    cached = (4 * stream + 3 * kv + 4 * 3 * attn + logits) + (3 * stream + 1 * kv + 3 * 4 * attn + 2 * logits)
+    assert decode_flops(cfg, "cached", 3, [1, 2]) == cached
+    # recompute, 1 layer: the query stream only (last content layer skipped) over all 6 rows; known
+    # rows see nothing in the query stream, unknown ones see the known: 3 * 3 then 4 * 2 keys.
+    recompute = (6 * stream + 6 * kv + (3 * 3) * attn + logits) + (6 * stream + 6 * kv + (2 * 4) * attn + 2 * logits)
+    assert decode_flops(cfg, "recompute", 3, [1, 2]) == recompute

@@ -1,0 +1,101 @@
+"""`a3jax bench decode`: infill a gap of a long row with the exact KV cache and with `recompute`
+(the official code's semantics: full forward each step), measured side by side in one run.
+
+Default (the issue's setting): rows of 1,024 tokens, a 256-position gap in the middle, 64 steps of
+4 positions (plan blocks(4)), batch 8, the tiny config's shape with random weights (speed does not
+depend on the weights). Reports median wall time, generated tokens/s, and model FLOPs per generated
+token by the counting of docs/flops.md (matmuls only; attention counts the keys a row may see).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import numpy as np
+
+from a3jax.bench.timing import median_ms
+from a3jax.configs import load_config, model_config
+from a3jax.decode import SampleConfig, generate, parse_plan
+from a3jax.flops import layer_terms
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
+
+
+def decode_flops(cfg, mode: str, known: int, groups: list[int]) -> float:
+    """Model FLOPs of decoding one row: `known` given tokens (BOS included), then groups of the
+    given sizes committed one per step (each step predicts its group)."""
+    stream, kv, _, logits = layer_terms(cfg, 0)
+    attn_per_key = 2 * 2 * cfg.n_heads * cfg.head_dim
+    layers = cfg.n_layers
+    total, committed, previous = 0.0, known, known
+    unknown = sum(groups)
+    for size in groups:
+        if mode == "cached":  # content rows of the last group (prefill: the context) + this group's queries
+            rows = previous + size
+            keys = committed
+            total += layers * (rows * stream + previous * kv + rows * attn_per_key * keys)
+        else:  # every row, both streams (the last layer's content skipped), known = one context group
+            n = committed + unknown
+            total += (2 * layers - 1) * n * stream + layers * n * kv
+            content_keys = committed * committed + unknown * (committed + unknown)
+            total += attn_per_key * ((layers - 1) * content_keys + layers * unknown * committed)
+        total += size * logits
+        previous = size
+        committed += size
+        unknown -= size
+    return total
+
+
+def measure(cfg_config, mode: str, args) -> dict:
+    from a3jax.train.step import init_model
+
+    cfg = model_config(cfg_config)
+    model_def, params = init_model(cfg, 0)
+    rng = np.random.default_rng(0)
+    length = args.row_len
+    start = (length - args.gap) // 2
+    docs = [rng.integers(0, min(cfg.vocab_size, 256), length).astype(np.int32) for _ in range(args.batch)]
+    known = [np.ones(length, bool) for _ in range(args.batch)]
+    for mask in known:
+        mask[start:start + args.gap] = False
+    sampling = SampleConfig(plan=args.plan, temperature=1.0, seed=0, mode=mode, stop_at_eos=False)
+    special = cfg.vocab_size - 1
+    run = lambda: generate(model_def, params, docs, known, bos_id=special, pad_id=special,  # noqa: E731
+                           sampling=sampling).tokens
+    ms = median_ms(run, repeats=args.repeats, warmup=1)
+    plan = parse_plan(args.plan)
+    size = plan.k if not plan.dynamic else max(plan.commits(args.gap))
+    groups = [min(size, args.gap - i) for i in range(0, args.gap, size)]
+    flops = decode_flops(cfg, mode, length - args.gap + 1, groups) / args.gap
+    generated = args.batch * args.gap
+    return {"mode": mode, "ms": ms, "tokens_per_s": generated / (ms / 1e3), "flops_per_token": flops,
+            "steps": len(groups)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=str(EXPERIMENTS / "tiny.py"), help="model shape (weights random)")
+    parser.add_argument("--row-len", type=int, default=1024, help="tokens per row (BOS not counted)")
+    parser.add_argument("--gap", type=int, default=256, help="positions to infill per row")
+    parser.add_argument("--plan", default="blocks(4)", help="decoding plan (default: 4 positions per step)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+
+
+def main(args, overrides=()) -> int:
+    import jax
+
+    if not 0 < args.gap < args.row_len:
+        raise ValueError(f"--gap={args.gap} must be between 1 and --row-len={args.row_len} - 1")
+    config = load_config(args.config, list(overrides))
+    rows = [measure(config, mode, args) for mode in ("cached", "recompute")]
+    cfg = model_config(config)
+    print(f"decode on {jax.devices()[0].device_kind} (jax {jax.__version__}): d_model={cfg.d_model} "
+          f"layers={cfg.n_layers} {cfg.dtype}; batch {args.batch} x {args.row_len} tokens, infill {args.gap} "
+          f"positions with plan {args.plan} ({rows[0]['steps']} steps); median of {args.repeats}")
+    print(f"{'mode':<11}{'ms':>10}{'tokens/s':>12}{'MFLOP/token':>14}")
+    for r in rows:
+        print(f"{r['mode']:<11}{r['ms']:>10.1f}{r['tokens_per_s']:>12,.0f}{r['flops_per_token'] / 1e6:>14.1f}")
+    print(f"cached is {rows[1]['ms'] / rows[0]['ms']:.1f}x faster than recompute "
+          f"({rows[1]['flops_per_token'] / rows[0]['flops_per_token']:.1f}x fewer model FLOPs per token)")
+    return 0
