@@ -112,6 +112,12 @@ def _cmd_sample(args, overrides) -> int:
     return sample_cli.main(args, overrides)
 
 
+def _cmd_eval(args, overrides) -> int:
+    from a3jax.eval import cli as eval_cli
+
+    return eval_cli.main(args, overrides)
+
+
 def _cmd_prepare(args, overrides) -> int:
     from a3jax.data import prepare
 
@@ -160,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     from a3jax.decode import cli as sample_cli
 
     sample_cli.add_arguments(sub.add_parser("sample", help="fill the [gap:N] slots of a prompt"))
+    from a3jax.eval import cli as eval_cli
+
+    eval_cli.add_arguments(sub.add_parser("eval", help="NLL under orders, infilling, multiple choice, LAMBADA"))
     return parser
 
 
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handler = {"train": _cmd_train, "demo": _cmd_demo, "bench": _cmd_bench,
                    "prepare": _cmd_prepare, "convert": _cmd_convert, "export": _cmd_export,
-                   "sample": _cmd_sample}[args.command]
+                   "sample": _cmd_sample, "eval": _cmd_eval}[args.command]
         return handler(args, overrides)
     except (ConfigError, IncompatibleCheckpointError, MeshError, CorruptShardError, FileNotFoundError,
             DistributedError, ValueError) as error:

@@ -98,7 +98,7 @@ def test_cached_keys_values_equal_a_recompute_after_all_groups(plan):
     cache = result.state
     checked = 0
     for b in range(2):
-        layout = build_layout([result.tokens[b]], [result.steps[b]], 12, bos_id=BOS, pad_id=PAD)
+        layout = build_layout([result.tokens[b]], [result.groups[b]], 12, bos_id=BOS, pad_id=PAD)
         reference = _reference_keys_values(model, layout)
         for slot in np.flatnonzero(np.asarray(cache.valid[b])):
             position = int(cache.positions[b, slot])
@@ -108,25 +108,31 @@ def test_cached_keys_values_equal_a_recompute_after_all_groups(plan):
     assert checked == 11 + 8  # every position of both documents and their BOS, each cached once
 
 
-@pytest.mark.parametrize("plan", ["ar", "blocks(2)", "random(3)", "groups", "confidence(2)", "entropy(steps=3)",
-                                  "margin(steps=4, schedule=cosine)", "random_pick(2)"])
-def test_reported_log_probs_equal_the_full_forward_under_the_groups_used(plan):
+@pytest.mark.parametrize("plan, context", [
+    ("ar", "ar"), ("blocks(2)", "group"), ("random(3)", "ar"), ("groups", "group"), ("confidence(2)", "ar"),
+    ("entropy(steps=3)", "group"), ("margin(steps=4, schedule=cosine)", "ar"), ("random_pick(2)", "group")])
+def test_reported_log_probs_equal_the_full_forward_under_the_groups_used(plan, context):
     model_def, params = _model()
     rng = np.random.default_rng(2)
     docs = [rng.integers(0, 9, 10).astype(np.int32), rng.integers(0, 9, 7).astype(np.int32)]
     known = [np.array([1, 0, 0, 1, 0, 0, 0, 1, 0, 0], bool), np.array([0, 1, 0, 0, 1, 0, 0], bool)]
     user = [np.array([0, 3, 3, 0, 1, 2, 1, 0, 2, 2]), np.array([2, 0, 1, 1, 0, 1, 2])]
     result = generate(model_def, params, docs, known, bos_id=BOS, pad_id=PAD, eos_id=None, groups=user,
-                      sampling=SampleConfig(plan=plan, seed=5))
+                      sampling=SampleConfig(plan=plan, seed=5, context=context))
     for b in range(2):
         np.testing.assert_array_equal(result.tokens[b][known[b]], docs[b][known[b]])
         assert np.all(result.steps[b][~known[b]] >= 1) and np.all(result.steps[b][known[b]] == 0)
         if plan == "groups":
             order = np.unique(user[b][~known[b]], return_inverse=True)[1] + 1
             np.testing.assert_array_equal(result.steps[b][~known[b]], order)
-        reference = _full_log_probs(model_def, params, result.tokens[b], result.steps[b])
-        for position, value in reference.items():
-            assert abs(result.log_probs[b][position - 1] - value) < 1e-5
+        if context == "group":
+            np.testing.assert_array_equal(result.groups[b], result.steps[b])
+        else:  # given tokens 1..k left to right, then the steps
+            assert sorted(result.groups[b][known[b]]) == list(range(1, known[b].sum() + 1))
+            np.testing.assert_array_equal(result.groups[b][~known[b]], result.steps[b][~known[b]] + known[b].sum())
+        reference = _full_log_probs(model_def, params, result.tokens[b], result.groups[b])
+        for position in np.flatnonzero(~known[b]) + 1:  # every generated token
+            assert abs(result.log_probs[b][position - 1] - reference[position]) < 1e-5
 
 
 # ---- sampling follows the model's distribution ----------------------------------------------------
@@ -153,7 +159,7 @@ def test_samples_follow_the_exact_distribution_chi_square(plan):
     codes = samples @ (3 ** np.arange(3, -1, -1))
     observed = np.bincount(codes, minlength=81)
     # Each sample was drawn under its own grouping: expected counts sum P(x | grouping) over samples.
-    groupings, counts = np.unique(np.stack(result.steps), axis=0, return_counts=True)
+    groupings, counts = np.unique(np.stack(result.groups), axis=0, return_counts=True)
     assert (len(groupings) == 1) == (plan == "ar") and len(groupings) <= 6
     expected = np.zeros(81)
     for grouping, count in zip(groupings, counts):
@@ -243,7 +249,7 @@ def test_recompute_mode_follows_the_official_semantics():
             if position and steps[position - 1] == step:
                 assert np.argmax(logits[i]) == filled[position - 1]
     cached = generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD,
-                      sampling=SampleConfig(plan="blocks(2)", temperature=0.0))
+                      sampling=SampleConfig(plan="blocks(2)", temperature=0.0, context="group"))
     first = steps == 1
     np.testing.assert_array_equal(cached.tokens[0][first], filled[first])
 

@@ -6,7 +6,9 @@ final: later groups never change them. They are computed once, appended to the c
 every later call. In the same call, the query rows of the next positions to predict see all groups
 committed so far (query rule: group(j) < next group), which is exactly the cache after the append.
 So one call = (content rows of the committed group + query rows of the next positions) against
-the cache, and both kinds of rows see the same keys: every valid slot.
+the cache. Each slot keeps its group id, so one call may also commit several groups at once (the
+prefill of a prompt whose tokens are read left to right): a content row sees the valid slots of
+groups <= its own, a query row sees every valid slot.
 
 For the `causal` variant (left-to-right only) a content row sees the cached keys at positions <= its
 own, and the prediction for position p is the content row at p - 1.
@@ -29,13 +31,15 @@ class KVCache(NamedTuple):
     """Content-stream keys and values of the committed tokens, per layer.
 
     k, v: [L, B, S, Hkv, Dh] in the compute dtype, RoPE applied at each key's original position.
-    positions: [B, S] int32 original positions; valid: [B, S] bool (slot holds a committed token).
+    positions: [B, S] int32 original positions; groups: [B, S] int32 group ids (increasing over
+    calls); valid: [B, S] bool (slot holds a committed token).
     length: int32 scalar, slots used so far (every call appends the same number to every row).
     """
 
     k: jax.Array
     v: jax.Array
     positions: jax.Array
+    groups: jax.Array
     valid: jax.Array
     length: jax.Array
 
@@ -44,7 +48,8 @@ def init_cache(cfg: ModelConfig, batch: int, size: int) -> KVCache:
     shape = (cfg.n_layers, batch, size, cfg.n_kv_heads, cfg.head_dim)
     dtype = jnp.dtype(cfg.dtype)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                   positions=jnp.zeros((batch, size), jnp.int32), valid=jnp.zeros((batch, size), bool),
+                   positions=jnp.zeros((batch, size), jnp.int32), groups=jnp.zeros((batch, size), jnp.int32),
+                   valid=jnp.zeros((batch, size), bool),
                    length=jnp.zeros((), jnp.int32))
 
 
@@ -54,11 +59,13 @@ def _append(buffer, new, start):
     return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), index)
 
 
-def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid, query_positions):
-    """Commits one group per row and predicts the next positions, in one call.
+def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid, query_positions,
+           commit_groups=None):
+    """Commits the next group(s) of each row and predicts the next positions, in one call.
 
     commit_tokens, commit_positions, commit_valid: [B, C] (invalid slots are ignored, never seen);
-    query_positions: [B, Q] original positions to predict (a3 only; Q may be 0).
+    commit_groups: [B, C] group ids, larger than every cached one (None: one new group, id
+    max cached + 1); query_positions: [B, Q] original positions to predict (a3 only; Q may be 0).
     Returns (cache, logits): float32 [B, Q, V] query-stream logits for a3; for causal, [B, 1, V]
     from the valid committed row with the largest position (it predicts that position + 1).
     The caller must leave room: cache.length + C <= S.
@@ -69,7 +76,11 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
     causal = cfg.variant == "causal"
     q_len = 0 if causal else query_positions.shape[1]
     start = cache.length
+    if commit_groups is None:
+        newest = jnp.max(jnp.where(cache.valid, cache.groups, -1), axis=1, keepdims=True)
+        commit_groups = jnp.broadcast_to(newest + 1, (b, c))
     positions = _append(cache.positions, commit_positions.astype(jnp.int32), start)
+    groups = _append(cache.groups, commit_groups.astype(jnp.int32), start)
     valid = _append(cache.valid, commit_valid, start)
 
     content = model.embed_tokens(commit_tokens)
@@ -82,9 +93,12 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
         rows = content
     inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     cos, sin = rope.rope_tables(row_positions, inv_freq)
-    mask = jnp.broadcast_to(valid[:, None, :], (b, rows.shape[1], valid.shape[1]))
     if causal:
-        mask = mask & (positions[:, None, :] <= row_positions[:, :, None])
+        row_order, key_order = row_positions, positions
+    else:  # query rows come after every committed group
+        row_order = jnp.concatenate([commit_groups, jnp.full((b, q_len), jnp.iinfo(jnp.int32).max)], 1)
+        key_order = groups
+    mask = valid[:, None, :] & (key_order[:, None, :] <= row_order[:, :, None])
     params = {name: model.layers[name][...].astype(dtype) for name in LAYER_PARAMS}
 
     def layer(rows, xs):
@@ -99,7 +113,7 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
         return residual_tail(cfg, p, rows, attn), (k_cache, v_cache)
 
     rows, (k_all, v_all) = jax.lax.scan(layer, rows, (params, cache.k, cache.v))
-    cache = KVCache(k=k_all, v=v_all, positions=positions, valid=valid, length=start + c)
+    cache = KVCache(k=k_all, v=v_all, positions=positions, groups=groups, valid=valid, length=start + c)
     if causal:
         last = jnp.argmax(jnp.where(commit_valid, commit_positions, -1), axis=1)
         rows = jnp.take_along_axis(rows, last[:, None, None], axis=1)

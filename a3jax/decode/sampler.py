@@ -28,6 +28,7 @@ from a3jax.decode.plans import parse_plan, static_groups
 from a3jax.decode.sampling import check_settings, choose_tokens, position_scores
 
 MODES = ("cached", "recompute")
+CONTEXTS = ("ar", "group")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +40,15 @@ class SampleConfig:
     seed: int = 0
     mode: str = "cached"  # or "recompute"
     stop_at_eos: bool = True  # a generated EOS ends its document: later unknown positions are dropped
+    context: str = "ar"  # given tokens read left to right, one group each ("ar"), or as one group
+    #                      ("group"); cached mode only (recompute is always one group)
 
     def check(self) -> None:
         check_settings(self.temperature, self.top_k, self.top_p)
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} is not one of {MODES}")
+        if self.context not in CONTEXTS:
+            raise ValueError(f"context={self.context!r} is not one of {CONTEXTS}")
         parse_plan(self.plan)
 
 
@@ -52,14 +57,18 @@ class GenerateResult:
     tokens: list[np.ndarray]  # filled documents; cut before the first generated EOS (stop_at_eos)
     log_probs: list[np.ndarray]  # the model's log-prob (temperature 1, unfiltered) of each generated
     #                              token under the groups actually used; 0 at given positions
-    steps: list[np.ndarray]  # the step (= group id, 1-based) that committed each position; 0 = given
+    steps: list[np.ndarray]  # the step (1-based) that committed each position; 0 = given
+    groups: list[np.ndarray]  # the grouping actually sampled from (given tokens first: context "ar"
+    #                           ranks them 1..k left to right, "group" puts them in group 0); a full
+    #                           forward with layout.build_layout(tokens, groups) reproduces log_probs
     n_steps: int  # decoding calls after the prefill
     state: object = None  # the final KV cache (cached mode with keep_cache=True)
 
 
 # ---- the two states behind one call: (state, commit, query) -> (state, logits) -------------------
 
-def _recompute_call(model, state, commit_tokens, commit_positions, commit_valid, query_positions):
+def _recompute_call(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
+                    commit_groups=None):  # the official semantics: given groups are ignored
     tokens, known, lengths = state
     b, n = tokens.shape
     rows = jnp.arange(b)[:, None]
@@ -81,8 +90,10 @@ def _recompute_call(model, state, commit_tokens, commit_positions, commit_valid,
     return (tokens, known, lengths), model.logits(picked)
 
 
-def _cached_call(model, state, commit_tokens, commit_positions, commit_valid, query_positions):
-    return cache_lib.extend(model, state, commit_tokens, commit_positions, commit_valid, query_positions)
+def _cached_call(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
+                 commit_groups=None):
+    return cache_lib.extend(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
+                            commit_groups)
 
 
 _CALLS = {"cached": _cached_call, "recompute": _recompute_call}
@@ -104,9 +115,10 @@ def _static_step(model_def, sampling: SampleConfig):
 
     @functools.partial(jax.jit, donate_argnums=(1,))
     def step(params, state, commit_tokens, commit_positions, commit_valid, query_positions, force_tokens,
-             force_mask, key):
+             force_mask, key, commit_groups=None):
         model = model_def.bind(params)
-        state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_positions)
+        state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
+                             commit_groups)
         if query_positions.shape[1] == 0:
             return state, None, None
         tokens, picked, _ = _choose(sampling, key, logits, force_tokens, force_mask)
@@ -121,9 +133,10 @@ def _dynamic_step(model_def, sampling: SampleConfig, criterion: str, width: int)
 
     @functools.partial(jax.jit, donate_argnums=(1,))
     def step(params, state, commit_tokens, commit_positions, commit_valid, query_positions, remaining,
-             k_now, force_tokens, force_mask, key):
+             k_now, force_tokens, force_mask, key, commit_groups=None):
         model = model_def.bind(params)
-        state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_positions)
+        state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
+                             commit_groups)
         token_key, score_key = jax.random.split(key)
         tokens, picked, log_probs = _choose(sampling, token_key, logits, force_tokens, force_mask)
         scores = position_scores(criterion, score_key, log_probs, tokens)
@@ -195,18 +208,25 @@ def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, e
                             progress=progress)
 
 
-def _context(documents, known, bos_id, causal):
-    """Per document: (tokens, positions) committed by the prefill, BOS first."""
-    out = []
+def _prefill(documents, known, bos_id, pad_id, causal, context):
+    """The first commit, BOS first: the given tokens (causal: the prefix before the first unknown
+    position) as [B, P] tokens, positions, valid and group ids (0 for BOS)."""
+    rows = []
     for doc, mask in zip(documents, known):
-        if causal:  # left to right: only the prefix before the first unknown position
-            first = int(np.flatnonzero(~mask)[0])
-            given = np.arange(first)
-        else:
-            given = np.flatnonzero(mask)
-        out.append((np.concatenate([[bos_id], doc[given]]).astype(np.int32),
-                    np.concatenate([[0], given + 1]).astype(np.int32)))
-    return out
+        given = np.arange(np.flatnonzero(~mask)[0]) if causal else np.flatnonzero(mask)
+        groups = np.arange(given.size + 1) if context == "ar" else np.zeros(given.size + 1)
+        rows.append((np.concatenate([[bos_id], doc[given]]), np.concatenate([[0], given + 1]), groups))
+    width = max(r[0].size for r in rows)
+    return (_pad_rows([r[0] for r in rows], width, pad_id, np.int32),
+            _pad_rows([r[1] for r in rows], width, 0, np.int32),
+            _pad_rows([np.ones(r[0].size, bool) for r in rows], width, False, bool),
+            _pad_rows([r[2] for r in rows], width, 0, np.int32))
+
+
+def _layout_of(cfg, sampling: SampleConfig) -> str:
+    if cfg.variant == "causal":
+        return "causal"
+    return "group" if sampling.mode == "recompute" else sampling.context
 
 
 def _init_state(cfg, mode, documents, known, pad_id, size):
@@ -223,8 +243,8 @@ def _init_state(cfg, mode, documents, known, pad_id, size):
 class _Output:
     """Host-side results per document, and the EOS cut."""
 
-    def __init__(self, documents, known, eos_id, stop_at_eos):
-        self.known = known
+    def __init__(self, documents, known, eos_id, stop_at_eos, layout_of):
+        self.known, self.layout_of = known, layout_of
         self.tokens = [np.where(k, d, -1).astype(np.int32) for d, k in zip(documents, known)]
         self.log_probs = [np.zeros(d.size, np.float64) for d in documents]
         self.steps = [np.zeros(d.size, np.int32) for d in documents]
@@ -242,13 +262,24 @@ class _Output:
                     self.eos_at[b] = pos if self.eos_at[b] is None else min(self.eos_at[b], pos)
 
     def result(self, n_steps, state) -> GenerateResult:
-        tokens, log_probs, steps = [], [], []
+        tokens, log_probs, steps, groups = [], [], [], []
         for b, cut in enumerate(self.eos_at):
             end = len(self.tokens[b]) if cut is None else cut - 1
             tokens.append(self.tokens[b][:end].copy())
             log_probs.append(self.log_probs[b][:end].copy())
             steps.append(self.steps[b][:end].copy())
-        return GenerateResult(tokens=tokens, log_probs=log_probs, steps=steps, n_steps=n_steps, state=state)
+            groups.append(self._groups(b)[:end])
+        return GenerateResult(tokens=tokens, log_probs=log_probs, steps=steps, groups=groups, n_steps=n_steps,
+                              state=state)
+
+    def _groups(self, b):
+        known, steps = self.known[b], self.steps[b]
+        if self.layout_of == "causal":
+            return np.arange(1, steps.size + 1, dtype=np.int32)
+        if self.layout_of == "ar":  # given tokens 1..k left to right, then the steps
+            ranks = np.cumsum(known).astype(np.int32)
+            return np.where(known, ranks, steps + ranks[-1]).astype(np.int32)
+        return steps.copy()
 
 
 def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
@@ -282,16 +313,11 @@ def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *
         given = known[b][np.maximum(step_pos[:, b], 1) - 1]
         force_mask[:, b] = step_valid[:, b] & (given if forced is None else True)
 
-    context = _context(documents, known, bos_id, causal)
-    ctx_width = max(t.size for t, _ in context)
-    ctx_tok = _pad_rows([t for t, _ in context], ctx_width, pad_id, np.int32)
-    ctx_pos = _pad_rows([p for _, p in context], ctx_width, 0, np.int32)
-    ctx_valid = _pad_rows([np.ones(t.size, bool) for t, _ in context], ctx_width, False, bool)
-    state = _init_state(cfg, sampling.mode, documents, known, pad_id, ctx_width + n_steps * width)
+    *commit, commit_groups = _prefill(documents, known, bos_id, pad_id, causal, sampling.context)
+    state = _init_state(cfg, sampling.mode, documents, known, pad_id, commit[0].shape[1] + n_steps * width)
     step = _static_step(model_def, sampling)
-    out = _Output(documents, known, eos_id, sampling.stop_at_eos)
+    out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling))
     key = jax.random.key(int(sampling.seed))
-    commit = (ctx_tok, ctx_pos, ctx_valid)
     for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
         valid = step_valid[t].copy()
         for b, cut in enumerate(out.eos_at):  # nothing after a generated EOS is generated
@@ -299,10 +325,10 @@ def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *
                 valid[b] &= step_pos[t, b] <= cut
         query = np.where(valid, step_pos[t], 0)
         state, tokens, picked = step(params, state, *commit, query, force_tok[t], force_mask[t] & valid,
-                                     jax.random.fold_in(key, t))
+                                     jax.random.fold_in(key, t), commit_groups)
         tokens, picked = np.asarray(tokens), np.asarray(picked)
         out.record(t + 1, tokens, step_pos[t], valid, picked)
-        commit = (tokens, query, valid)
+        commit, commit_groups = (tokens, query, valid), None
     if keep_cache and not causal:
         state, _, _ = step(params, state, *commit, np.zeros((batch, 0), np.int32), np.zeros((batch, 0), np.int32),
                            np.zeros((batch, 0), bool), key)
@@ -328,14 +354,10 @@ def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, 
             force_tok[b, :u.size] = np.asarray(forced[b])[u - 1]
             force_mask[b, :u.size] = True
 
-    context = _context(documents, known, bos_id, causal=False)
-    ctx_width = max(t.size for t, _ in context)
-    commit = (_pad_rows([t for t, _ in context], ctx_width, pad_id, np.int32),
-              _pad_rows([p for _, p in context], ctx_width, 0, np.int32),
-              _pad_rows([np.ones(t.size, bool) for t, _ in context], ctx_width, False, bool))
-    state = _init_state(cfg, sampling.mode, documents, known, pad_id, ctx_width + n_steps * width)
+    *commit, commit_groups = _prefill(documents, known, bos_id, pad_id, False, sampling.context)
+    state = _init_state(cfg, sampling.mode, documents, known, pad_id, commit[0].shape[1] + n_steps * width)
     step = _dynamic_step(model_def, sampling, plan.criterion, width)
-    out = _Output(documents, known, eos_id, sampling.stop_at_eos)
+    out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling))
     key = jax.random.key(int(sampling.seed))
     done_steps = 0
     for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
@@ -346,12 +368,12 @@ def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, 
             break
         k = np.minimum(k_now[t], remaining.sum(axis=1)).astype(np.int32)
         state, tokens, positions, chosen, picked = step(params, state, *commit, query, remaining, k, force_tok,
-                                                        force_mask, jax.random.fold_in(key, t))
+                                                        force_mask, jax.random.fold_in(key, t), commit_groups)
         tokens, positions, chosen, picked = map(np.asarray, (tokens, positions, chosen, picked))
         out.record(t + 1, tokens, positions, chosen, picked)
         for b in range(batch):
             remaining[b] &= ~np.isin(query[b], positions[b][chosen[b]])
-        commit = (tokens, np.where(chosen, positions, 0), chosen)
+        commit, commit_groups = (tokens, np.where(chosen, positions, 0), chosen), None
         done_steps = t + 1
     if keep_cache:
         final = _static_step(model_def, sampling)

@@ -1,0 +1,41 @@
+"""Evaluation: exact scoring (score), metrics, tasks (multiple choice, LAMBADA, NLL under orders,
+infilling), the lm-evaluation-harness adapter and the `a3jax eval` command.
+
+Names are imported lazily so `import a3jax.eval` stays cheap.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "Scores": "score",
+    "loglikelihood": "score",
+    "score_documents": "score",
+    "sequence_log_probs": "score",
+    "bits": "metrics",
+    "exact_match": "metrics",
+    "rouge": "metrics",
+    "ModelParts": "tasks",
+    "encode_pair": "tasks",
+    "infill": "tasks",
+    "lambada": "tasks",
+    "load_lambada": "tasks",
+    "load_mc_jsonl": "tasks",
+    "multiple_choice": "tasks",
+    "nll_under_orders": "tasks",
+    "A3JaxLM": "lm_eval_adapter",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
