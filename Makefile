@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/a3jax demo --workdir=$(WORKDIR)
 
 test: $(TORCH_STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) runs

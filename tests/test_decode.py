@@ -315,3 +315,20 @@ def test_generate_rejects_documents_longer_than_max_len_and_full_documents():
         generate(model_def, params, [np.zeros(9, np.int32)], [np.zeros(9, bool)], bos_id=BOS, pad_id=PAD, max_len=8)
     with pytest.raises(ValueError, match="no unknown position"):
         generate(model_def, params, [np.zeros(4, np.int32)], [np.ones(4, bool)], bos_id=BOS, pad_id=PAD)
+
+
+@pytest.mark.parametrize("plan", ["ar", "random(2)"])
+def test_score_equals_the_sum_of_the_samplers_log_probs_when_forced(plan):
+    from a3jax.eval.score import sequence_log_probs
+
+    model_def, params = _model()
+    rng = np.random.default_rng(6)
+    docs = [rng.integers(0, 9, n).astype(np.int32) for n in (7, 4, 10)]
+    result = generate(model_def, params, [np.zeros_like(d) for d in docs], [np.zeros(d.size, bool) for d in docs],
+                      bos_id=BOS, pad_id=PAD, eos_id=None, forced=docs, sampling=SampleConfig(plan=plan, seed=9))
+    for doc, tokens in zip(docs, result.tokens):
+        np.testing.assert_array_equal(tokens, doc)
+    groups = [np.arange(1, d.size + 1) for d in docs] if plan == "ar" else result.groups
+    scores = sequence_log_probs(model_def, params, docs, groups, seq_len=16, bos_id=BOS, pad_id=PAD)
+    np.testing.assert_allclose([lp.sum() for lp in result.log_probs], scores, atol=1e-5)
+    assert np.all(scores < 0)
