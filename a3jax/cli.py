@@ -27,8 +27,14 @@ def _cmd_train(args, overrides) -> int:
 
     config = load_config(args.config, overrides)  # bad config fails before any process waits
     distributed.initialize(timeout_s=args.distributed_timeout)
-    summary = train(config, args.workdir, stop_after=args.stop_after, progress=not args.no_progress)
+    summary = train(config, args.workdir, stop_after=args.stop_after, progress=not args.no_progress,
+                    resume=args.resume)
+    if summary["stopped_by"]:  # preempted: the checkpoint is written, a rerun resumes
+        return 0
     print(f"[a3jax] finished at step {summary['step']}; checkpoints in {pathlib.Path(args.workdir) / 'checkpoints'}")
+    if summary["skipped_total"]:
+        print(f"[a3jax] {summary['skipped_total']} steps had non-finite loss or gradients; their updates were "
+              "skipped (train/skipped in metrics.jsonl)")
     for name, value in summary["eval"].items():
         print(f"  eval {name} = {value:.4f}")
     return 0
@@ -138,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--stop-after", type=int, default=None,
                            help="stop after this step (the schedule still spans train.steps)")
+            p.add_argument("--resume", default="auto", choices=("auto", "never", "must"),
+                           help="auto: continue from the latest checkpoint if any; never: refuse a workdir "
+                                "with checkpoints; must: refuse one without")
             p.add_argument("--distributed-timeout", type=int, default=300,
                            help="seconds to wait for the other processes of a multi-process job")
         else:
@@ -181,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from a3jax.data.sources import CorruptShardError
     from a3jax.distributed import DistributedError
     from a3jax.parallel import MeshError
+    from a3jax.train.loop import CheckpointWriteError, TrainingDivergedError
 
     try:
         handler = {"train": _cmd_train, "demo": _cmd_demo, "bench": _cmd_bench,
@@ -188,11 +198,16 @@ def main(argv: list[str] | None = None) -> int:
                    "sample": _cmd_sample, "eval": _cmd_eval}[args.command]
         return handler(args, overrides)
     except (ConfigError, IncompatibleCheckpointError, MeshError, CorruptShardError, FileNotFoundError,
-            DistributedError, ValueError) as error:
+            DistributedError, ValueError, CheckpointWriteError) as error:
         if os.environ.get("A3JAX_DEBUG"):
             raise
         print(f"a3jax {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as error:
+        if os.environ.get("A3JAX_DEBUG"):
+            raise
+        print(f"a3jax {args.command}: stopped: {error}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("a3jax: interrupted", file=sys.stderr)
         return 130

@@ -86,4 +86,8 @@ def get_config() -> ConfigDict:
     config.train.eval_rows = 64
     config.train.checkpoint_every = 300
     config.train.keep_checkpoints = 2
+    # Non-finite loss/gradients: the step's update is skipped (counted as train/skipped); after this
+    # many consecutive skipped steps training stops, keeping the last good checkpoint.
+    config.train.max_bad_steps = 10
+    config.train.inject_nan_at_steps = ()  # testing aid: steps whose gradients are made NaN
     return config

@@ -45,12 +45,16 @@ def abstract_params(model_config: ModelConfig) -> tuple[ModelDef, dict]:
 
 
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule, shardings=None,
-                    grad_accum: int = 1):
+                    grad_accum: int = 1, inject_nan_at_steps: tuple[int, ...] = ()):
     """The jitted step. shardings = (params, opt_state, batch) NamedSharding trees, or None.
 
     grad_accum > 1 splits the batch into that many micro-batches (scanned) and sums their NLL
     gradients before one update: the result equals the full-batch step (the mean is taken over
     all target tokens of the batch, not per micro-batch).
+
+    A step whose loss or gradients are not finite leaves params and optimizer state unchanged
+    (metric `skipped` = 1); its batch is consumed and the schedule moves on with the step number.
+    inject_nan_at_steps: a testing aid, steps whose gradients are replaced by NaN.
     """
     def nll_sum(p, micro):
         _, aux = loss_fn(model_def.bind(p), micro)
@@ -71,15 +75,22 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
             (total, n_targets, grads), _ = jax.lax.scan(accumulate, (0.0, 0.0, zeros), micro)
         scale = 1.0 / jnp.maximum(n_targets, 1.0)
         loss, grads = total * scale, jax.tree.map(lambda g: g * scale, grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        if inject_nan_at_steps:
+            poisoned = jnp.any(step == jnp.asarray(inject_nan_at_steps))
+            grads = jax.tree.map(lambda g: jnp.where(poisoned, jnp.nan, g), grads)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         metrics = {
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "lr": schedule(step),
             "n_targets": n_targets,
+            "skipped": 1.0 - finite.astype(jnp.float32),
         }
-        return params, opt_state, metrics
+        return keep(new_params, params), keep(new_opt_state, opt_state), metrics
 
     if shardings is None:
         return jax.jit(train_step, donate_argnums=(0, 1))
