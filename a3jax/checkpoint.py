@@ -63,7 +63,8 @@ class Checkpointer:
     def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True):
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # a write killed midway leaves a tmp folder: removed, never read
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 

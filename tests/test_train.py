@@ -153,3 +153,17 @@ def test_gradient_accumulation_equals_the_full_batch_step(tmp_path, small_corpus
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     with pytest.raises(ConfigError, match="train.grad_accum=3 must be > 0 and divide train.batch_size=8"):
         micro_config("train.grad_accum=3")
+
+
+def test_each_curriculum_stage_ends_with_a_summary(tmp_path, small_corpus):
+    config = micro_config("train.steps=12", "orders.curriculum=ar until 4; blocks(2) until 10; random(4)",
+                          "train.eval_every=100", "train.checkpoint_every=100")
+    train(config, tmp_path, corpus=small_corpus, progress=False)
+    records = read_metrics(tmp_path)
+    stages = [r for r in records if "stage/index" in r]
+    assert [(r["step"], r["stage/index"]) for r in stages] == [(4, 0), (10, 1), (12, 2)]
+    tokens_per_step = 8 * 64
+    assert [r["stage/tokens"] for r in stages] == [4 * tokens_per_step, 6 * tokens_per_step, 2 * tokens_per_step]
+    losses = {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+    assert stages[1]["stage/train_loss_mean"] == pytest.approx(np.mean([losses[s] for s in range(5, 11)]))
+    assert all(np.isfinite(r["stage/eval/ar/nll"]) and np.isfinite(r["stage/eval/random(4)/nll"]) for r in stages)

@@ -17,8 +17,9 @@ from a3jax import flops, parallel
 from a3jax.checkpoint import Checkpointer
 from a3jax.configs import model_config, validate
 from a3jax.data import ByteTokenizer, eval_batch, load_corpus, load_tokenizer, train_batches
+from a3jax.data.pipeline import curriculum_of
 from a3jax.data.corpus import Corpus
-from a3jax.train.metrics import MetricWriter, NullWriter
+from a3jax.train.metrics import MetricWriter, NullWriter, read_metrics
 from a3jax.train.preemption import StopRequests
 from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
 from a3jax.train.step import abstract_params, init_model, make_eval_step, make_train_step
@@ -201,6 +202,26 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
             raise write_error(step, error) from error
         health["writing"] = step
 
+    curriculum = curriculum_of(config)
+
+    def stage_summary(done):
+        """At the end of a curriculum stage (and of training): tokens seen in the stage, its mean
+        train loss (from metrics.jsonl, so resumes are counted) and held-out loss by order."""
+        index = curriculum.stage_of_step(done - 1)
+        first = 0 if index == 0 else curriculum.stages[index - 1].until_step
+        losses = [r["train/loss"] for r in read_metrics(workdir) if first < r.get("step", 0) <= done
+                  and isinstance(r.get("train/loss"), float)] if is_chief else []
+        results = summary["eval"] if summary.get("eval_step") == done else evaluate(eval_step, params, eval_batches,
+                                                                                   unit)
+        record = {"index": index, "tokens": (done - first) * tokens_per_step,
+                  "train_loss_mean": sum(losses) / len(losses) if losses else float("nan")}
+        record.update({f"eval/{k}": v for k, v in results.items()})
+        writer.write(done, record, prefix="stage/")
+        if is_chief:
+            bar.write(f"[a3jax] stage {index} ({curriculum.stages[index].spec}) ended at step {done}: "
+                      f"{record['tokens']:,} tokens, mean train loss {record['train_loss_mean']:.3f}, " + "  ".join(
+                          f"{k}={v:.3f}" for k, v in results.items()), file=sys.stderr)
+
     try:
         with StopRequests() as stops:
             for step in range(start, end):
@@ -215,11 +236,15 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
                     flush()
                 if done % int(config.train.eval_every) == 0 or done == total:
                     summary["eval"] = evaluate(eval_step, params, eval_batches, unit)
+                    summary["eval_step"] = done
                     writer.write(done, summary["eval"], prefix="eval/")
                     if is_chief:
                         bar.write("[a3jax] step {}: {}".format(done, "  ".join(
                             f"{k}={v:.3f}" for k, v in summary["eval"].items())), file=sys.stderr)
                 summary["step"] = done
+                if done == total or curriculum.stage_of_step(done) != curriculum.stage_of_step(step):
+                    flush()
+                    stage_summary(done)
                 if done % int(config.train.checkpoint_every) == 0 or done == end or stop:
                     flush()  # a diverged run raises here, before its state is saved
                     save(done)
