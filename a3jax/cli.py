@@ -1,5 +1,5 @@
 """The `a3jax` command: train, demo (train the tiny model, then infill held-out text), sample, eval,
-prepare, convert, export, bench."""
+sweep (a grid of runs), report (their tables and plots), prepare, convert, export, bench."""
 
 from __future__ import annotations
 
@@ -124,6 +124,18 @@ def _cmd_eval(args, overrides) -> int:
     return eval_cli.main(args, overrides)
 
 
+def _cmd_sweep(args, overrides) -> int:
+    from a3jax import sweep
+
+    return sweep.main(args, overrides)
+
+
+def _cmd_report(args, overrides) -> int:
+    from a3jax import report
+
+    return report.main(args, overrides)
+
+
 def _cmd_prepare(args, overrides) -> int:
     from a3jax.data import prepare
 
@@ -178,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     from a3jax.eval import cli as eval_cli
 
     eval_cli.add_arguments(sub.add_parser("eval", help="NLL under orders, infilling, multiple choice, LAMBADA"))
+    from a3jax import report, sweep
+
+    sweep.add_arguments(sub.add_parser("sweep", help="train and evaluate a grid of config points (one workdir each)"))
+    report.add_arguments(sub.add_parser("report", help="runs' metrics -> Markdown tables and PNG plots"))
     return parser
 
 
@@ -195,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handler = {"train": _cmd_train, "demo": _cmd_demo, "bench": _cmd_bench,
                    "prepare": _cmd_prepare, "convert": _cmd_convert, "export": _cmd_export,
-                   "sample": _cmd_sample, "eval": _cmd_eval}[args.command]
+                   "sample": _cmd_sample, "eval": _cmd_eval, "sweep": _cmd_sweep,
+                   "report": _cmd_report}[args.command]
         return handler(args, overrides)
     except (ConfigError, IncompatibleCheckpointError, MeshError, CorruptShardError, FileNotFoundError,
             DistributedError, ValueError, CheckpointWriteError) as error:

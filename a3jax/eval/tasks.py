@@ -329,11 +329,11 @@ def _generate():
 
 def infill(model, corpus, *, span: int = 32, num_examples: int = 8, seed: int = 0, plan: str = "ar",
            temperature: float = 0.0, batch_size: int = 8, seq_len: int | None = None,
-           progress: bool = False) -> dict:
+           progress: bool = False, mode: str = "cached") -> dict:
     """Span infilling on held-out windows (seeds seed .. seed + num_examples - 1): exact match of the
     decoded span (whitespace-stripped), ROUGE-1/2/L F1 and token accuracy of the filled span.
 
-    Generation uses a3jax.decode.generate with SampleConfig(plan, temperature, seed).
+    Generation uses a3jax.decode.generate with SampleConfig(plan, temperature, seed, mode).
     """
     parts = model_parts(model, seq_len)
     if num_examples < 1:
@@ -364,7 +364,8 @@ def infill(model, corpus, *, span: int = 32, num_examples: int = 8, seed: int = 
             # the end of the document.
             result = generate(parts.model_def, parts.params, documents, known, bos_id=tokenizer.bos_id,
                               pad_id=tokenizer.pad_id, eos_id=None,
-                              sampling=SampleConfig(plan=plan, temperature=temperature, seed=seed + first))
+                              sampling=SampleConfig(plan=plan, temperature=temperature, seed=seed + first,
+                                                    mode=mode))
             for (window, start, stop), filled in zip(chunk, result.tokens):
                 guess = np.full(stop - start, -1, np.int64)  # a shorter result leaves -1 (wrong)
                 got = np.asarray(filled)[start:stop]
