@@ -12,7 +12,7 @@ from typing import Sequence
 from ml_collections import ConfigDict
 
 from a3jax.model import ModelConfig
-from a3jax.orders import Curriculum, parse_sampler
+from a3jax.orders import MDLM, Curriculum, parse_sampler, uses_mdlm
 from a3jax.train.optimizer import SCHEDULES
 
 
@@ -112,9 +112,8 @@ def validate(config: ConfigDict) -> None:
         if not ok:
             raise ConfigError(message)
     try:
-        curriculum = Curriculum.parse(config.orders.curriculum)
-        for spec in config.orders.eval:
-            parse_sampler(spec)
+        curriculum = Curriculum.parse(config.orders.curriculum, tokens_per_step=tokens_per_step(config))
+        eval_samplers = {spec: parse_sampler(spec) for spec in config.orders.eval}
     except ValueError as error:
         raise ConfigError(f"orders: {error}") from None
     if model.variant == "causal":
@@ -124,3 +123,50 @@ def validate(config: ConfigDict) -> None:
                 f"model.variant='causal' predicts the next token and trains only under the 'ar' "
                 f"order, but orders.curriculum has {bad}; set --config.orders.curriculum=ar"
             )
+    if model.variant == "mdlm":
+        _validate_mdlm(config, model, curriculum)
+    else:
+        bad = [st.spec for i, st in enumerate(curriculum.stages) if uses_mdlm(curriculum.sampler(i))]
+        bad += [spec for spec, sampler in eval_samplers.items() if uses_mdlm(sampler)]
+        if bad:
+            raise ConfigError(
+                f"the {MDLM!r} order is the masked-diffusion control's objective (L/m-weighted), but "
+                f"model.variant={model.variant!r} has it in orders {bad}; set --config.model.variant=mdlm "
+                "or use another order"
+            )
+
+
+def tokens_per_step(config: ConfigDict) -> int:
+    """Tokens (row slots, padding included) per optimizer step: train.batch_size * data.seq_len."""
+    return int(config.train.batch_size) * int(config.data.seq_len)
+
+
+def _validate_mdlm(config: ConfigDict, model: ModelConfig, curriculum: Curriculum) -> None:
+    """The masked-diffusion control trains and evaluates under the 'mdlm' order only, and needs a
+    free vocabulary id (the last one) for its MASK token."""
+    bad = [s.spec for s in curriculum.stages if s.spec.replace(" ", "") != MDLM]
+    if bad:
+        raise ConfigError(
+            f"model.variant='mdlm' (masked diffusion) trains only under the 'mdlm' order, but "
+            f"orders.curriculum has {bad}; set --config.orders.curriculum=mdlm"
+        )
+    bad = [spec for spec in config.orders.eval if spec.replace(" ", "") != MDLM]
+    if bad or not len(config.orders.eval):
+        raise ConfigError(
+            f"model.variant='mdlm' (masked diffusion) is evaluated only under the 'mdlm' order (its "
+            f"NLL bound), but orders.eval has {list(config.orders.eval)}; set --config.orders.eval=mdlm"
+        )
+    from a3jax.data.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(config.data)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model.variant='mdlm' needs the tokenizer's vocabulary size to place its "
+                          f"MASK token, but data.tokenizer={config.data.tokenizer!r} cannot be loaded: "
+                          f"{error}") from None
+    if tokenizer.vocab_size > model.mask_token_id:
+        raise ConfigError(
+            f"model.variant='mdlm' uses the last id, model.vocab_size - 1 = {model.mask_token_id}, as its "
+            f"MASK token, but the {tokenizer.name} tokenizer uses ids up to {tokenizer.vocab_size - 1}; "
+            f"set --config.model.vocab_size={tokenizer.vocab_size + 1} (or more)"
+        )

@@ -49,6 +49,8 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     layers = cfg.n_layers
     if cfg.variant == "causal":
         return layers * (stream + kv + attn) + logits
+    if cfg.variant == "mdlm":  # one stream, every row attends to its whole document (2x the keys)
+        return layers * (stream + kv + 2 * attn) + logits
     return layers * (2 * stream + kv) - stream + layers * 2 * attn - attn + logits
 
 

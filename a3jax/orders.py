@@ -2,7 +2,9 @@
 
 A sampler maps a document's target length L (original positions 1..L; BOS at 0 is the context
 group and is not included) to int32 group ids of shape [L] with values 1..K, every value used.
-Group k is generated after all groups < k. The grouping of example e is a pure function of
+Group k is generated after all groups < k. The exception is `mdlm` (the masked-diffusion
+control's objective): it puts the visible tokens in the context group 0 and the masked ones in
+group 1, see `MaskedDiffusion`. The grouping of example e is a pure function of
 (seed, e, stage(e)), see `example_rng` and `Curriculum.sample_groups`.
 
 `group_size_scope` (config orders.group_size_scope): "example" draws everything per example;
@@ -22,9 +24,10 @@ from typing import Protocol, Sequence
 import numpy as np
 
 VALID_FORMS = (
-    "ar, blocks(s), random(s), random_sizes(lo,hi), two_group(lo,hi), span(lo,hi), "
+    "ar, blocks(s), random(s), random_sizes(lo,hi), two_group(lo,hi), span(lo,hi), mdlm, "
     "and mixtures like '0.5*ar + 0.5*random(4)'"
 )
+MDLM = "mdlm"  # the masked-diffusion control's order (model.variant='mdlm' only)
 _RNG_SALT = 0xA3_0D_E5  # separates these streams from any other use of the same seed
 
 
@@ -119,6 +122,36 @@ class Span:
         return span_groups(length, start, start + span)
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskedDiffusion:
+    """The masked-diffusion (MDLM / AO-ARDM) training grouping: m ~ Uniform{1..L} tokens, a
+    uniformly random set of them, are masked (group 1, the targets); the other L - m stay visible
+    (group 0, context). With the loss weight L / m per masked token (a3jax.loss), a document's
+    expected loss is the any-order bound sum_m (1/m) E[sum_{i masked} -log p(x_i | visible)], an
+    upper bound on -log p(x): the discrete form of MDLM's 1/t weighting."""
+
+    def __call__(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        _check_length(length)
+        groups = np.zeros(length, np.int32)
+        if length == 0:
+            return groups
+        masked = int(rng.integers(1, length + 1))
+        groups[rng.choice(length, size=masked, replace=False)] = 1
+        return groups
+
+
+def uses_mdlm(sampler: Sampler) -> bool:
+    """True if the sampler is `mdlm` or a mixture with an `mdlm` component."""
+    if isinstance(sampler, Mixture):
+        return any(uses_mdlm(c) for c in sampler.components)
+    return isinstance(sampler, MaskedDiffusion)
+
+
+def is_bound_order(spec: str) -> bool:
+    """True for orders whose held-out NLL is an upper bound (ELBO), not an exact NLL: `mdlm`."""
+    return re.sub(r"\s+", "", spec) == MDLM
+
+
 def span_groups(length: int, start: int, stop: int) -> np.ndarray:
     """Tokens outside [start, stop) as singletons left to right, then the span left to right."""
     inside = np.zeros(length, bool)
@@ -158,13 +191,15 @@ def _parse_term(term: str, spec: str) -> tuple[float, Sampler]:
             raise fail("mixture weight must be finite and >= 0 in")
     name, raw = match["name"], match["args"]
     args = [] if raw is None else raw.split(",")
-    arity = {"ar": 0, "blocks": 1, "random": 1, "random_sizes": 2, "two_group": 2, "span": 2}
+    arity = {"ar": 0, "blocks": 1, "random": 1, "random_sizes": 2, "two_group": 2, "span": 2, MDLM: 0}
     if name not in arity:
         raise fail("unknown sampler")
     if len(args) != arity[name] or (raw is not None and arity[name] == 0):
         raise fail(f"{name} takes {arity[name]} argument(s):")
     if name == "ar":
         return weight, AR()
+    if name == MDLM:
+        return weight, MaskedDiffusion()
     if name in ("blocks", "random", "random_sizes"):
         try:
             ints = [int(a) for a in args]
@@ -234,6 +269,36 @@ SCOPES = ("example", "batch")
 class Stage:
     spec: str
     until_step: int | None  # applies to steps < until_step; None for the last stage
+    until_tokens: int | None = None  # the boundary as written in tokens ('until 2M tokens'), if so
+
+
+_MULTIPLIERS = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9}
+_BOUNDARY = re.compile(
+    r"^(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<mult>[kKMG]?)\s*(?P<unit>tokens|token|tok|steps|step)?$")
+BOUNDARY_FORMS = "'until 100', 'until 100 steps', 'until 2k steps', 'until 2M tokens', 'until 500k tok'"
+
+
+def parse_boundary(text: str, tokens_per_step: int | None = None) -> tuple[int, int | None]:
+    """(step, tokens) of an 'until' boundary: a step count, or a token count (suffix tokens/tok)
+    converted to steps as ceil(tokens / tokens_per_step); k/K = 1e3, M = 1e6, G = 1e9.
+    tokens is None for a boundary given in steps. Raises ValueError on anything else."""
+    match = _BOUNDARY.match(text.strip())
+    if match is None:
+        raise ValueError(f"bad 'until' boundary {text.strip()!r}; write e.g. {BOUNDARY_FORMS}")
+    number, mult = match["number"], _MULTIPLIERS[match["mult"]]
+    whole, _, frac = number.partition(".")
+    value = int(whole) * mult + (int(frac) * mult) // 10 ** len(frac) if frac else int(whole) * mult
+    if frac and (int(frac) * mult) % 10 ** len(frac):
+        raise ValueError(f"'until' boundary {text.strip()!r} is not a whole number of "
+                         f"{'tokens' if (match['unit'] or '').startswith('tok') else 'steps'}")
+    if not (match["unit"] or "").startswith("tok"):
+        return value, None
+    if tokens_per_step is None:
+        raise ValueError(f"'until' boundary {text.strip()!r} is in tokens but no tokens_per_step was "
+                         "given to convert it to steps (tokens_per_step = train.batch_size * data.seq_len)")
+    if int(tokens_per_step) < 1:
+        raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
+    return -(-value // int(tokens_per_step)), value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,8 +315,15 @@ class Curriculum:
         object.__setattr__(self, "_samplers", tuple(parse_sampler(s.spec) for s in self.stages))
 
     @classmethod
-    def parse(cls, text: str, group_size_scope: str = "example") -> "Curriculum":
-        """Parses 'ar until 100; blocks(2) until 200; random(4)' (a bare spec = one stage)."""
+    def parse(cls, text: str, group_size_scope: str = "example", *,
+              tokens_per_step: int | None = None) -> "Curriculum":
+        """Parses 'ar until 100; blocks(2) until 200; random(4)' (a bare spec = one stage).
+
+        Boundaries are steps ('until 100', 'until 100 steps', 'until 2k steps') or tokens ('until
+        2M tokens', 'until 500k tok'; k/K, M, G multipliers); a token boundary becomes step
+        ceil(tokens / tokens_per_step), where tokens_per_step = train.batch_size * data.seq_len
+        (row slots, padding included). Stage boundaries must be strictly increasing in steps.
+        """
         pieces = [p.strip() for p in text.split(";")]
         if pieces and not pieces[-1]:
             pieces.pop()  # allow a trailing ';'
@@ -263,18 +335,20 @@ class Curriculum:
             parts = re.split(r"\buntil\b", piece)
             if len(parts) > 2 or not parts[0].strip():
                 raise ValueError(f"bad curriculum stage {piece!r}; write '<sampler> until <step>'")
-            until = None
+            until, until_tokens = None, None
             if len(parts) == 2:
                 if last:
                     raise ValueError(f"the last curriculum stage {piece!r} must not have 'until'")
                 try:
-                    until = int(parts[1].strip())
-                except ValueError:
-                    raise ValueError(f"bad 'until' step in curriculum stage {piece!r}") from None
+                    until, until_tokens = parse_boundary(parts[1], tokens_per_step)
+                except ValueError as err:
+                    raise ValueError(f"bad 'until' step in curriculum stage {piece!r}: {err}") from None
                 if until <= previous:
+                    converted = (f" ({until_tokens:,} tokens = step {until} at {int(tokens_per_step):,} "
+                                 "tokens per step)" if until_tokens is not None else "")
                     raise ValueError(
                         f"curriculum stage {piece!r}: until steps must be positive and strictly "
-                        f"increasing (previous {previous})"
+                        f"increasing (previous {previous}){converted}"
                     )
                 previous = until
             elif not last:
@@ -285,7 +359,7 @@ class Curriculum:
                 parse_sampler(parts[0])
             except ValueError as err:
                 raise ValueError(f"curriculum stage {piece!r}: {err}") from None
-            stages.append(Stage(parts[0].strip(), until))
+            stages.append(Stage(parts[0].strip(), until, until_tokens))
         return cls(tuple(stages), group_size_scope)
 
     def stage_of_step(self, step: int) -> int:

@@ -191,6 +191,9 @@ def export_hf(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConversionError(f"--out {out} already exists and is not empty; choose a new folder")
     step, cfg, meta, params = restore_checkpoint_params(workdir, step)
+    if cfg.variant == "mdlm":
+        raise ConversionError(f"{workdir} holds a masked-diffusion (mdlm) model: it is bidirectional, so an "
+                              "HF LLaMA export would load as a (wrong) causal model; export a3 or causal models")
     np_dtype = _numpy_dtype(dtype)
     itemsize = np.dtype(np_dtype).itemsize
     plan = _tensor_plan(cfg, params)

@@ -92,8 +92,11 @@ def _packed_rows(docs: Sequence[np.ndarray], seq_len: int, what: str) -> PackedR
 
 
 def curriculum_of(config) -> Curriculum:
+    """The config's curriculum; boundaries in tokens convert at train.batch_size * data.seq_len
+    tokens per step (see configs.tokens_per_step)."""
     return Curriculum.parse(config.orders.curriculum,
-                            str(config.orders.get("group_size_scope", "example")))
+                            str(config.orders.get("group_size_scope", "example")),
+                            tokens_per_step=int(config.train.batch_size) * int(config.data.seq_len))
 
 
 def train_dataset(config, corpus: Corpus, tokenizer: Tokenizer) -> grain.MapDataset:

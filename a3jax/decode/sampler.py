@@ -5,7 +5,10 @@ to predict now) against the state, where the state is either
   cached     the exact KV cache (decode/cache.py): each committed token's keys/values are computed
              once; sampling follows the model's group-by-group distribution exactly;
   recompute  the official code's semantics: every known token (prompt and committed) forms one
-             context group and the whole row is recomputed each step.
+             context group and the whole row is recomputed each step. This is the only mode of
+             the `mdlm` (masked diffusion) variant: unknown positions input MASK, attention is
+             bidirectional, and the content stream's logits at the queried positions are used
+             (dynamic confidence plans give the usual MDLM sampler).
 The host loop only moves small int arrays (chosen tokens and positions) between steps.
 
 Documents are int arrays of the tokens at positions 1..L (BOS is added at position 0); `known`
@@ -84,7 +87,8 @@ def _recompute_call(model, state, commit_tokens, commit_positions, commit_valid,
         "groups": jnp.minimum(jnp.take_along_axis(group, order, 1), 1).astype(jnp.int32),
         "segment_ids": jnp.take_along_axis(in_doc, order, 1).astype(jnp.int32),
     }
-    hidden = model.hidden_states(batch)["query"]
+    # a3: the query stream; mdlm: the content stream (unknown rows input MASK, see transformer.py)
+    hidden = model.hidden_states(batch)["content" if model.cfg.variant == "mdlm" else "query"]
     rank = jnp.argsort(order, axis=1)
     picked = jnp.take_along_axis(hidden, jnp.take_along_axis(rank, query_positions, 1)[..., None], 1)
     return (tokens, known, lengths), model.logits(picked)
@@ -197,6 +201,9 @@ def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, e
     if causal and (plan.kind != "ar" or sampling.mode != "cached"):
         raise ValueError(f"a causal model decodes left to right only: use plan 'ar' in cached mode "
                          f"(got plan {sampling.plan!r}, mode {sampling.mode!r})")
+    if cfg.variant == "mdlm" and sampling.mode != "recompute":
+        raise ValueError(f"masked diffusion recomputes every step; use mode='recompute' (got mode "
+                         f"{sampling.mode!r} for a model.variant='mdlm' model)")
     if eos_id is None:
         sampling = dataclasses.replace(sampling, stop_at_eos=False)
     if plan.dynamic:

@@ -223,6 +223,9 @@ def loglikelihood(model_def, params, requests: Sequence[tuple[np.ndarray, np.nda
     -0.6/-1.1/-1.8 for "ar": a bidirectional context is out of distribution unless trained for.
     A causal model must use "ar".
     """
+    if model_variant(model_def, params) == "mdlm":
+        raise ValueError("a masked-diffusion (mdlm) model gives only a bound on log-likelihoods, not the "
+                         "exact values the loglikelihood contract promises")
     if context_order is None:
         context_order = "ar"
     if context_order not in CONTEXT_ORDERS:

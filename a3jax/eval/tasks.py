@@ -257,11 +257,17 @@ def nll_under_orders(config, corpus, tokenizer, model_def, params, specs: Sequen
         raise ValueError("no orders given; name some, e.g. 'ar,random(4)'")
     for spec in specs:
         parse_sampler(spec)  # ValueError names the bad spec
-    if score_lib.model_variant(model_def, params) == "causal":
+    variant = score_lib.model_variant(model_def, params)
+    if variant == "causal":
         bad = [s for s in specs if s.replace(" ", "") != "ar"]
         if bad:
             raise ValueError(f"orders {bad}: a causal model predicts the next token and is scored "
                              "only under the 'ar' order")
+    if variant == "mdlm":
+        bad = [s for s in specs if s.replace(" ", "") != "mdlm"]
+        if bad:
+            raise ValueError(f"orders {bad}: a masked-diffusion model has no likelihood under an order; "
+                             "it is scored by its bound under the 'mdlm' order")
     batch_size = int(batch_size or num_rows)
     step = make_eval_step(model_def, tokenizer.eos_id)
     params = jax.device_put(params)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-VARIANTS = ("a3", "causal")
+# a3: two streams (content + query); causal: plain LLaMA, next token; mdlm: the masked-diffusion
+# control, one bidirectional stream whose masked inputs are the MASK token (`mask_token_id`).
+VARIANTS = ("a3", "causal", "mdlm")
 REMAT_POLICIES = ("none", "full", "dots")
 ROPE_SCALINGS = ("none", "llama3")
 DTYPES = ("float32", "bfloat16")
@@ -84,6 +86,13 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def mask_token_id(self) -> int:
+        """The MASK input id of the `mdlm` variant: the last vocabulary id, vocab_size - 1. The
+        tokenizer's ids (PAD, BOS, EOS included) must all be < vocab_size - 1 (configs.validate
+        checks it; the byte tokenizer's 259 ids need model.vocab_size=260)."""
+        return self.vocab_size - 1
 
     @property
     def q_dim(self) -> int:

@@ -1,4 +1,5 @@
-"""The A3 two-stream transformer on a LLaMA backbone (Flax NNX), and its `causal` variant.
+"""The A3 two-stream transformer on a LLaMA backbone (Flax NNX), its `causal` variant, and the
+`mdlm` masked-diffusion control.
 
 Parameters (float32 masters; names map 1:1 to HF LLaMA, layers stacked on a leading axis L):
   embed [V, D]                          model.embed_tokens.weight
@@ -13,6 +14,13 @@ Parameters (float32 masters; names map 1:1 to HF LLaMA, layers stacked on a lead
 
 The content stream is exactly a LLaMA stack with the group mask; the query stream starts from
 the learned query vector, shares every weight, and reads keys/values from the content stream.
+
+Variant `mdlm` (masked diffusion, MDLM-style) has the same parameters as `causal` and ONE
+bidirectional stream: every target row (group >= 1 of a real document) inputs the MASK token
+(cfg.mask_token_id = vocab_size - 1) instead of its token, every row sees every key of its own
+document (groups are ignored; padding, segment 0, is never visible to real rows), and row i's
+content-stream logits predict token i (no shift). The MASK logit is pinned to MASK_LOGIT (MDLM's
+"zero masking probability"), so MASK is never predicted.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from a3jax.model import rope
 from a3jax.model.config import ModelConfig
 from a3jax.model.sharding import constrain_batch
 
+MASK_LOGIT = -1e9  # the mdlm variant's logit for the MASK id: probability exactly 0 in float32
 LAYER_PARAMS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
 
 # Logical axis names of every parameter; parallel.py maps them to mesh axes with the rule table.
@@ -125,7 +134,8 @@ def _remat(fn, policy: str):
 
 
 class Transformer(nnx.Module):
-    """LLaMA-backbone transformer; variant `a3` adds the query stream, `causal` is plain LLaMA."""
+    """LLaMA-backbone transformer; variant `a3` adds the query stream, `causal` is plain LLaMA,
+    `mdlm` is one bidirectional stream over MASK-ed targets."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -160,21 +170,31 @@ class Transformer(nnx.Module):
     def embed_tokens(self, tokens_BxN):
         return jnp.take(self.embed[...], tokens_BxN, axis=0).astype(self.compute_dtype)
 
+    def masked_rows(self, batch):
+        """The rows an mdlm model reads as MASK: targets, i.e. group >= 1 of a real document."""
+        return (batch["groups"] > 0) & (batch["segment_ids"] > 0)
+
     def hidden_states(self, batch, *, inputs_embeds=None, full_content=False):
         """Final-normed hidden states {"content": [B,N,D], "query": [B,N,D] or None}.
 
-        The a3 model's last content layer is skipped unless full_content=True.
+        The a3 model's last content layer is skipped unless full_content=True. For mdlm the target
+        rows' inputs (tokens or inputs_embeds) are replaced by the MASK embedding and attention
+        ignores groups (bidirectional inside each document).
         """
         cfg = self.cfg
         dtype = self.compute_dtype
         content = self.embed_tokens(batch["tokens"]) if inputs_embeds is None else inputs_embeds.astype(dtype)
+        segment_ids, groups = batch["segment_ids"], batch["groups"]
+        if cfg.variant == "mdlm":
+            mask_embed = self.embed[cfg.mask_token_id].astype(dtype)
+            content = jnp.where(self.masked_rows(batch)[..., None], mask_embed, content)
+            groups = jnp.zeros_like(groups)  # one group: every row sees its whole document
         query = None
         if cfg.variant == "a3":
             query = jnp.broadcast_to(self.query_embed[...].astype(dtype), content.shape)
         inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         cos, sin = rope.rope_tables(batch["positions"], inv_freq)
         params = {name: self.layers[name][...].astype(dtype) for name in LAYER_PARAMS}
-        segment_ids, groups = batch["segment_ids"], batch["groups"]
 
         def step(carry, layer_params, update_content=True):
             content, query = _layer(cfg, layer_params, *carry, cos, sin, segment_ids, groups, update_content)
@@ -201,11 +221,14 @@ class Transformer(nnx.Module):
             head = self.embed[...].T
         else:
             head = self.lm_head[...]
-        return jnp.einsum("bnd,dv->bnv", hidden_BxNxD, head.astype(hidden_BxNxD.dtype),
-                          preferred_element_type=jnp.float32)
+        logits = jnp.einsum("bnd,dv->bnv", hidden_BxNxD, head.astype(hidden_BxNxD.dtype),
+                            preferred_element_type=jnp.float32)
+        if self.cfg.variant == "mdlm":  # MASK is an input only: never predicted
+            logits = logits.at[..., self.cfg.mask_token_id].set(MASK_LOGIT)
+        return logits
 
     def __call__(self, batch, *, inputs_embeds=None):
         """Prediction logits [B, N, V]: query stream for a3 (token i's own logits), content for causal
-        (row i predicts row i + 1)."""
+        (row i predicts row i + 1), content for mdlm (row i's own token, from the MASK input)."""
         hidden = self.hidden_states(batch, inputs_embeds=inputs_embeds)
         return self.logits(hidden["query"] if self.cfg.variant == "a3" else hidden["content"])

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from a3jax.loss import loss_fn, target_log_probs
+from a3jax.loss import eval_totals, loss_fn
 from a3jax.model import ModelConfig, Transformer
 
 
@@ -102,9 +102,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
 def make_eval_step(model_def: ModelDef, eos_id: int):
     @jax.jit
     def eval_step(params, batch):
-        log_probs, weights = target_log_probs(model_def.bind(params), batch)
-        is_byte = (batch["tokens"] != eos_id).astype(jnp.float32) * weights
-        return {"nll_sum": -jnp.sum(log_probs * weights), "n_targets": jnp.sum(weights),
-                "n_bytes": jnp.sum(is_byte)}
+        # nll_sum, n_targets, n_bytes (EOS excluded); for mdlm the bound, with bytes counted exactly
+        return eval_totals(model_def.bind(params), batch, eos_id)
 
     return eval_step
