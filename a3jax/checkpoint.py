@@ -60,11 +60,15 @@ def config_differences(saved: dict, requested: dict, prefix: str) -> list[str]:
 class Checkpointer:
     """A thin wrapper over orbax's CheckpointManager for train state + metadata."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True):
+    def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True,
+                 writer: bool = False):
+        """writer=True (the training run that owns the workdir): folders of checkpoint writes killed
+        midway are removed at start (they are never read either way). Readers (sample, eval, export)
+        leave them alone: one may be a write in flight of a run still training."""
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,  # a write killed midway leaves a tmp folder: removed, never read
+            cleanup_tmp_directories=writer,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 

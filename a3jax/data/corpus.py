@@ -140,7 +140,8 @@ def load_prepared_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
         raise ValueError(f"data.source='arrayrecord' needs data.paths = one folder written by "
                          f"`a3jax prepare`, got {paths}")
     directory = paths[0]
-    manifest, lengths = sources_lib.load_shards(directory, fingerprint=tokenizer.fingerprint())
+    manifest, lengths = sources_lib.load_shards(directory, fingerprint=tokenizer.fingerprint(),
+                                                tokenizer_name=str(data_config.get("tokenizer", "bytes") or "bytes"))
     count = sum(x.size for x in lengths)
     if count == 0:
         raise ValueError(f"empty corpus: {directory} holds no document")

@@ -340,8 +340,8 @@ class ShardedDocs:
         self._readers = {}
 
 
-def load_shards(directory: str | pathlib.Path, *, fingerprint: str | None = None
-                ) -> tuple[dict, list[np.ndarray]]:
+def load_shards(directory: str | pathlib.Path, *, fingerprint: str | None = None,
+                tokenizer_name: str | None = None) -> tuple[dict, list[np.ndarray]]:
     """Manifest and per-shard document lengths of a prepared folder, after checking what is
     cheap to check: the tokenizer fingerprint, each shard's presence and size, each lengths
     file's counts."""
@@ -351,7 +351,8 @@ def load_shards(directory: str | pathlib.Path, *, fingerprint: str | None = None
     if fingerprint is not None and recorded != fingerprint:
         raise ValueError(
             f"{directory} was tokenized with {manifest['tokenizer'].get('spec')!r} (fingerprint "
-            f"{recorded}) but data.tokenizer gives fingerprint {fingerprint}; set data.tokenizer to "
+            f"{recorded}) but data.tokenizer"
+            f"{'' if tokenizer_name is None else f'={tokenizer_name!r}'} gives fingerprint {fingerprint}; set data.tokenizer to "
             "the tokenizer used by `a3jax prepare`, or prepare the corpus again"
         )
     lengths = []

@@ -67,7 +67,9 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, stop_after: int | 
     tokenizer = load_tokenizer(config.data)
     tokenizer.check_vocab(model_cfg.vocab_size)
     workdir = pathlib.Path(workdir)
-    checkpointer = Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+    if resume == "must" and not any((workdir / "checkpoints").glob("[0-9]*")):
+        raise ValueError(f"--resume=must but there is no checkpoint in {workdir / 'checkpoints'} to resume")
+    checkpointer = Checkpointer(workdir, keep=int(config.train.keep_checkpoints), writer=True)
     try:
         latest = checkpointer.latest_step()
         if resume == "never" and latest is not None:
