@@ -197,10 +197,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_background_failures() -> None:
+    """A failed checkpoint write (disk full) makes orbax log each background thread's failure with
+    a traceback (absl logger), its abandoned asyncio tasks log theirs, and tensorstore callbacks print
+    'Event loop is closed' tracebacks;
+    a3jax reports the failure in one line instead. A3JAX_DEBUG=1 keeps them all."""
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception was never retrieved"
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
+    if not os.environ.get("A3JAX_DEBUG"):
+        _quiet_background_failures()
     from a3jax.checkpoint import IncompatibleCheckpointError
     from a3jax.configs import ConfigError
     from a3jax.data.sources import CorruptShardError
@@ -218,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             DistributedError, ValueError, CheckpointWriteError) as error:
         if os.environ.get("A3JAX_DEBUG"):
             raise
-        print(f"a3jax {args.command}: error: {error}", file=sys.stderr)
+        print(f"a3jax {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     except TrainingDivergedError as error:
         if os.environ.get("A3JAX_DEBUG"):
