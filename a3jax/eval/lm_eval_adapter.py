@@ -20,22 +20,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from a3jax.eval import score as score_lib
-from a3jax.eval.tasks import encode_pair, model_parts
+from a3jax.eval.tasks import _generate, encode_pair, model_parts  # _generate: the sampler seam
 
 try:  # optional dependency
     from lm_eval.api.model import LM as _Base
     from lm_eval.api.registry import register_model as _register
 except ImportError:  # lm_eval not installed: a plain class with the same methods
     _Base, _register = object, None
-
-
-def _generate():
-    try:
-        from a3jax.decode import SampleConfig, generate
-    except ImportError as error:
-        raise ValueError(f"generate_until needs the sampler a3jax.decode, which cannot be imported "
-                         f"({error})") from None
-    return SampleConfig, generate
 
 
 class A3JaxLM(_Base):
