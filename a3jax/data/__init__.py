@@ -4,7 +4,7 @@ Names are imported lazily, so `a3jax.data.prepare` (and its worker processes) do
 Grain and JAX.
 """
 
-import importlib
+from a3jax._lazy import lazy_exports
 
 _EXPORTS = {
     "ByteTokenizer": "tokenizer",
@@ -29,15 +29,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ infilling), the lm-evaluation-harness adapter and the `a3jax eval` command.
 Names are imported lazily so `import a3jax.eval` stays cheap.
 """
 
-import importlib
+from a3jax._lazy import lazy_exports
 
 _EXPORTS = {
     "Scores": "score",
@@ -27,15 +27,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
