@@ -14,6 +14,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from a3jax.model.config import EXECUTION_FIELDS
+
 
 def _register_array_handler() -> None:
     """Replica-parallel writes only for slices >= 1 MiB: small arrays are written whole by one
@@ -85,6 +87,9 @@ class Checkpointer:
         if step is None:
             return
         saved = self.read_meta(step).get("model", {})
+        # The attention backend, chunking and remat policy change how, not what, the model computes.
+        saved, model_config = ({k: v for k, v in c.items() if k not in EXECUTION_FIELDS}
+                               for c in (saved, model_config))
         diffs = config_differences(saved, model_config, "model")
         if diffs:
             raise IncompatibleCheckpointError(

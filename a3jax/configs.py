@@ -116,6 +116,7 @@ def validate(config: ConfigDict) -> None:
         eval_samplers = {spec: parse_sampler(spec) for spec in config.orders.eval}
     except ValueError as error:
         raise ConfigError(f"orders: {error}") from None
+    _validate_alignment(config, model, curriculum)
     if model.variant == "causal":
         bad = [s.spec for s in curriculum.stages if s.spec.replace(" ", "") != "ar"]
         if bad:
@@ -134,6 +135,29 @@ def validate(config: ConfigDict) -> None:
                 f"model.variant={model.variant!r} has it in orders {bad}; set --config.model.variant=mdlm "
                 "or use another order"
             )
+
+
+def _validate_alignment(config: ConfigDict, model: ModelConfig, curriculum: Curriculum) -> None:
+    """data.align_groups needs one constant group size per step; splash needs aligned rows."""
+    aligned = bool(config.data.get("align_groups", False))
+    scope = str(config.orders.get("group_size_scope", "example"))
+    if model.attention == "splash" and not aligned:
+        raise ConfigError("model.attention='splash' uses a static block-causal mask: it needs "
+                          "--config.data.align_groups=True and --config.orders.group_size_scope=batch "
+                          "(one group size per step, documents aligned to it)")
+    if not aligned:
+        return
+    if scope != "batch":
+        raise ConfigError(f"data.align_groups=True needs one group size per step, but "
+                          f"orders.group_size_scope={scope!r}; set --config.orders.group_size_scope=batch")
+    try:
+        largest = curriculum.max_group_size()
+    except ValueError as error:
+        raise ConfigError(f"data.align_groups=True: {error}") from None
+    if largest - 1 > int(config.data.seq_len) - 2:
+        raise ConfigError(f"data.align_groups=True keeps {largest - 1} slots per document free for "
+                          f"alignment (largest group size {largest}), more than data.seq_len="
+                          f"{config.data.seq_len} allows; use smaller groups or a longer seq_len")
 
 
 def tokens_per_step(config: ConfigDict) -> int:

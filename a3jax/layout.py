@@ -16,6 +16,13 @@ Visibility (what the model implements, see model/attention.py):
   content row i sees key j  iff  segment(j) == segment(i) and group(j) <= group(i)
   query   row i sees key j  iff  segment(j) == segment(i) and group(j) <  group(i)
 Because the row is sorted, both are one contiguous key range per row (see `key_ranges`).
+
+Grid alignment (`align=g`, for documents whose groups all have g tokens except maybe the last):
+each document's BOS sits at a slot = g - 1 (mod g), so its group k fills the aligned block of
+slots [m*g, (m+1)*g) right after. Then visibility is the STATIC block-causal mask (content row i
+sees blocks <= i // g, query row i blocks < i // g) and-ed with segment equality: what a kernel
+with a static mask (TPU splash attention) needs. Up to g - 1 padding slots go before each BOS.
+`grid_violations` checks a batch.
 """
 
 from __future__ import annotations
@@ -36,21 +43,28 @@ def build_layout(
     *,
     bos_id: int,
     pad_id: int,
+    align: int = 1,
 ) -> dict[str, np.ndarray]:
     """Builds the sorted layout of one row from documents (without BOS) and their group ids.
 
     documents[d] holds the tokens of document d at original positions 1..L_d (BOS is added at
     position 0); groups[d] holds one group id per token (>= 0; 0 = context, not a target).
+    align=g > 1 puts each BOS at a slot = g - 1 (mod g) (see the module doc); it does not check
+    that the groups have g tokens (`grid_violations` does).
     """
     if len(documents) != len(groups):
         raise ValueError(
             f"got {len(documents)} documents but {len(groups)} group arrays; pass one group "
             "array per document"
         )
-    total = sum(len(doc) + 1 for doc in documents)
+    if align < 1:
+        raise ValueError(f"align must be >= 1, got {align}")
+    starts = bos_slots([len(doc) for doc in documents], align)
+    total = (starts[-1] + len(documents[-1]) + 1) if len(documents) else 0
     if total > seq_len:
         raise ValueError(
-            f"documents need {total} slots (tokens + one BOS each) but seq_len={seq_len}; "
+            f"documents need {total} slots (tokens + one BOS each"
+            f"{f', BOS aligned to {align}' if align > 1 else ''}) but seq_len={seq_len}; "
             "split long documents or raise seq_len"
         )
     fields = {name: np.zeros(seq_len, np.int32) for name in FIELDS}
@@ -72,14 +86,46 @@ def build_layout(
         all_groups = np.concatenate([[CONTEXT_GROUP], doc_groups]).astype(np.int32)
         order = np.argsort(all_groups, kind="stable")  # generation order inside the document
         length = doc.size + 1
+        cursor = starts[doc_index]
         span = slice(cursor, cursor + length)
         fields["tokens"][span] = np.concatenate([[bos_id], doc])[order]
         fields["positions"][span] = order
         fields["groups"][span] = all_groups[order]
         fields["segment_ids"][span] = doc_index + 1
         fields["loss_mask"][span] = all_groups[order] > CONTEXT_GROUP
-        cursor += length
     return fields
+
+
+def bos_slots(lengths: Sequence[int], align: int = 1) -> list[int]:
+    """The slot of each document's BOS: documents back to back, each BOS moved up to the next
+    slot = align - 1 (mod align). lengths exclude BOS."""
+    starts, cursor = [], 0
+    for length in lengths:
+        cursor += (align - 1 - cursor) % align
+        starts.append(cursor)
+        cursor += int(length) + 1
+    return starts
+
+
+def grid_violations(segment_ids: np.ndarray, groups: np.ndarray, align: int) -> np.ndarray:
+    """Bool [..., N]: real slots whose visibility differs from the static block-causal mask of
+    block size `align` and-ed with segment equality (see the module doc). All False means a
+    static-mask kernel computes exactly the layout's attention. Padding (segment 0) is ignored."""
+    segment_ids = np.asarray(segment_ids)
+    ranges = key_ranges(segment_ids, groups)
+    n = segment_ids.shape[-1]
+    idx = np.arange(n)
+    seg_change = np.ones(segment_ids.shape, bool)
+    seg_change[..., 1:] = segment_ids[..., 1:] != segment_ids[..., :-1]
+    end_marker = np.zeros(segment_ids.shape, bool)
+    end_marker[..., :-1] = seg_change[..., 1:]
+    end_marker[..., -1] = True
+    seg_end = np.flip(np.minimum.accumulate(np.flip(np.where(end_marker, idx + 1, n + 1), -1), -1), -1)
+    block = idx // align
+    static_content_end = np.minimum(seg_end, (block + 1) * align)
+    static_query_end = np.maximum(ranges["key_start"], block * align)
+    wrong = (ranges["content_end"] != static_content_end) | (ranges["query_end"] != static_query_end)
+    return wrong & (segment_ids != PAD_SEGMENT)
 
 
 def stack_layouts(layouts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -35,11 +35,11 @@ def mdlm_weights(batch):
     return targets * length / jnp.maximum(masked, 1.0)
 
 
-def target_log_probs(model, batch, *, inputs_embeds=None):
+def target_log_probs(model, batch, *, inputs_embeds=None, group_size=None):
     """(log p(token) [B, N] float32, weight [B, N] float32) aligned with target rows.
 
     The weight is 1 on targets for a3 and causal, L_d / m_d for mdlm (see the module doc)."""
-    logits = model(batch, inputs_embeds=inputs_embeds)
+    logits = model(batch, inputs_embeds=inputs_embeds, group_size=group_size)
     tokens = batch["tokens"]
     weights = batch["loss_mask"].astype(jnp.float32)
     if model.cfg.variant == "causal":
@@ -58,12 +58,13 @@ def target_log_probs(model, batch, *, inputs_embeds=None):
     return jnp.where(weights > 0, picked, 0.0), weights
 
 
-def loss_fn(model, batch):
+def loss_fn(model, batch, group_size=None):
     """Mean (weighted) negative log-likelihood per target token, and metrics.
 
     n_targets is the sum of the weights: the number of targets for a3 and causal, the number of
-    non-BOS document tokens for mdlm (so the loss is the bound per token)."""
-    log_probs, weights = target_log_probs(model, batch)
+    non-BOS document tokens for mdlm (so the loss is the bound per token). group_size: the
+    batch's one group size when its rows are grid-aligned (static; see Transformer.hidden_states)."""
+    log_probs, weights = target_log_probs(model, batch, group_size=group_size)
     n_targets = jnp.sum(weights)
     nll_sum = -jnp.sum(log_probs * weights)
     loss = nll_sum / jnp.maximum(n_targets, 1.0)

@@ -265,6 +265,29 @@ def fix_parameters(sampler: Sampler, rng: np.random.Generator) -> Sampler:
 SCOPES = ("example", "batch")
 
 
+def constant_group_size(sampler: Sampler) -> int | None:
+    """The size every group has (the last one of a document may be shorter), or None when the
+    sampler's group sizes vary or are random: ar -> 1, blocks(s) and random(s) -> s."""
+    if isinstance(sampler, AR):
+        return 1
+    if isinstance(sampler, (Blocks, Random)):
+        return sampler.size
+    if isinstance(sampler, RandomSizes) and sampler.lo == sampler.hi:
+        return sampler.lo
+    return None
+
+
+def max_fixable_group_size(sampler: Sampler) -> int | None:
+    """The largest group size one batch can get once `fix_parameters` has drawn the batch's
+    parameters, or None if some draw has no constant group size (two_group, span, mdlm)."""
+    if isinstance(sampler, Mixture):
+        sizes = [max_fixable_group_size(c) for c in sampler.components]
+        return None if any(s is None for s in sizes) else max(sizes)
+    if isinstance(sampler, RandomSizes):
+        return sampler.hi
+    return constant_group_size(sampler)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     spec: str
@@ -386,6 +409,31 @@ class Curriculum:
         sampler = self.example_sampler(seed, example_index, global_batch_size, stage)
         rng = example_rng(seed, example_index, stage)
         return [sampler(int(length), rng) for length in lengths]
+
+    def max_group_size(self) -> int:
+        """The largest constant group size any step can draw (orders.group_size_scope='batch');
+        raises ValueError naming the stage whose groups have no constant size."""
+        sizes = []
+        for stage, sampler in zip(self.stages, self._samplers):
+            size = max_fixable_group_size(sampler)
+            if size is None:
+                raise ValueError(
+                    f"curriculum stage {stage.spec!r} has no constant group size per batch; "
+                    "grid-aligned groups (data.align_groups, model.attention='splash') need every "
+                    "stage built from ar, blocks(s), random(s) and random_sizes(lo,hi)")
+            sizes.append(size)
+        return max(sizes)
+
+    def step_group_size(self, seed: int, step: int, global_batch_size: int) -> int:
+        """The one group size of every example of `step` (orders.group_size_scope='batch')."""
+        if self.group_size_scope != "batch":
+            raise ValueError("one group size per step needs orders.group_size_scope='batch', got "
+                             f"{self.group_size_scope!r}")
+        sampler = self.example_sampler(seed, step * global_batch_size, global_batch_size)
+        size = constant_group_size(sampler)
+        if size is None:
+            raise ValueError(f"step {step}: its sampler {sampler} has no constant group size")
+        return size
 
     def example_sampler(self, seed: int, example_index: int, global_batch_size: int,
                         stage: int | None = None) -> Sampler:

@@ -26,7 +26,8 @@ def get_config() -> ConfigDict:
     config.model.norm_eps = 1e-5
     config.model.tie_embeddings = True
     config.model.init_std = 0.02
-    config.model.attention = "xla"
+    config.model.attention = "xla"  # auto, xla, cudnn, pallas, splash (TPU; needs data.align_groups)
+    config.model.attention_chunks = 1  # xla/cudnn: static key prefixes per chunk of rows (1 = off)
     config.model.dtype = "float32"  # compute dtype (bfloat16 on accelerators); params stay float32
     config.model.remat = "none"  # "none", "full" or "dots"
 
@@ -44,6 +45,9 @@ def get_config() -> ConfigDict:
     config.data.max_files = 0  # 0 = all files of the source
     config.data.worker_count = 0
     config.data.shuffle = True
+    # One group size per step (needs orders.group_size_scope="batch"), every document's groups
+    # aligned to it: the static-mask attention (splash) needs this; costs < g padding per document.
+    config.data.align_groups = False
 
     config.orders = ConfigDict()
     # Curriculum: stages separated by ';', each "SAMPLER until STEP" except the last.

@@ -3,6 +3,11 @@ two causal attention calls of the same shape (the mark a block-skipping kernel c
 
 The layout is the paper's setting: one document per row, `random(4)` groups, sorted. The causal
 mark uses cuDNN on a GPU and XLA elsewhere (labelled in the table).
+
+`xla chunks=C` / `cudnn chunks=C` run the dense backends with static prefix chunking
+(model/prefix_chunks.py): the query stream in C chunks, the content stream one full call. The
+`... g=G` rows and `splash g=G` (TPU only) run on a grid-aligned layout instead (BOS at slot G - 1,
+then `random(G)` groups filling aligned blocks of G slots), where the content stream is chunked too.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import numpy as np
 from a3jax import layout as layout_lib
 from a3jax import orders
 from a3jax.bench.timing import median_ms
-from a3jax.model.attention import two_stream_attention
+from a3jax.model.attention import _cudnn_attention, _masked_attention, two_stream_attention
+from a3jax.model.prefix_chunks import prefix_chunked_streams
 
 
 def sorted_layout(batch: int, seq_len: int, spec: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -28,6 +34,30 @@ def sorted_layout(batch: int, seq_len: int, spec: str, seed: int = 0) -> dict[st
         doc = rng.integers(0, 100, size=seq_len - 1)
         rows.append(layout_lib.build_layout([doc], [sampler(doc.size, rng)], seq_len, bos_id=100, pad_id=101))
     return layout_lib.stack_layouts(rows)
+
+
+def aligned_layout(batch: int, seq_len: int, group_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """One document per row, grid aligned to group_size: g - 1 padding slots, BOS at slot g - 1,
+    then `random(g)` groups (g tokens each, the last may be short) in the aligned blocks after it."""
+    g = group_size
+    sampler = orders.parse_sampler(f"random({g})")
+    rows = []
+    for b in range(batch):
+        rng = orders.example_rng(seed, b, 0)
+        doc = rng.integers(0, 100, size=seq_len - g)
+        row = layout_lib.build_layout([doc], [sampler(doc.size, rng)], seq_len - g + 1, bos_id=100, pad_id=101)
+        pad = {name: np.full(g - 1, 101 if name == "tokens" else 0, np.int32) for name in layout_lib.FIELDS}
+        rows.append({name: np.concatenate([pad[name], row[name]]) for name in layout_lib.FIELDS})
+    return layout_lib.stack_layouts(rows)
+
+
+def chunked_streams(q_content, q_query, k, v, segment_ids, groups, *, backend, chunks, group_size=None):
+    """Both streams through a dense backend with static prefix chunking."""
+    dense = _cudnn_attention if backend == "cudnn" else _masked_attention
+    out = prefix_chunked_streams(dense, (True, True), jnp.concatenate([q_content, q_query], 1), k, v,
+                                 segment_ids, groups, chunks=chunks, group_size=group_size)
+    n = k.shape[1]
+    return out[:, :n], out[:, n:]
 
 
 def _inputs(args, dtype):
@@ -64,18 +94,32 @@ def run(args) -> list[dict]:
     mark = {"backend": f"2x causal ({causal_impl})", "fwd_ms": median_ms(fwd, *inputs, repeats=args.repeats),
             "fwd_bwd_ms": median_ms(grad, *inputs, repeats=args.repeats)}
     rows.append(mark)
-    for backend in args.backends.split(","):
-        if backend == "cudnn" and platform != "gpu":
-            rows.append({"backend": backend, "skipped": f"needs a GPU (running on {platform})"})
-            continue
-        fn = functools.partial(two_stream_attention, segment_ids=layout["segment_ids"],
-                               groups=layout["groups"], backend=backend)
-        fwd, grad = _fwd_and_grad(lambda qc, qq, k, v, fn=fn: fn(qc, qq, k, v))
+    aligned = {k: jnp.asarray(v) for k, v in aligned_layout(args.batch, args.seq_len, args.group_size).items()}
+    g = args.group_size
+
+    def timed(name, fn, on):
+        fwd, grad = _fwd_and_grad(lambda qc, qq, k, v: fn(qc, qq, k, v, on["segment_ids"], on["groups"]))
         try:
-            rows.append({"backend": backend, "fwd_ms": median_ms(fwd, *inputs, repeats=args.repeats),
+            rows.append({"backend": name, "fwd_ms": median_ms(fwd, *inputs, repeats=args.repeats),
                          "fwd_bwd_ms": median_ms(grad, *inputs, repeats=args.repeats)})
         except Exception as error:  # report and go on: one broken backend must not hide the others
-            rows.append({"backend": backend, "skipped": f"failed: {type(error).__name__}: {error}"[:200]})
+            rows.append({"backend": name, "skipped": f"failed: {type(error).__name__}: {error}"[:200]})
+
+    for backend in args.backends.split(","):
+        variants = [(backend, functools.partial(two_stream_attention, backend=backend), layout)]
+        if backend in ("xla", "cudnn") and args.chunks > 1:
+            chunked = functools.partial(chunked_streams, backend=backend, chunks=args.chunks)
+            variants += [(f"{backend} chunks={args.chunks}", chunked, layout),
+                         (f"{backend} chunks={args.chunks} g={g}", functools.partial(chunked, group_size=g), aligned)]
+        for name, fn, on in variants:
+            if backend == "cudnn" and platform != "gpu":
+                rows.append({"backend": name, "skipped": f"needs a GPU (running on {platform})"})
+            else:
+                timed(name, fn, on)
+    if platform == "tpu":  # splash attention: a static block-causal mask, exact on the aligned layout
+        timed(f"splash g={g}", functools.partial(two_stream_attention, backend="splash", group_size=g), aligned)
+    else:
+        rows.append({"backend": f"splash g={g}", "skipped": f"needs a TPU (running on {platform})"})
     for row in rows:
         if "fwd_bwd_ms" in row:
             row["x_causal_fwd_bwd"] = row["fwd_bwd_ms"] / mark["fwd_bwd_ms"]
@@ -105,6 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--order", default="random(4)", help="group sampler of the layout")
     parser.add_argument("--backends", default="xla,cudnn,pallas")
+    parser.add_argument("--chunks", type=int, default=4,
+                        help="static prefix chunks for the extra xla/cudnn rows (1 = no such rows)")
+    parser.add_argument("--group-size", type=int, default=4,
+                        help="group size g of the grid-aligned layout (the 'g=' and splash rows)")
     parser.add_argument("--repeats", type=int, default=10)
 
 

@@ -57,15 +57,20 @@ class PackedRows:
         return [tuple(tuple(int(v) for v in piece) for piece in self[r]) for r in range(len(self))]
 
 
-def pack_documents(lengths: Sequence[int], seq_len: int) -> list[Row]:
+def pack_documents(lengths: Sequence[int], seq_len: int, reserve: int = 0) -> list[Row]:
     """Packs documents of the given token lengths into rows of seq_len slots (BOS per piece)."""
-    return pack_rows(lengths, seq_len).rows()
+    return pack_rows(lengths, seq_len, reserve).rows()
 
 
-def pack_rows(lengths: Sequence[int], seq_len: int) -> PackedRows:
-    """`pack_documents` as PackedRows. Pieces that fill a row alone skip the best-fit search."""
-    pieces = split_documents(lengths, seq_len - 1)
-    slots_p = pieces[:, 2] - pieces[:, 1] + 1
+def pack_rows(lengths: Sequence[int], seq_len: int, reserve: int = 0) -> PackedRows:
+    """`pack_documents` as PackedRows. Pieces that fill a row alone skip the best-fit search.
+
+    reserve: extra slots kept free per piece (BOS alignment to a group grid of size <= reserve + 1
+    needs up to `reserve` padding slots before each BOS, see a3jax.layout.bos_slots)."""
+    if reserve < 0 or reserve > seq_len - 2:
+        raise ValueError(f"reserve={reserve} must lie in [0, seq_len - 2 = {seq_len - 2}]")
+    pieces = split_documents(lengths, seq_len - 1 - reserve)
+    slots_p = pieces[:, 2] - pieces[:, 1] + 1 + reserve
     order = np.lexsort((np.arange(slots_p.size), -slots_p))  # longest first, stable
     # Full pieces (< 2 slots left) come first; each fills its own row, as the loop would do.
     full = int(np.count_nonzero(slots_p >= seq_len - 1))
@@ -80,7 +85,7 @@ def pack_rows(lengths: Sequence[int], seq_len: int) -> PackedRows:
         else:
             free, row = seq_len, len(rows)
             rows.append([index])
-        if free - need >= 2:  # room for BOS + one token
+        if free - need >= 2 + reserve:  # room for BOS + one token
             bisect.insort(open_rows, (free - need, row))
     sizes = np.array([len(row) for row in rows], np.int64)
     flat = np.fromiter((index for row in rows for index in row), np.int64, count=int(sizes.sum()))

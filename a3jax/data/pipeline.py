@@ -8,7 +8,9 @@ resume, any worker count and any process count give the same batches.
 
 Rows are packed once at index time from the documents' lengths (`PackedRows`, arrays); documents
 are read when a row is built (lazily for ArrayRecord corpora). orders.group_size_scope="batch"
-shares one sampler draw per step (see a3jax.orders).
+shares one sampler draw per step (see a3jax.orders); data.align_groups then also aligns every
+document's groups to that step's group size (a3jax.layout, grid alignment), which the static-mask
+attention backend (`splash`) needs. Packing then keeps max group size - 1 slots free per piece.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from a3jax.data.corpus import Corpus, doc_lengths
 from a3jax.data.packing import PackedRows, pack_rows
 from a3jax.data.tokenizer import Tokenizer
-from a3jax.layout import build_layout, stack_layouts
+from a3jax.layout import bos_slots, build_layout, stack_layouts
 from a3jax.orders import Curriculum, example_rng, parse_sampler
 
 _IN_PROCESS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
@@ -32,7 +34,7 @@ class RowToLayout:
     """map_with_index transform: (global example index, packed row) -> layout dict."""
 
     def __init__(self, docs: Sequence[np.ndarray], curriculum: Curriculum, seed: int,
-                 global_batch_size: int, seq_len: int, tokenizer: Tokenizer):
+                 global_batch_size: int, seq_len: int, tokenizer: Tokenizer, align_groups: bool = False):
         self.docs = docs
         self.curriculum = curriculum
         self.seed = seed
@@ -40,6 +42,7 @@ class RowToLayout:
         self.seq_len = seq_len
         self.bos_id = tokenizer.bos_id
         self.pad_id = tokenizer.pad_id
+        self.align_groups = align_groups
 
     def __call__(self, example_index: int, row: np.ndarray) -> dict[str, np.ndarray]:
         read = getattr(self.docs, "read_slice", None)
@@ -50,22 +53,27 @@ class RowToLayout:
         groups = self.curriculum.sample_groups(
             [p.size for p in pieces], self.seed, example_index, self.global_batch_size
         )
-        return fast_layout(pieces, groups, self.seq_len, self.bos_id, self.pad_id)
+        align = 1
+        if self.align_groups:  # the step's one group size (orders.group_size_scope='batch')
+            align = self.curriculum.step_group_size(
+                self.seed, example_index // self.global_batch_size, self.global_batch_size)
+        return fast_layout(pieces, groups, self.seq_len, self.bos_id, self.pad_id, align)
 
 
 def fast_layout(pieces: Sequence[np.ndarray], groups: Sequence[np.ndarray], seq_len: int,
-                bos_id: int, pad_id: int) -> dict[str, np.ndarray]:
+                bos_id: int, pad_id: int, align: int = 1) -> dict[str, np.ndarray]:
     """`a3jax.layout.build_layout` without its input checks (the samplers' output is valid by
     construction) and with a radix sort for group ids < 2**16; the same arrays (tested)."""
-    total = sum(p.size + 1 for p in pieces)
+    starts = bos_slots([p.size for p in pieces], align)
+    total = starts[-1] + pieces[-1].size + 1 if len(pieces) else 0
     if total > seq_len:
-        return build_layout(pieces, groups, seq_len, bos_id=bos_id, pad_id=pad_id)  # raises
+        return build_layout(pieces, groups, seq_len, bos_id=bos_id, pad_id=pad_id, align=align)  # raises
     tokens = np.full(seq_len, pad_id, np.int32)
     positions = np.zeros(seq_len, np.int32)
     group_ids = np.zeros(seq_len, np.int32)
     segments = np.zeros(seq_len, np.int32)
-    cursor = 0
     for index, (doc, doc_groups) in enumerate(zip(pieces, groups)):
+        cursor = starts[index]
         length = doc.size + 1
         keys = np.empty(length, np.int32)
         keys[0] = 0
@@ -80,15 +88,19 @@ def fast_layout(pieces: Sequence[np.ndarray], groups: Sequence[np.ndarray], seq_
         positions[span] = order
         group_ids[span] = keys[order]
         segments[span] = index + 1
-        cursor += length
     return {"tokens": tokens, "positions": positions, "groups": group_ids,
             "segment_ids": segments, "loss_mask": (group_ids > 0).astype(np.int32)}
 
 
-def _packed_rows(docs: Sequence[np.ndarray], seq_len: int, what: str) -> PackedRows:
+def _packed_rows(docs: Sequence[np.ndarray], seq_len: int, what: str, reserve: int = 0) -> PackedRows:
     if not len(docs):
         raise ValueError(f"the corpus has no {what} documents")
-    return pack_rows(doc_lengths(docs), seq_len)
+    return pack_rows(doc_lengths(docs), seq_len, reserve)
+
+
+def align_groups(config) -> bool:
+    """data.align_groups: grid-aligned layouts with one group size per step (see a3jax.layout)."""
+    return bool(config.data.get("align_groups", False))
 
 
 def curriculum_of(config) -> Curriculum:
@@ -102,17 +114,22 @@ def curriculum_of(config) -> Curriculum:
 def train_dataset(config, corpus: Corpus, tokenizer: Tokenizer) -> grain.MapDataset:
     """Infinite MapDataset; element e = layout (int32 [seq_len] fields) of global example e."""
     seq_len = int(config.data.seq_len)
-    rows = _packed_rows(corpus.train_docs, seq_len, "train")
+    curriculum = curriculum_of(config)
+    aligned = align_groups(config)
+    # Aligned rows keep max group size - 1 slots free per piece for the padding before each BOS.
+    reserve = curriculum.max_group_size() - 1 if aligned else 0
+    rows = _packed_rows(corpus.train_docs, seq_len, "train", reserve)
     dataset = grain.MapDataset.source(rows)
     if config.data.get("shuffle", True):
         dataset = dataset.shuffle(seed=int(config.seed) % 2**32)  # reseeded per epoch by grain
     to_layout = RowToLayout(
         corpus.train_docs,
-        curriculum_of(config),
+        curriculum,
         int(config.seed),
         int(config.train.batch_size),
         seq_len,
         tokenizer,
+        aligned,
     )
     return dataset.repeat().map_with_index(to_layout)
 

@@ -67,18 +67,29 @@ def _masked_attention(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask_BxSxN):
 
 
 @functools.lru_cache(maxsize=None)
-def resolve_backend(name: str, platform: str) -> str:
-    """The backend that `name` means on `platform`; `auto` picks per platform and logs it."""
+def resolve_backend(name: str, platform: str, static_groups: bool = False) -> str:
+    """The backend that `name` means on `platform`; `auto` picks per platform and logs it.
+
+    static_groups: the call has a static group size over a grid-aligned layout (`group_size=`),
+    which `splash` needs; without one `splash` (and `auto` on TPU) computes with `xla`.
+    """
     if name not in BACKENDS:
         raise ValueError(f"model.attention={name!r} is not one of {BACKENDS}")
-    if name != "auto":
-        if name == "cudnn" and platform != "gpu":
-            raise ValueError(f"model.attention='cudnn' needs a GPU, but JAX runs on {platform}; "
-                             "use 'auto', 'xla' or 'pallas'")
-        return name
-    chosen = {"gpu": "cudnn"}.get(platform, "xla")
-    _log.info("attention backend auto -> %s on %s", chosen, platform)
-    return chosen
+    if name == "cudnn" and platform != "gpu":
+        raise ValueError(f"model.attention='cudnn' needs a GPU, but JAX runs on {platform}; "
+                         "use 'auto', 'xla' or 'pallas'")
+    if name == "splash" and platform == "gpu":
+        raise ValueError("model.attention='splash' is the TPU kernel (Pallas Mosaic); on a GPU use "
+                         "'auto', 'cudnn' or 'pallas'")
+    if name == "auto":
+        chosen = {"gpu": "cudnn", "tpu": "splash" if static_groups else "xla"}.get(platform, "xla")
+        _log.info("attention backend auto -> %s on %s", chosen, platform)
+        return chosen
+    if name == "splash" and not static_groups:
+        _log.info("attention backend splash needs one group size per batch over grid-aligned rows "
+                  "(data.align_groups); calls without one (eval, scoring) use xla")
+        return "xla"
+    return name
 
 
 def _cudnn_attention(q_BxSxHxD, k, v, mask_BxSxN):
@@ -87,11 +98,17 @@ def _cudnn_attention(q_BxSxHxD, k, v, mask_BxSxN):
     return out * jnp.any(mask_BxSxN, axis=-1)[:, :, None, None].astype(out.dtype)
 
 
-def _dense_streams(streams, backend, q, k, v, segment_ids, groups):
+def _dense_streams(streams, backend, q, k, v, segment_ids, groups, chunks=1, group_size=None):
+    dense_fn = _cudnn_attention if backend == "cudnn" else _masked_attention
+    if chunks > 1:
+        from a3jax.model.prefix_chunks import prefix_chunked_streams
+
+        return prefix_chunked_streams(dense_fn, streams, q, k, v, segment_ids, groups,
+                                      chunks=chunks, group_size=group_size)
     content_mask, query_mask = visibility_masks(segment_ids, groups)
     masks = [m for m, used in zip((content_mask, query_mask), streams) if used]
     mask = jnp.concatenate(masks, 1) if len(masks) > 1 else masks[0]
-    return (_cudnn_attention if backend == "cudnn" else _masked_attention)(q, k, v, mask)
+    return dense_fn(q, k, v, mask)
 
 
 def _pallas_streams(streams, q, k, v, segment_ids, groups):
@@ -101,6 +118,17 @@ def _pallas_streams(streams, q, k, v, segment_ids, groups):
     ends = [e for e, used in zip((content_end, query_end), streams) if used]
     starts = [key_start] * len(ends)
     return range_attention(q, k, v, jnp.concatenate(starts, 1), jnp.concatenate(ends, 1))
+
+
+def _splash_streams(streams, group_size, q, k, v, segment_ids, groups):
+    from a3jax.kernels.splash import splash_two_stream
+
+    out = splash_two_stream(q, k, v, segment_ids, group_size=group_size, streams=streams)
+    # Rows that see no key: padding, and the query rows of a document's context group.
+    real = segment_ids > 0
+    sees = [r for r, used in zip((real, real & (groups > 0)), streams) if used]
+    sees_any = jnp.concatenate(sees, 1)[:, :, None, None]
+    return jnp.where(sees_any, out, jnp.zeros((), out.dtype))
 
 
 HEAD_AXIS = "tensor"  # mesh axis that splits attention heads
@@ -125,21 +153,29 @@ def _over_mesh(fn, q, k, v, segment_ids, groups):
                          out_specs=heads_spec, check_vma=False)(q, k, v, segment_ids, groups)
 
 
-def two_stream_attention(q_content, q_query, k, v, segment_ids, groups, *, backend="xla"):
+def two_stream_attention(q_content, q_query, k, v, segment_ids, groups, *, backend="xla",
+                         group_size=None, chunks=1):
     """Attention for both streams: q_* [B, N, Hq, D] (either may be None), k, v [B, N, Hkv, D].
 
     Returns (out_content, out_query), each [B, N, Hq, D] or None where its input was None.
     Both streams run as one call of 2N rows against the N content keys. `pallas` needs a sorted
-    layout (it uses the per-row key ranges); `xla` and `cudnn` use the visibility rule directly.
+    layout (it uses the per-row key ranges); `xla` and `cudnn` use the visibility rule directly,
+    or with chunks > 1 static key prefixes per chunk of rows (sorted layouts; prefix_chunks.py).
+    group_size (static int): the rows are grid-aligned with this one group size
+    (a3jax.layout); `splash` needs it, dense chunking uses it to chunk the content stream too.
+    Padding rows' outputs are unspecified (they differ between backends and are never read).
     """
-    backend = resolve_backend(backend, jax.default_backend())
+    backend = resolve_backend(backend, jax.default_backend(), group_size is not None)
     rows = [q for q in (q_content, q_query) if q is not None]
     q = jnp.concatenate(rows, 1) if len(rows) > 1 else rows[0]
     streams = (q_content is not None, q_query is not None)
     if backend == "pallas":  # a custom kernel: XLA cannot partition it, so shard_map it
         out = _over_mesh(functools.partial(_pallas_streams, streams), q, k, v, segment_ids, groups)
+    elif backend == "splash":
+        out = _over_mesh(functools.partial(_splash_streams, streams, int(group_size)), q, k, v,
+                         segment_ids, groups)
     else:
-        out = _dense_streams(streams, backend, q, k, v, segment_ids, groups)
+        out = _dense_streams(streams, backend, q, k, v, segment_ids, groups, chunks, group_size)
     n = k.shape[1]
     if q_content is not None and q_query is not None:
         return out[:, :n], out[:, n:]

@@ -11,7 +11,9 @@ VARIANTS = ("a3", "causal", "mdlm")
 REMAT_POLICIES = ("none", "full", "dots")
 ROPE_SCALINGS = ("none", "llama3")
 DTYPES = ("float32", "bfloat16")
-ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "pallas")  # see model/attention.py
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "pallas", "splash")  # see model/attention.py
+# How the model computes, not what it computes: a checkpoint resumes under other values of these.
+EXECUTION_FIELDS = ("attention", "attention_chunks", "remat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     init_std: float = 0.02
     attention: str = "xla"
+    attention_chunks: int = 1  # static prefix chunks for the dense backends (see prefix_chunks.py)
     dtype: str = "bfloat16"
     remat: str = "none"
 
@@ -59,6 +62,8 @@ class ModelConfig:
             (self.dtype in DTYPES, f"model.dtype={self.dtype!r} is not one of {DTYPES}"),
             (self.attention in ATTENTION_BACKENDS,
              f"model.attention={self.attention!r} is not one of {ATTENTION_BACKENDS}"),
+            (isinstance(self.attention_chunks, int) and self.attention_chunks >= 1,
+             f"model.attention_chunks={self.attention_chunks!r} must be an integer >= 1"),
             (self.rope_scaling.kind in ROPE_SCALINGS,
              f"model.rope_scaling.kind={self.rope_scaling.kind!r} is not one of {ROPE_SCALINGS}"),
         ]

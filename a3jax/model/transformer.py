@@ -79,7 +79,8 @@ def dense(x, w):
     return jnp.einsum("...d,df->...f", x, w, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
-def _layer(cfg: ModelConfig, p, content, query, cos, sin, segment_ids, groups, update_content):
+def _layer(cfg: ModelConfig, p, content, query, cos, sin, segment_ids, groups, update_content,
+           group_size=None):
     """One pre-norm LLaMA layer applied to the content stream and/or the query stream.
 
     content, query: [B, N, D]. With update_content=False (the a3 model's last layer) only the
@@ -105,7 +106,8 @@ def _layer(cfg: ModelConfig, p, content, query, cos, sin, segment_ids, groups, u
     else:
         q_content, q_query = None, q_rows[0]
     out_content, out_query = attention_lib.two_stream_attention(
-        q_content, q_query, k, v, segment_ids, groups, backend=cfg.attention
+        q_content, q_query, k, v, segment_ids, groups, backend=cfg.attention,
+        group_size=group_size, chunks=cfg.attention_chunks,
     )
     attn = jnp.concatenate([o for o in (out_content, out_query) if o is not None], axis=1)
     rows = residual_tail(cfg, p, rows, attn)
@@ -174,12 +176,14 @@ class Transformer(nnx.Module):
         """The rows an mdlm model reads as MASK: targets, i.e. group >= 1 of a real document."""
         return (batch["groups"] > 0) & (batch["segment_ids"] > 0)
 
-    def hidden_states(self, batch, *, inputs_embeds=None, full_content=False):
+    def hidden_states(self, batch, *, inputs_embeds=None, full_content=False, group_size=None):
         """Final-normed hidden states {"content": [B,N,D], "query": [B,N,D] or None}.
 
         The a3 model's last content layer is skipped unless full_content=True. For mdlm the target
         rows' inputs (tokens or inputs_embeds) are replaced by the MASK embedding and attention
         ignores groups (bidirectional inside each document).
+        group_size (static): the batch is grid-aligned with this one group size (data.align_groups),
+        for the static-mask attention paths; None otherwise.
         """
         cfg = self.cfg
         dtype = self.compute_dtype
@@ -189,6 +193,7 @@ class Transformer(nnx.Module):
             mask_embed = self.embed[cfg.mask_token_id].astype(dtype)
             content = jnp.where(self.masked_rows(batch)[..., None], mask_embed, content)
             groups = jnp.zeros_like(groups)  # one group: every row sees its whole document
+            group_size = None  # the grid alignment no longer describes the visibility
         query = None
         if cfg.variant == "a3":
             query = jnp.broadcast_to(self.query_embed[...].astype(dtype), content.shape)
@@ -197,7 +202,8 @@ class Transformer(nnx.Module):
         params = {name: self.layers[name][...].astype(dtype) for name in LAYER_PARAMS}
 
         def step(carry, layer_params, update_content=True):
-            content, query = _layer(cfg, layer_params, *carry, cos, sin, segment_ids, groups, update_content)
+            content, query = _layer(cfg, layer_params, *carry, cos, sin, segment_ids, groups, update_content,
+                                    group_size)
             return (constrain_batch(content), None if query is None else constrain_batch(query)), None
 
         skip_last = query is not None and not full_content
@@ -227,8 +233,8 @@ class Transformer(nnx.Module):
             logits = logits.at[..., self.cfg.mask_token_id].set(MASK_LOGIT)
         return logits
 
-    def __call__(self, batch, *, inputs_embeds=None):
+    def __call__(self, batch, *, inputs_embeds=None, group_size=None):
         """Prediction logits [B, N, V]: query stream for a3 (token i's own logits), content for causal
         (row i predicts row i + 1), content for mdlm (row i's own token, from the MASK input)."""
-        hidden = self.hidden_states(batch, inputs_embeds=inputs_embeds)
+        hidden = self.hidden_states(batch, inputs_embeds=inputs_embeds, group_size=group_size)
         return self.logits(hidden["query"] if self.cfg.variant == "a3" else hidden["content"])

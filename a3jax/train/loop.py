@@ -17,8 +17,9 @@ from a3jax import flops, parallel
 from a3jax.checkpoint import Checkpointer
 from a3jax.configs import model_config, validate
 from a3jax.data import ByteTokenizer, eval_batch, load_corpus, load_tokenizer, train_batches
-from a3jax.data.pipeline import curriculum_of
+from a3jax.data.pipeline import align_groups, curriculum_of
 from a3jax.data.corpus import Corpus
+from a3jax.layout import grid_violations
 from a3jax.orders import is_bound_order
 from a3jax.train.metrics import MetricWriter, NullWriter, read_metrics
 from a3jax.train.preemption import StopRequests
@@ -209,6 +210,21 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
         health["writing"] = step
 
     curriculum = curriculum_of(config)
+    aligned = align_groups(config)
+    if aligned:
+        log(f"data.align_groups: one group size per step, rows aligned to it (sizes up to "
+            f"{curriculum.max_group_size()}); one train-step compile per size; attention={model_cfg.attention}")
+
+    def step_group_size(step, local):
+        """The step's one group size; checks the rows really are grid-aligned to it (host numpy),
+        because a static-mask kernel would silently read the wrong keys otherwise."""
+        size = curriculum.step_group_size(int(config.seed), step, int(config.train.batch_size))
+        bad = grid_violations(local["segment_ids"], local["groups"], size)
+        if bad.any():
+            row, slot = (int(i[0]) for i in np.nonzero(bad))
+            raise RuntimeError(f"step {step}: row {row} slot {slot} is not aligned to the step's group size "
+                               f"{size}; the data pipeline broke the grid contract (a3jax.layout), report a bug")
+        return size
 
     def stage_summary(done):
         """At the end of a curriculum stage (and of training): tokens seen in the stage, its mean
@@ -231,8 +247,10 @@ def _train_on_mesh(config, workdir, model_cfg, tokenizer, checkpointer, stop_aft
     try:
         with StopRequests() as stops:
             for step in range(start, end):
-                batch = parallel.global_batch(next(batches), batch_sh)
-                params, opt_state, metrics = train_step(params, opt_state, step, batch)
+                local = next(batches)
+                group_size = step_group_size(step, local) if aligned else None
+                batch = parallel.global_batch(local, batch_sh)
+                params, opt_state, metrics = train_step(params, opt_state, step, batch, group_size)
                 pending.append((step + 1, metrics))
                 window_steps += 1
                 done = step + 1

@@ -55,19 +55,22 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
     A step whose loss or gradients are not finite leaves params and optimizer state unchanged
     (metric `skipped` = 1); its batch is consumed and the schedule moves on with the step number.
     inject_nan_at_steps: a testing aid, steps whose gradients are replaced by NaN.
+    The step takes `group_size` (static, 5th positional): the batch's one group size when its rows are
+    grid-aligned (data.align_groups), for the static-mask attention backends; one compile per size.
     """
-    def nll_sum(p, micro):
-        _, aux = loss_fn(model_def.bind(p), micro)
+    def nll_sum(p, micro, group_size):
+        _, aux = loss_fn(model_def.bind(p), micro, group_size)
         return aux["nll_sum"], aux["n_targets"]
 
-    def train_step(params, opt_state, step, batch):
+    def train_step(params, opt_state, step, batch, group_size=None):
         if grad_accum == 1:
-            (total, n_targets), grads = jax.value_and_grad(nll_sum, has_aux=True)(params, batch)
+            (total, n_targets), grads = jax.value_and_grad(nll_sum, has_aux=True)(params, batch, group_size)
         else:
             micro = jax.tree.map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
 
             def accumulate(carry, micro_batch):
-                (part, count), part_grads = jax.value_and_grad(nll_sum, has_aux=True)(params, micro_batch)
+                (part, count), part_grads = jax.value_and_grad(nll_sum, has_aux=True)(
+                    params, micro_batch, group_size)
                 total, n, grads = carry
                 return (total + part, n + count, jax.tree.map(jnp.add, grads, part_grads)), None
 
@@ -93,10 +96,10 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
         return keep(new_params, params), keep(new_opt_state, opt_state), metrics
 
     if shardings is None:
-        return jax.jit(train_step, donate_argnums=(0, 1))
+        return jax.jit(train_step, donate_argnums=(0, 1), static_argnums=(4,))
     params_sh, opt_sh, batch_sh = shardings
-    return jax.jit(train_step, donate_argnums=(0, 1), in_shardings=(params_sh, opt_sh, None, batch_sh),
-                   out_shardings=(params_sh, opt_sh, None))
+    return jax.jit(train_step, donate_argnums=(0, 1), static_argnums=(4,),
+                   in_shardings=(params_sh, opt_sh, None, batch_sh), out_shardings=(params_sh, opt_sh, None))
 
 
 def make_eval_step(model_def: ModelDef, eos_id: int):
