@@ -17,6 +17,19 @@ from conftest import micro_config
 from test_group_grid import aligned_rows
 
 TOL = {jnp.float32: 1e-4, jnp.bfloat16: 2e-2}
+# Interpret-mode kernels make big graphs whose compile dominates the test time: compile without
+# the backend optimisations on CPU (reference and kernel alike).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+                "xla_cpu_parallel_codegen_split_count": 1}
+
+
+def fast_jit(fn):
+    """jax.jit(fn), compiled with FAST_COMPILE on CPU when first called."""
+    def call(*args):
+        options = FAST_COMPILE if jax.default_backend() == "cpu" else None
+        return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
+
+    return call
 
 
 def inputs(seed, b, n, h, kv, d, dtype):
@@ -33,7 +46,7 @@ def attend(backend, streams, qc, qq, k, v, seg, grp, g):
 
 def jit_attention(backend, g):
     """Jitted two_stream_attention (interpret-mode Pallas is slow op by op, fast compiled)."""
-    return jax.jit(lambda *xs: two_stream_attention(*xs, backend=backend, group_size=g))
+    return fast_jit(lambda *xs: two_stream_attention(*xs, backend=backend, group_size=g))
 
 
 def real_rows(seg, streams):
@@ -67,13 +80,13 @@ def test_matches_dense_values_and_gradients(n, g, spec, h, kv, dtype, streams):
         return sum(jnp.sum(o.astype(jnp.float32) * w) for o, w in zip(outs, weights))
 
     tol = TOL[dtype]
-    ref = jax.jit(lambda *xs: attend("xla", streams, *xs, seg, grp, g))(qc, qq, k, v)
-    got = jax.jit(lambda *xs: attend("splash", streams, *xs, seg, grp, g))(qc, qq, k, v)
+    ref = fast_jit(lambda *xs: attend("xla", streams, *xs, seg, grp, g))(qc, qq, k, v)
+    got = fast_jit(lambda *xs: attend("splash", streams, *xs, seg, grp, g))(qc, qq, k, v)
     for r, o, real in zip(ref, got, real_rows(seg, streams)):
         np.testing.assert_allclose(np.asarray(o, np.float32)[real], np.asarray(r, np.float32)[real], atol=tol, rtol=tol)
         assert np.isfinite(np.asarray(o, np.float32)).all()
-    grads_ref = jax.jit(jax.grad(lambda *xs: loss("xla", *xs), argnums=(0, 1, 2, 3)))(qc, qq, k, v)
-    grads = jax.jit(jax.grad(lambda *xs: loss("splash", *xs), argnums=(0, 1, 2, 3)))(qc, qq, k, v)
+    grads_ref = fast_jit(jax.grad(lambda *xs: loss("xla", *xs), argnums=(0, 1, 2, 3)))(qc, qq, k, v)
+    grads = fast_jit(jax.grad(lambda *xs: loss("splash", *xs), argnums=(0, 1, 2, 3)))(qc, qq, k, v)
     for name, a, b, used in zip(("dq_content", "dq_query", "dk", "dv"), grads, grads_ref, streams + (True, True)):
         if used:
             scale = max(1.0, float(jnp.abs(b.astype(jnp.float32)).max()))
@@ -95,7 +108,7 @@ def test_rows_that_see_nothing_give_zeros_and_zero_gradients(g, n):
     def loss(qq, k, v):
         return jnp.sum(two_stream_attention(qc, qq, k, v, seg, grp, backend="splash", group_size=g)[1] ** 2)
 
-    dq, dk, dv = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(qq, k, v)
+    dq, dk, dv = fast_jit(jax.grad(loss, argnums=(0, 1, 2)))(qq, k, v)
     assert all(np.isfinite(np.asarray(x)).all() for x in (dq, dk, dv))
     assert np.all(np.asarray(dq)[empty_query] == 0)
     padding = rows["segment_ids"] == 0
@@ -135,16 +148,16 @@ def test_under_jit_vmap_and_scan_with_remat():
         (c, q), _ = jax.lax.scan(jax.checkpoint(body), (qc, qq), None, length=2)
         return jnp.sum(c * real[:, :, None, None]) + jnp.sum(q * real[:, :, None, None])
 
-    for fn in (lambda b: jax.jit(jax.value_and_grad(lambda *x: layers(b, *x), argnums=(0, 1))),):
+    for fn in (lambda b: fast_jit(jax.value_and_grad(lambda *x: layers(b, *x), argnums=(0, 1))),):
         (val_s, grads_s), (val_x, grads_x) = fn("splash")(qc, qq), fn("xla")(qc, qq)
         np.testing.assert_allclose(val_s, val_x, rtol=1e-4)
         for a, b in zip(grads_s, grads_x):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
     # vmap over an extra leading axis (two independent batches)
     stacked = [jnp.stack([x, x * 0.5]) for x in (qc, qq, k, v)]
-    out = jax.jit(jax.vmap(lambda a, b, c, d: two_stream_attention(a, b, c, d, seg, grp, backend="splash",
-                                                                   group_size=g)))(*stacked)
-    ref = jax.jit(jax.vmap(lambda a, b, c, d: two_stream_attention(a, b, c, d, seg, grp, backend="xla")))(*stacked)
+    out = fast_jit(jax.vmap(lambda a, b, c, d: two_stream_attention(a, b, c, d, seg, grp, backend="splash",
+                                                                    group_size=g)))(*stacked)
+    ref = fast_jit(jax.vmap(lambda a, b, c, d: two_stream_attention(a, b, c, d, seg, grp, backend="xla")))(*stacked)
     for o, r in zip(out, ref):
         np.testing.assert_allclose(np.asarray(o)[:, real], np.asarray(r)[:, real], atol=1e-4)
 
