@@ -39,7 +39,8 @@ def target_log_probs(model, batch, *, inputs_embeds=None, group_size=None):
     """(log p(token) [B, N] float32, weight [B, N] float32) aligned with target rows.
 
     The weight is 1 on targets for a3 and causal, L_d / m_d for mdlm (see the module doc)."""
-    logits = model(batch, inputs_embeds=inputs_embeds, group_size=group_size)
+    extra = {} if group_size is None else {"group_size": group_size}  # stand-ins need not take it
+    logits = model(batch, inputs_embeds=inputs_embeds, **extra)
     tokens = batch["tokens"]
     weights = batch["loss_mask"].astype(jnp.float32)
     if model.cfg.variant == "causal":

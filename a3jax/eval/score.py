@@ -36,7 +36,7 @@ class _FixedLogits:
     cfg: Any
     value: Any
 
-    def __call__(self, batch, *, inputs_embeds=None):
+    def __call__(self, batch, *, inputs_embeds=None, group_size=None):
         return self.value
 
 
