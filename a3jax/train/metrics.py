@@ -6,8 +6,7 @@ import json
 import math
 import os
 import pathlib
-
-from tensorboardX import SummaryWriter
+import sys
 
 
 class MetricWriter:
@@ -18,7 +17,7 @@ class MetricWriter:
         self.jsonl_path = workdir / "metrics.jsonl"
         self._drop_records_after(resume_step)
         self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
-        self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+        self._tensorboard = _summary_writer_class()(str(workdir / "tensorboard"))
 
     def _drop_records_after(self, step: int) -> None:
         """A resumed run recomputes the steps after its checkpoint: drop their stale records."""
@@ -49,6 +48,25 @@ class MetricWriter:
     def close(self) -> None:
         self._jsonl.close()
         self._tensorboard.close()
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, loaded without torch.
+
+    When torch is installed (the optional `torch` extra), tensorboardX imports it at module level,
+    only to accept torch tensors as values: seconds added to the start of every `a3jax train`,
+    which logs plain floats. So torch is hidden while tensorboardX loads, unless it is loaded
+    already: tensorboardX then loads as on an install without torch (its supported case) and
+    writes the same event files. torch stays importable afterwards."""
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+        try:
+            import tensorboardX  # noqa: F401
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:

@@ -1,10 +1,11 @@
 """Fault-injection harness: tiny `a3jax train` runs in real subprocesses on CPU.
 
-Every child runs the installed `a3jax` command on one CPU device with a persistent XLA compile
-cache shared by the whole session (the first run compiles, the others load), on a prepared
-ArrayRecord corpus made once per session. Results are read back from disk the way a user would:
-metrics.jsonl (the last record of each step wins) and the orbax checkpoints (read whole, params
-and optimizer state, as numpy arrays, compared bitwise).
+Every child runs the installed `a3jax` command on one CPU device with the session's XLA flags (the
+suite's fast-compile flags, see tests/conftest.py) and a persistent XLA compile cache shared by the
+whole session (the first run compiles, the others load), on a prepared ArrayRecord corpus made once
+per session. Results are read back from disk the way a user would: metrics.jsonl (the last record
+of each step wins) and the orbax checkpoints (read whole, params and optimizer state, as numpy
+arrays, compared bitwise).
 
 Measured outcomes (trial counts, where a kill landed) are collected with `report` and printed
 in a "a3jax reliability" section at the end of the pytest run.
@@ -91,6 +92,13 @@ def xla_cache(tmp_path_factory) -> pathlib.Path:
     return path
 
 
+def child_xla_flags() -> str:
+    """The session's XLA_FLAGS (tests/conftest.py: on CPU, its fast-compile flags) for one device."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    return " ".join(flags + ["--xla_force_host_platform_device_count=1"])
+
+
 @dataclasses.dataclass
 class Harness:
     shards: pathlib.Path
@@ -103,7 +111,7 @@ class Harness:
     def env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if k not in ("A3JAX_DEBUG", "A3JAX_COORDINATOR")}
         env.update(
-            XLA_FLAGS="--xla_force_host_platform_device_count=1",
+            XLA_FLAGS=child_xla_flags(),
             JAX_PLATFORMS="cpu",
             JAX_COMPILATION_CACHE_DIR=str(self.cache),
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
