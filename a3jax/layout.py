@@ -117,10 +117,7 @@ def grid_violations(segment_ids: np.ndarray, groups: np.ndarray, align: int) -> 
     idx = np.arange(n)
     seg_change = np.ones(segment_ids.shape, bool)
     seg_change[..., 1:] = segment_ids[..., 1:] != segment_ids[..., :-1]
-    end_marker = np.zeros(segment_ids.shape, bool)
-    end_marker[..., :-1] = seg_change[..., 1:]
-    end_marker[..., -1] = True
-    seg_end = np.flip(np.minimum.accumulate(np.flip(np.where(end_marker, idx + 1, n + 1), -1), -1), -1)
+    seg_end = _stretch_ends(seg_change)
     block = idx // align
     static_content_end = np.minimum(seg_end, (block + 1) * align)
     static_query_end = np.maximum(ranges["key_start"], block * align)
@@ -150,17 +147,24 @@ def key_ranges(segment_ids: np.ndarray, groups: np.ndarray) -> dict[str, np.ndar
     run_change[..., 1:] |= groups[..., 1:] != groups[..., :-1]
     key_start = np.maximum.accumulate(np.where(seg_change, idx, 0), axis=-1)
     query_end = np.maximum.accumulate(np.where(run_change, idx, 0), axis=-1)
-    # End of run: scan from the right for the next run start.
-    run_end_marker = np.zeros(segment_ids.shape, bool)
-    run_end_marker[..., :-1] = run_change[..., 1:]
-    run_end_marker[..., -1] = True
-    flipped = np.flip(np.where(run_end_marker, idx + 1, n + 1), axis=-1)
-    content_end = np.flip(np.minimum.accumulate(flipped, axis=-1), axis=-1)
+    content_end = _stretch_ends(run_change)
     return {
         "key_start": key_start.astype(np.int32),
         "content_end": content_end.astype(np.int32),
         "query_end": query_end.astype(np.int32),
     }
+
+
+def _stretch_ends(starts: np.ndarray) -> np.ndarray:
+    """For bool [..., N] marks of where stretches start: the (exclusive) end of each slot's stretch,
+    found by scanning from the right for the next start."""
+    n = starts.shape[-1]
+    idx = np.arange(n)
+    ends_here = np.zeros(starts.shape, bool)
+    ends_here[..., :-1] = starts[..., 1:]
+    ends_here[..., -1] = True
+    flipped = np.flip(np.where(ends_here, idx + 1, n + 1), axis=-1)
+    return np.flip(np.minimum.accumulate(flipped, axis=-1), axis=-1)
 
 
 def unsort(values: np.ndarray, layout: dict[str, np.ndarray], segment: int) -> np.ndarray:
