@@ -40,9 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     a3jax_args = args.args[1:] if args.args[:1] == ["--"] else args.args
     port = args.port or free_port()
     procs, pumps = [], []
+    # The caller's XLA flags pass through; the fake device count is this launcher's.
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags.append(f"--xla_force_host_platform_device_count={args.devices_per_process}")
     for rank in range(args.processes):
-        env = dict(os.environ, JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices_per_process}",
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags),
                    A3JAX_COORDINATOR=f"127.0.0.1:{port}", A3JAX_NUM_PROCESSES=str(args.processes),
                    A3JAX_PROCESS_ID=str(rank))
         proc = subprocess.Popen([sys.executable, "-m", "a3jax.cli", *a3jax_args], env=env, text=True,

@@ -2,36 +2,14 @@
 
 import os
 import pathlib
-import subprocess
-import sys
 import tempfile
 
-# XLA's CPU compiles are most of the suite's time: on CPU, compile for speed of compiling rather
-# than of the code (no LLVM optimisations, the classic fusion emitters, one codegen thread;
-# test_splash.py passes the same as compiler options). The HLO programs, and so what is computed,
-# stay the same: values may differ from a default compile by rounding only, and the bitwise
-# comparisons are between programs compiled with these same flags. About halves the suite's time.
-# tests/reliability/conftest.py passes the session's XLA_FLAGS on to its `a3jax train` children.
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
-                      "--xla_cpu_parallel_codegen_split_count=1")
-
-
-def _xla_flags() -> str:
-    """Eight fake CPU devices for the sharded tests and, where the tests run on CPU and this jaxlib
-    knows them (XLA aborts on an unknown flag), FAST_COMPILE_FLAGS: checked in a child process."""
-    devices = "--xla_force_host_platform_device_count=8"
-    fast = f"{devices} {FAST_COMPILE_FLAGS}"
-    try:
-        probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
-                               env=dict(os.environ, XLA_FLAGS=fast), capture_output=True, text=True, timeout=300)
-    except subprocess.SubprocessError:
-        return devices
-    return fast if probe.returncode == 0 and probe.stdout.split()[-1:] == ["cpu"] else devices
-
-
-# Must be set before jax is imported. Set once per session: pytest-xdist workers inherit it.
-if "XLA_FLAGS" not in os.environ:
-    os.environ["XLA_FLAGS"] = _xla_flags()
+# Eight fake CPU devices for the sharded tests; must be set before jax is imported.
+# (XLA's fast-compile flags -- no backend optimisations -- halved the suite's time, but one CI run
+# with them set globally lost a worker to an abort inside a train step that did not reproduce;
+# until that is understood they are used only per compile, in test_splash.py and
+# test_prefix_chunks.py.)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax
 import pytest

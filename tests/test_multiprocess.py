@@ -21,8 +21,9 @@ ARGS = ["--no-progress", "--config.model.d_model=32", "--config.model.n_layers=2
 def launch(processes, devices, workdir, *extra, timeout=600):
     cmd = [sys.executable, str(ROOT / "launch" / "local.py"), "--processes", str(processes),
            "--devices-per-process", str(devices), "--", "train", f"--workdir={workdir}", *ARGS, *extra]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    # The session's XLA_FLAGS pass through (on CPU: the fast-compile flags, see conftest.py);
+    # launch/local.py sets each process's device count itself.
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def test_two_processes_match_one(tmp_path):
