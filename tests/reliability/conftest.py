@@ -1,7 +1,7 @@
 """Fault-injection harness: tiny `a3jax train` runs in real subprocesses on CPU.
 
-Every child runs the installed `a3jax` command on one CPU device with the session's XLA flags (the
-suite's fast-compile flags, see tests/conftest.py) and a persistent XLA compile cache shared by the
+Every child runs the installed `a3jax` command on one CPU device with the session's XLA flags (any
+the caller set, with the device count replaced) and a persistent XLA compile cache shared by the
 whole session (the first run compiles, the others load), on a prepared ArrayRecord corpus made once
 per session. Results are read back from disk the way a user would: metrics.jsonl (the last record
 of each step wins) and the orbax checkpoints (read whole, params and optimizer state, as numpy
@@ -93,7 +93,7 @@ def xla_cache(tmp_path_factory) -> pathlib.Path:
 
 
 def child_xla_flags() -> str:
-    """The session's XLA_FLAGS (tests/conftest.py: on CPU, its fast-compile flags) for one device."""
+    """The session's XLA_FLAGS with the fake device count set to one."""
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
              if not f.startswith("--xla_force_host_platform_device_count")]
     return " ".join(flags + ["--xla_force_host_platform_device_count=1"])
