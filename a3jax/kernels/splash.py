@@ -12,9 +12,9 @@ block-causal mask, which splash attention turns into a static block-sparsity tab
 (blocks fully outside the mask are skipped), with the segment ids applied inside the kernel.
 `TwoStreamBlockMask` computes the mask from indices (it is never materialised).
 
-Rows that see no key (the query rows of BOS, padding) give exactly 0 and zero gradients: a
-padding key that every row may see is appended (its segment matches every row through a shared
-id) and the rows' outputs are then zeroed, so no softmax is ever empty (splash's requirement).
+Rows that see no key (the query rows of BOS, padding) are zeroed by the caller
+(model/attention.py) with `where`: splash leaves NaN in q blocks whose every key block is skipped,
+and its backward pass never visits those blocks, so their gradients are exactly zero.
 The kernel compiles with Mosaic on TPU; elsewhere it runs in Pallas interpret mode (tests).
 """
 
