@@ -95,6 +95,10 @@ def _cmd_bench(args, overrides) -> int:
         from a3jax.bench import decode as bench_decode
 
         return bench_decode.main(args, overrides)
+    if args.name == "parity":
+        from a3jax.bench import parity
+
+        return parity.main(args)
     from a3jax.bench import data
 
     return data.main(args)
@@ -179,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     from a3jax.bench import decode as bench_decode
 
     bench_decode.add_arguments(bench_sub.add_parser("decode", help="infilling with the KV cache vs recompute"))
+    from a3jax.bench import parity as bench_parity
+
+    bench_parity.add_arguments(bench_sub.add_parser(
+        "parity", help="every attention backend here vs the xla reference (values and gradients)"))
     prepare.add_arguments(sub.add_parser("prepare", help="tokenize a corpus into ArrayRecord shards"))
     from a3jax.convert import cli as convert_cli
 

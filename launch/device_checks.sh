@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# The prepared GPU run for issues 3, 5 and 6: correctness on the device first, then the three
-# benchmark tables (attention, train step, decode), each written to $OUT.
+# The prepared GPU run: correctness of every GPU attention backend against xla on the device first,
+# then the three benchmark tables (attention, train step, decode), each written to $OUT.
 #
 # On the development machine (once): fetch the Python 3.12 wheels the GPU image lacks into .whl/
 #   bash launch/device_checks.sh --fetch-wheels
 # On the GPU machine (from the repo root; carry .whl):
 #   bash launch/device_checks.sh            # about 6-9 minutes on one H100
+# Each check's arguments can be replaced for a dry run on a CPU, e.g.
+#   A3JAX_TRAIN_ARGS="--config experiments/tiny.py --repeats 2" bash launch/device_checks.sh
 #   A3JAX_CHECKS="attention train" bash launch/device_checks.sh   # a subset
 set -uo pipefail
 
-WHEELS="grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0 tensorboardX==2.6.5 rouge-score==0.1.2 nltk==3.9.2"
+# What the GPU image (Python 3.12, jax 0.11.2) lacks: our data/config stack, and tokamax 0.0.17 with
+# its import-time needs (xprof is imported by tokamax's benchmarking module; fire/termcolor by xprof).
+WHEELS="grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0 tensorboardX==2.6.5 \
+rouge-score==0.1.2 nltk==3.9.2 \
+tokamax==0.0.17 einshape==1.0 qwix==0.1.8 immutabledict==4.3.1 pydantic==2.14.4 pydantic-core==2.50.5 \
+annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 xprof==2.24.2 fire==0.7.1 termcolor==3.3.0"
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
   grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
@@ -23,16 +30,28 @@ if [[ "${1:-}" == "--fetch-wheels" ]]; then
   done
   for sdist in .whl/*.tar.gz; do  # pure-Python sdists (rouge-score): build a wheel here
     [[ -e "$sdist" ]] || continue
-    python3 -m pip wheel -q --no-deps --no-build-isolation "$sdist" -w .whl && rm -f "$sdist"
+    python3 -m pip wheel -q --no-deps "$sdist" -w .whl && rm -f "$sdist"
   done
-  ls -la .whl
+  # The set must install offline into a Python 3.12 target, as it will on the GPU machine (pip
+  # checks Requires-Python against the interpreter it runs on: use one >= 3.12 for the check).
+  PY312=""
+  for py in python3.12 python3.13 "$HOME/.cache/a3jax-python3.13/bin/python3.13"; do
+    command -v "$py" >/dev/null 2>&1 && { PY312=$py; break; }
+  done
+  [[ -n "$PY312" ]] || { echo "no Python >= 3.12 here to check the wheel set (bash ../shared/tools/python313.sh builds one)"; exit 1; }
+  rm -rf /tmp/a3jax-wheel-check
+  "$PY312" -m pip install -q --no-index --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --target /tmp/a3jax-wheel-check .whl/*.whl \
+    && echo "wheel set installs into a Python 3.12 target with --no-index" \
+    || { echo "the wheel set does not install offline for Python 3.12"; exit 1; }
+  ls -la .whl; du -sh .whl
   exit 0
 fi
 
 OUT=${OUT:-/tmp/a3jax-device-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
+if [[ "${A3JAX_WHEELS:-1}" == 1 ]] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
@@ -49,7 +68,7 @@ run() {  # run NAME TIMEOUT COMMAND...: output to the terminal and $OUT/NAME.txt
 python3 - <<'EOF' | tee "$OUT/versions.txt"
 import importlib, jax
 print("jax", jax.__version__, jax.devices())
-for name in ("flax", "optax", "orbax.checkpoint", "grain", "ml_collections", "tensorboardX"):
+for name in ("flax", "optax", "orbax.checkpoint", "grain", "ml_collections", "tensorboardX", "tokamax"):
     try:
         module = importlib.import_module(name)
         print(name, getattr(module, "__version__", "?"))
@@ -58,17 +77,19 @@ for name in ("flax", "optax", "orbax.checkpoint", "grain", "ml_collections", "te
 EOF
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$OUT/versions.txt"
 
-CHECKS=${A3JAX_CHECKS:-"kernel attention train decode"}
+CHECKS=${A3JAX_CHECKS:-"parity attention train decode"}
 for check in $CHECKS; do
   case $check in
-    kernel)     # the Pallas kernel compiled by Triton (not interpreted) against the dense reference
-      run kernel 240 "python3 -m pytest -x -q -p no:cacheprovider tests/test_kernels.py tests/test_attention.py" ;;
-    attention)  # issue 3: B=2, N=4096, 16 q / 4 kv heads, D=128, bf16, fwd and fwd+bwd
-      run attention 240 "$A3JAX bench attention" ;;
-    train)      # issue 5: 1B shape, seq 2048, bf16, A3 and causal in one run
-      run train 300 "$A3JAX bench train --repeats 5" ;;
-    decode)     # issue 6: infill 256 of 1,024 in 64 steps of 4, batch 8, at the 1B shape
-      run decode 240 "$A3JAX bench decode --config experiments/llama3_1b.py" ;;
-    *) echo "unknown check $check (kernel, attention, train, decode)" ;;
+    parity)     # every GPU backend (cudnn, pallas, tokamax) compiled on the device vs xla: values + grads
+      run parity 180 "$A3JAX bench parity ${A3JAX_PARITY_ARGS:-}" ;;
+    attention)  # B=2, N=4096, 16 q / 4 kv heads, D=128, bf16, fwd and fwd+bwd, all GPU rows
+      run attention 240 "$A3JAX bench attention ${A3JAX_ATTN_ARGS:-}" ;;
+    train)      # 1B shape, seq 2048, bf16: A3 per backend and causal in one run
+      run train 300 "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_TRAIN_ARGS:---repeats 5 --batch-sizes 4,8 --backends auto,cudnn --max-batch} --profile /tmp/a3jax-profile"
+      # the A3 step's trace, flattened into $OUT (only files two folders deep come back)
+      find /tmp/a3jax-profile -maxdepth 1 -name 'train_a3.xplane.pb.gz' -size -16M -exec cp {} "$OUT/" \; ;;
+    decode)     # infill 256 of 1,024 in 64 steps of 4, batch 8, at the 1B shape
+      run decode 240 "$A3JAX bench decode ${A3JAX_DECODE_ARGS:---config experiments/llama3_1b.py}" ;;
+    *) echo "unknown check $check (parity, attention, train, decode)" ;;
   esac
 done

@@ -13,10 +13,24 @@ def test_bench_train_prints_both_variants_and_the_ratio(capsys):
                      "--config.model.ffn_dim=64", "--config.data.seq_len=32", "--config.mesh.devices=1"])
     out = capsys.readouterr().out
     assert code == 0
-    rows = re.findall(r"^(a3|causal)\s+\S+\s+([\d.]+)\s+([\d,]+)", out, re.M)
+    rows = re.findall(r"^(a3|causal)\s+\S+\s+(\w+)\s+(\d+)\s+([\d.]+)\s+([\d,]+)\s+\S+\s+\S+\s+([\d.]+)", out, re.M)
     assert [r[0] for r in rows] == ["a3", "causal"]
-    assert all(float(ms) > 0 for _, ms, _ in rows)
-    assert re.search(r"A3 / causal step time: [\d.]+x \(FLOP ratio 1\.\d\dx\)", out)
+    assert [r[1] for r in rows] == ["xla", "xla"]  # auto resolves to xla on the CPU
+    assert all(float(ms) > 0 for *_, ms, _, _ in rows)
+    assert float(rows[1][5]) == 1.0 and float(rows[0][5]) > 0  # x causal
+    assert re.search(r"FLOP ratio A3 / causal \(docs/flops.md\): 1\.\d\dx", out)
+
+
+def test_bench_train_backends_and_batch_sizes_give_one_row_each(capsys):
+    code = cli.main(["bench", "train", f"--config={TINY}", "--repeats=1", "--config.model.d_model=32",
+                     "--config.model.n_layers=1", "--config.model.n_heads=2", "--config.model.n_kv_heads=1",
+                     "--config.model.ffn_dim=64", "--config.data.seq_len=32", "--config.mesh.devices=1",
+                     "--batch-sizes=2,4", "--backends=xla,pallas", "--variants=a3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = re.findall(r"^a3\s+\S+\s+(\w+)\s+(\d+)\s+[\d.]+", out, re.M)
+    assert rows == [("xla", "2"), ("pallas", "2"), ("xla", "4"), ("pallas", "4")]
+    assert "causal" not in out.split("FLOP ratio")[0].split("\n", 2)[2]
 
 
 def test_bench_attention_compares_backends_with_two_causal_calls(capsys):

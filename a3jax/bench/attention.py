@@ -4,6 +4,11 @@ two causal attention calls of the same shape (the mark a block-skipping kernel c
 The layout is the paper's setting: one document per row, `random(4)` groups, sorted. The causal
 mark uses cuDNN on a GPU and XLA elsewhere (labelled in the table).
 
+`tokamax` runs tokamax's flash attention (Mosaic GPU) on the sorted layout's key ranges as one
+call of 2N rows; `tokamax split` as two calls of N rows; `2x causal (tokamax)` is tokamax's own
+plain causal kernel twice (the same mark on tokamax's kernel: the gap between it and the `tokamax`
+row is the cost of the ranges, the gap to cuDNN's pair the cost of the kernel).
+
 `xla chunks=C` / `cudnn chunks=C` run the dense backends with static prefix chunking
 (model/prefix_chunks.py): the query stream in C chunks, the content stream one full call. The
 `... g=G` rows and `splash g=G` (TPU only) run on a grid-aligned layout instead (BOS at slot G - 1,
@@ -22,6 +27,7 @@ import numpy as np
 from a3jax import layout as layout_lib
 from a3jax import orders
 from a3jax.bench.timing import median_ms
+from a3jax.kernels.tokamax_attention import tokamax_available
 from a3jax.model.attention import _cudnn_attention, _masked_attention, two_stream_attention
 from a3jax.model.prefix_chunks import prefix_chunked_streams
 
@@ -83,6 +89,13 @@ def causal_pair(q_content, q_query, k, v, implementation):
     return call(q_content, k, v), call(q_query, k, v)
 
 
+def tokamax_causal_pair(q_content, q_query, k, v):
+    """tokamax's Mosaic GPU kernel with its plain causal mask, once per stream."""
+    from a3jax.kernels.tokamax_attention import causal_call
+
+    return causal_call(q_content, k, v), causal_call(q_query, k, v)
+
+
 def run(args) -> list[dict]:
     dtype = jnp.dtype(args.dtype)
     platform = jax.default_backend()
@@ -97,6 +110,14 @@ def run(args) -> list[dict]:
     aligned = {k: jnp.asarray(v) for k, v in aligned_layout(args.batch, args.seq_len, args.group_size).items()}
     g = args.group_size
 
+    def timed_pair(name, pair):
+        fwd, grad = _fwd_and_grad(pair)
+        try:
+            rows.append({"backend": name, "fwd_ms": median_ms(fwd, *inputs, repeats=args.repeats),
+                         "fwd_bwd_ms": median_ms(grad, *inputs, repeats=args.repeats)})
+        except Exception as error:  # report and go on
+            rows.append({"backend": name, "skipped": f"failed: {type(error).__name__}: {error}"[:200]})
+
     def timed(name, fn, on):
         fwd, grad = _fwd_and_grad(lambda qc, qq, k, v: fn(qc, qq, k, v, on["segment_ids"], on["groups"]))
         try:
@@ -107,6 +128,14 @@ def run(args) -> list[dict]:
 
     for backend in args.backends.split(","):
         variants = [(backend, functools.partial(two_stream_attention, backend=backend), layout)]
+        if backend == "tokamax":
+            if not tokamax_available():
+                rows.append({"backend": "tokamax", "skipped": "tokamax is not installed (the gpu extra)"})
+                continue
+            variants += [("tokamax split", functools.partial(two_stream_attention, backend=backend,
+                                                             tokamax_fused=False), layout)]
+            if platform == "gpu":
+                timed_pair("2x causal (tokamax)", tokamax_causal_pair)
         if backend in ("xla", "cudnn") and args.chunks > 1:
             chunked = functools.partial(chunked_streams, backend=backend, chunks=args.chunks)
             variants += [(f"{backend} chunks={args.chunks}", chunked, layout),
@@ -148,7 +177,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--order", default="random(4)", help="group sampler of the layout")
-    parser.add_argument("--backends", default="xla,cudnn,pallas")
+    parser.add_argument("--backends", default="xla,cudnn,pallas,tokamax")
     parser.add_argument("--chunks", type=int, default=4,
                         help="static prefix chunks for the extra xla/cudnn rows (1 = no such rows)")
     parser.add_argument("--group-size", type=int, default=4,

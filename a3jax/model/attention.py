@@ -66,13 +66,28 @@ def _masked_attention(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask_BxSxN):
     return out.astype(q_BxSxHxD.dtype)
 
 
+HALF_PRECISION_ONLY = ("cudnn", "tokamax")  # their GPU kernels take bfloat16/float16 inputs only
+
+
 @functools.lru_cache(maxsize=None)
-def resolve_backend(name: str, platform: str, static_groups: bool = False) -> str:
+def resolve_backend(name: str, platform: str, static_groups: bool = False, dtype: str = "bfloat16") -> str:
     """The backend that `name` means on `platform`; `auto` picks per platform and logs it.
 
     static_groups: the call has a static group size over a grid-aligned layout (`group_size=`),
     which `splash` needs; without one `splash` (and `auto` on TPU) computes with `xla`.
+    dtype: the compute dtype. On a GPU, cuDNN's and tokamax's kernels take only bfloat16/float16
+    (measured on an H200: cuDNN "Unsupported dtype", tokamax "Unsupported precision TF32"), so
+    `auto` computes float32 with `xla` there, and asking for them with float32 is an error.
     """
+    if platform == "gpu" and dtype == "float32":
+        if name in HALF_PRECISION_ONLY:
+            raise ValueError(f"model.attention={name!r} runs bfloat16/float16 kernels on a GPU, but "
+                             "model.dtype='float32'; set --config.model.dtype=bfloat16, or use "
+                             "model.attention='xla' or 'pallas' for float32")
+        if name == "auto":
+            _log.info("attention backend auto -> xla on gpu for float32 (cudnn and tokamax take "
+                      "bfloat16/float16 only)")
+            return "xla"
     if name not in BACKENDS:
         raise ValueError(f"model.attention={name!r} is not one of {BACKENDS}")
     if name == "cudnn" and platform != "gpu":
@@ -80,9 +95,19 @@ def resolve_backend(name: str, platform: str, static_groups: bool = False) -> st
                          "use 'auto', 'xla' or 'pallas'")
     if name == "splash" and platform == "gpu":
         raise ValueError("model.attention='splash' is the TPU kernel (Pallas Mosaic); on a GPU use "
-                         "'auto', 'cudnn' or 'pallas'")
+                         "'auto', 'tokamax', 'cudnn' or 'pallas'")
+    if name == "tokamax":
+        from a3jax.kernels.tokamax_attention import require_tokamax
+
+        require_tokamax()  # a clear error now rather than inside a traced step
+        if platform != "gpu":
+            _log.info("attention backend tokamax on %s runs tokamax's XLA reference implementation "
+                      "(the Mosaic GPU kernel needs an sm80+ NVIDIA GPU)", platform)
     if name == "auto":
-        chosen = {"gpu": "cudnn", "tpu": "splash" if static_groups else "xla"}.get(platform, "xla")
+        if platform == "gpu":
+            chosen = "tokamax" if _tokamax_fits_gpu() else "cudnn"
+        else:
+            chosen = {"tpu": "splash" if static_groups else "xla"}.get(platform, "xla")
         _log.info("attention backend auto -> %s on %s", chosen, platform)
         return chosen
     if name == "splash" and not static_groups:
@@ -90,6 +115,22 @@ def resolve_backend(name: str, platform: str, static_groups: bool = False) -> st
                   "(data.align_groups); calls without one (eval, scoring) use xla")
         return "xla"
     return name
+
+
+def _tokamax_fits_gpu() -> bool:
+    """auto picks tokamax on Hopper/Blackwell GPUs (compute capability 9.x/10.x) when tokamax
+    imports; otherwise cuDNN."""
+    from a3jax.kernels.tokamax_attention import tokamax_available
+
+    capability = str(getattr(jax.devices()[0], "compute_capability", "0"))
+    major = int(capability.split(".")[0]) if capability.split(".")[0].isdigit() else 0
+    if major not in (9, 10):
+        return False
+    if not tokamax_available():
+        _log.info("attention backend auto: tokamax is not installed (pip install 'a3jax[gpu]'); "
+                  "using cudnn")
+        return False
+    return True
 
 
 def _cudnn_attention(q_BxSxHxD, k, v, mask_BxSxN):
@@ -118,6 +159,19 @@ def _pallas_streams(streams, q, k, v, segment_ids, groups):
     ends = [e for e, used in zip((content_end, query_end), streams) if used]
     starts = [key_start] * len(ends)
     return range_attention(q, k, v, jnp.concatenate(starts, 1), jnp.concatenate(ends, 1))
+
+
+def _tokamax_streams(streams, q, k, v, segment_ids, groups, fused=True, causal=False):
+    from a3jax.kernels import tokamax_attention
+
+    key_start, content_end, query_end = key_ranges(segment_ids, groups)
+    implementation = "mosaic" if jax.default_backend() == "gpu" else "xla"
+    if causal:  # content row i sees [document start, i]: tokamax's causal mask with k_start
+        return tokamax_attention.causal_call(q, k, v, key_start=key_start, real_BxN=segment_ids > 0,
+                                             implementation=implementation)
+    ends = [e for e, used in zip((content_end, query_end), streams) if used]
+    return tokamax_attention.range_streams(q, k, v, [key_start] * len(ends), ends, segment_ids > 0,
+                                           fused=fused, implementation=implementation)
 
 
 def _splash_streams(streams, group_size, q, k, v, segment_ids, groups):
@@ -154,7 +208,7 @@ def _over_mesh(fn, q, k, v, segment_ids, groups):
 
 
 def two_stream_attention(q_content, q_query, k, v, segment_ids, groups, *, backend="xla",
-                         group_size=None, chunks=1):
+                         group_size=None, chunks=1, tokamax_fused=True, causal=False):
     """Attention for both streams: q_* [B, N, Hq, D] (either may be None), k, v [B, N, Hkv, D].
 
     Returns (out_content, out_query), each [B, N, Hq, D] or None where its input was None.
@@ -163,14 +217,23 @@ def two_stream_attention(q_content, q_query, k, v, segment_ids, groups, *, backe
     or with chunks > 1 static key prefixes per chunk of rows (sorted layouts; prefix_chunks.py).
     group_size (static int): the rows are grid-aligned with this one group size
     (a3jax.layout); `splash` needs it, dense chunking uses it to chunk the content stream too.
+    tokamax_fused: `tokamax` runs both streams as one kernel call (else one call per stream).
+    causal (static): the caller promises a left-to-right layout ('ar' groups, content stream only:
+    the causal variant, which configs and scoring restrict to 'ar'), where the group rule is plain
+    causal attention inside each document; `tokamax` then uses its causal kernel, whose backward
+    skips the blocks above the diagonal. Other backends apply the group rule (the same visibility).
     Padding rows' outputs are unspecified (they differ between backends and are never read).
     """
-    backend = resolve_backend(backend, jax.default_backend(), group_size is not None)
+    backend = resolve_backend(backend, jax.default_backend(), group_size is not None, jnp.dtype(k.dtype).name)
     rows = [q for q in (q_content, q_query) if q is not None]
     q = jnp.concatenate(rows, 1) if len(rows) > 1 else rows[0]
     streams = (q_content is not None, q_query is not None)
     if backend == "pallas":  # a custom kernel: XLA cannot partition it, so shard_map it
         out = _over_mesh(functools.partial(_pallas_streams, streams), q, k, v, segment_ids, groups)
+    elif backend == "tokamax":
+        causal = bool(causal) and streams == (True, False)
+        out = _over_mesh(functools.partial(_tokamax_streams, streams, fused=tokamax_fused, causal=causal),
+                         q, k, v, segment_ids, groups)
     elif backend == "splash":
         out = _over_mesh(functools.partial(_splash_streams, streams, int(group_size)), q, k, v,
                          segment_ids, groups)

@@ -11,7 +11,7 @@ VARIANTS = ("a3", "causal", "mdlm")
 REMAT_POLICIES = ("none", "full", "dots")
 ROPE_SCALINGS = ("none", "llama3")
 DTYPES = ("float32", "bfloat16")
-ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "pallas", "splash")  # see model/attention.py
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "pallas", "splash", "tokamax")  # see model/attention.py
 # How the model computes, not what it computes: a checkpoint resumes under other values of these.
 EXECUTION_FIELDS = ("attention", "attention_chunks", "remat")
 

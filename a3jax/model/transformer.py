@@ -107,7 +107,7 @@ def _layer(cfg: ModelConfig, p, content, query, cos, sin, segment_ids, groups, u
         q_content, q_query = None, q_rows[0]
     out_content, out_query = attention_lib.two_stream_attention(
         q_content, q_query, k, v, segment_ids, groups, backend=cfg.attention,
-        group_size=group_size, chunks=cfg.attention_chunks,
+        group_size=group_size, chunks=cfg.attention_chunks, causal=cfg.variant == "causal",
     )
     attn = jnp.concatenate([o for o in (out_content, out_query) if o is not None], axis=1)
     rows = residual_tail(cfg, p, rows, attn)
