@@ -85,7 +85,7 @@ for check in $CHECKS; do
     attention)  # B=2, N=4096, 16 q / 4 kv heads, D=128, bf16, fwd and fwd+bwd, all GPU rows
       run attention 240 "$A3JAX bench attention ${A3JAX_ATTN_ARGS:-}" ;;
     train)      # 1B shape, seq 2048, bf16: A3 per backend and causal in one run
-      run train 300 "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_TRAIN_ARGS:---repeats 5 --batch-sizes 4,8 --backends auto,cudnn --max-batch} --profile /tmp/a3jax-profile"
+      run train 300 "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_TRAIN_ARGS:---repeats 5 --batch-sizes 8 --backends auto,cudnn,pallas --max-batch} --profile /tmp/a3jax-profile"
       # the A3 step's trace, flattened into $OUT (only files two folders deep come back)
       find /tmp/a3jax-profile -maxdepth 1 -name 'train_a3.xplane.pb.gz' -size -16M -exec cp {} "$OUT/" \; ;;
     decode)     # infill 256 of 1,024 in 64 steps of 4, batch 8, at the 1B shape

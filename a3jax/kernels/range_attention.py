@@ -32,6 +32,8 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from a3jax.kernels.platform import kernel_platform
+
 MASK_VALUE = -1e30  # finite: a row that has seen no key yet keeps m finite (no inf - inf)
 
 
@@ -46,9 +48,10 @@ def _cdiv(a, b):
 
 
 def resolve_interpret(interpret) -> bool:
-    """None means interpret mode on CPU and compiled Triton elsewhere."""
+    """None: compiled Triton when the kernels are built for a GPU (kernels/platform.py), else
+    interpret mode."""
     if interpret is None:
-        return jax.default_backend() == "cpu"
+        return kernel_platform() != "gpu"
     return bool(interpret)
 
 

@@ -15,7 +15,8 @@ block-causal mask, which splash attention turns into a static block-sparsity tab
 Rows that see no key (the query rows of BOS, padding) are zeroed by the caller
 (model/attention.py) with `where`: splash leaves NaN in q blocks whose every key block is skipped,
 and its backward pass never visits those blocks, so their gradients are exactly zero.
-The kernel compiles with Mosaic on TPU; elsewhere it runs in Pallas interpret mode (tests).
+The kernel compiles with Mosaic when built for a TPU (kernels/platform.py); elsewhere it runs in
+Pallas interpret mode (tests).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+
+from a3jax.kernels.platform import kernel_platform
 
 LANES = 128  # splash's key block must be a multiple of the TPU lane count
 
@@ -90,7 +93,7 @@ def splash_two_stream(q, k, v, segment_ids, *, group_size: int, streams: tuple[b
     if s != n * sum(streams):
         raise ValueError(f"q has {s} rows but streams={streams} over {n} keys need {n * sum(streams)}")
     if interpret is None:
-        interpret = jax.default_backend() != "tpu"
+        interpret = kernel_platform() != "tpu"
     # Splash needs query and key blocks of 128k: each stream's rows and the keys are padded to a
     # multiple of 128. Padded keys (segment -1) are never seen; padded rows (segment -2) see
     # nothing and are cut off.

@@ -15,6 +15,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from a3jax.kernels.platform import kernel_platform
 from a3jax.model.config import ATTENTION_BACKENDS as BACKENDS
 from a3jax.model.sharding import batch_axes
 _log = logging.getLogger("a3jax")
@@ -165,7 +166,7 @@ def _tokamax_streams(streams, q, k, v, segment_ids, groups, fused=True, causal=F
     from a3jax.kernels import tokamax_attention
 
     key_start, content_end, query_end = key_ranges(segment_ids, groups)
-    implementation = "mosaic" if jax.default_backend() == "gpu" else "xla"
+    implementation = "mosaic" if kernel_platform() == "gpu" else "xla"
     if causal:  # content row i sees [document start, i]: tokamax's causal mask with k_start
         return tokamax_attention.causal_call(q, k, v, key_start=key_start, real_BxN=segment_ids > 0,
                                              implementation=implementation)
@@ -224,7 +225,7 @@ def two_stream_attention(q_content, q_query, k, v, segment_ids, groups, *, backe
     skips the blocks above the diagonal. Other backends apply the group rule (the same visibility).
     Padding rows' outputs are unspecified (they differ between backends and are never read).
     """
-    backend = resolve_backend(backend, jax.default_backend(), group_size is not None, jnp.dtype(k.dtype).name)
+    backend = resolve_backend(backend, kernel_platform(), group_size is not None, jnp.dtype(k.dtype).name)
     rows = [q for q in (q_content, q_query) if q is not None]
     q = jnp.concatenate(rows, 1) if len(rows) > 1 else rows[0]
     streams = (q_content is not None, q_query is not None)

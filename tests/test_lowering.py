@@ -1,0 +1,214 @@
+"""Every accelerator path lowered from this CPU for a platform it lacks (jax.export).
+
+The sharded A3 train step of a small config lowers for `tpu` with the `splash` backend (Pallas ->
+Mosaic TPU), for `cuda` with `pallas` (Pallas -> Triton) and with `tokamax` (Pallas -> Mosaic GPU),
+on a (data 2, fsdp 2, tensor 2) mesh of the 8 fake CPU devices; the cached decode step lowers for
+`cuda` and `tpu`. Each module must contain its kernel's custom call, so a kernel silently replaced
+by XLA (interpret mode, a reference implementation) fails the test. Final compilation still
+needs the device. A lowering JAX cannot do here is a skip that quotes the error.
+"""
+
+import contextlib
+import importlib
+import re
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from a3jax import parallel
+from a3jax.configs import load_config, model_config
+from a3jax.kernels.platform import kernel_platform, lowering_for
+from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
+from a3jax.train.step import abstract_params, make_train_step
+
+from conftest import TINY
+
+# Custom-call targets with no compatibility guarantee: jax.export refuses them unless told.
+KERNEL_TARGETS = {"triton": "__gpu$xla.gpu.triton", "mosaic_gpu": "mosaic_gpu_v2", "mosaic_tpu": "tpu_custom_call"}
+UNCHECKED = [jax.export.DisabledSafetyCheck.custom_call(t) for t in
+             ("__gpu$xla.gpu.triton", "mosaic_gpu", "mosaic_gpu_v2", "tpu_custom_call")]
+SMALL = ["model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_dim=128",
+         "model.dtype=bfloat16", "data.seq_len=256", "train.batch_size=8", "mesh.data=2", "mesh.fsdp=2",
+         "mesh.tensor=2"]
+ALIGNED = ["data.align_groups=True", "orders.group_size_scope=batch", "orders.curriculum=random(4)"]
+
+
+def custom_calls(module_text: str) -> set[str]:
+    return set(re.findall(r"custom_call @([^\s(]+)", module_text))
+
+
+@contextlib.contextmanager
+def tokamax_for_hopper():
+    """tokamax checks for Mosaic GPU support and for sm90 by reading the default device. Its own
+    `cross_compile` option lifts the first; the compute-capability probes are told 'sm90' here
+    (and only here) so that the real Mosaic GPU lowering runs on this CPU."""
+    pytest.importorskip("tokamax")
+    from tokamax._src import config as tokamax_config, gpu_utils
+
+    with tokamax_config.cross_compile(True), \
+            mock.patch.object(gpu_utils, "_compute_capability", return_value=9.0), \
+            mock.patch.object(gpu_utils, "is_sm90", return_value=True):
+        yield
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+# The TPU lowering asks the mesh's device for its kind (VMEM size, generation): an abstract mesh
+# with an abstract TPU device stands in for a pod slice this machine does not have.
+ABSTRACT_TPU = jax.sharding.AbstractDevice(device_kind="TPU v5p", num_cores=1, platform="tpu")
+
+
+def abstract_mesh(platform: str):
+    if platform != "tpu":
+        return None
+    return jax.sharding.AbstractMesh((2, 2, 2), parallel.MESH_AXES, (jax.sharding.AxisType.Auto,) * 3,
+                                     abstract_device=ABSTRACT_TPU)
+
+
+def export_train_step(platform: str, attention: str, extra=(), group_size=None):
+    config = load_config(TINY, SMALL + [f"model.attention={attention}"] + list(extra))
+    cfg = model_config(config)
+    mesh = abstract_mesh(platform)
+    use_mesh = jax.sharding.use_abstract_mesh(mesh) if mesh is not None else None
+    if mesh is None:
+        mesh = parallel.make_mesh(config.mesh)
+        use_mesh = jax.set_mesh(mesh)
+    with use_mesh, lowering_for(platform):
+        model_def, shapes = abstract_params(cfg)
+        params_sh = parallel.param_shardings(mesh, shapes, config.mesh.rules)
+        tx = make_optimizer(config.train)
+        opt_shapes = jax.eval_shape(tx.init, shapes)
+        opt_sh = jax.tree.map(lambda x: NamedSharding(mesh, P()), opt_shapes)
+        batch_sh = parallel.batch_sharding(mesh)
+        n, b = config.data.seq_len, config.train.batch_size
+        batch = {k: jax.ShapeDtypeStruct((b, n), jnp.int32, sharding=batch_sh)
+                 for k in ("tokens", "positions", "groups", "segment_ids", "loss_mask")}
+        step = make_train_step(model_def, tx, learning_rate_schedule(config.train), (params_sh, opt_sh, batch_sh))
+        exported = jax.export.export(step, platforms=[platform], disabled_checks=UNCHECKED)(
+            _abstract(shapes, params_sh), _abstract(opt_shapes, opt_sh), 0, batch, group_size)
+    return exported
+
+
+def _export_or_skip(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError as error:  # JAX or the kernel cannot lower this here: say why
+        pytest.skip(f"lowering needs the device: {type(error).__name__}: {error}")
+
+
+def test_kernel_platform_follows_the_lowering_target():
+    assert kernel_platform() == "cpu"
+    with lowering_for("cuda"):
+        assert kernel_platform() == "gpu"
+        with lowering_for("tpu"):
+            assert kernel_platform() == "tpu"
+        assert kernel_platform() == "gpu"
+    assert kernel_platform() == "cpu"
+    with pytest.raises(ValueError, match="not one of"):
+        with lowering_for("metal"):
+            pass
+
+
+def test_sharded_train_step_lowers_for_tpu_with_splash():
+    exported = _export_or_skip(export_train_step, "tpu", "splash", ALIGNED, group_size=4)
+    text = exported.mlir_module()
+    assert exported.platforms == ("tpu",) and exported.nr_devices == 8
+    # the forward kernel and the splash backward kernels (dq, dkv) of every layer: Mosaic TPU calls
+    assert KERNEL_TARGETS["mosaic_tpu"] in custom_calls(text)
+    assert text.count("@tpu_custom_call") >= 3
+    assert "mhlo.sharding" in text or "sdy.sharding" in text
+
+
+def test_sharded_train_step_lowers_for_cuda_with_the_pallas_triton_kernel():
+    exported = _export_or_skip(export_train_step, "cuda", "pallas")
+    text = exported.mlir_module()
+    assert exported.platforms == ("cuda",) and exported.nr_devices == 8
+    assert KERNEL_TARGETS["triton"] in custom_calls(text)
+    # forward, dq and dk/dv kernels
+    assert text.count("@__gpu$xla.gpu.triton") >= 3
+
+
+def test_sharded_train_step_lowers_for_cuda_with_tokamax_mosaic_gpu():
+    with tokamax_for_hopper():
+        exported = _export_or_skip(export_train_step, "cuda", "tokamax")
+    text = exported.mlir_module()
+    assert exported.platforms == ("cuda",)
+    calls = custom_calls(text)
+    assert calls & {"mosaic_gpu", "mosaic_gpu_v2"}, calls
+    assert not calls & {"__gpu$xla.gpu.triton", "tpu_custom_call"}
+
+
+def test_without_the_lowering_target_the_kernels_stay_references():
+    """The control: exported for cuda but built for this CPU, the pallas kernel is interpreted
+    (no Triton call) -- what `lowering_for` prevents in the tests above."""
+    from a3jax.bench.attention import sorted_layout
+    from a3jax.train.step import init_model
+
+    cfg = model_config(load_config(TINY, SMALL[:6] + ["model.attention=pallas"]))
+    model_def, params = init_model(cfg, 0)
+    batch = {k: jnp.asarray(v) for k, v in sorted_layout(2, 64, "random(4)").items()}
+
+    def loss(params):
+        return model_def.bind(params)(batch).astype(jnp.float32).mean()
+
+    exported = jax.export.export(jax.jit(loss), platforms=["cuda"], disabled_checks=UNCHECKED)(params)
+    assert KERNEL_TARGETS["triton"] not in custom_calls(exported.mlir_module())
+    with lowering_for("cuda"):
+        exported = jax.export.export(jax.jit(loss), platforms=["cuda"], disabled_checks=UNCHECKED)(params)
+    assert KERNEL_TARGETS["triton"] in custom_calls(exported.mlir_module())
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_cached_decode_step_lowers(platform):
+    """One decoding call (commit a group, predict the next positions against the KV cache).
+    Its attention over the cache is XLA's (the cache is not a sorted layout), so there is no kernel
+    call to find; the module must carry the in-place cache append."""
+    from a3jax.decode import cache as cache_lib
+    from a3jax.train.step import init_model
+
+    cfg = model_config(load_config(TINY, SMALL[:6]))
+    model_def, params = init_model(cfg, 0)
+    b, c, q, size = 2, 4, 4, 32
+    kv = cache_lib.init_cache(cfg, b, size)
+
+    def step(params, kv, tokens, positions, valid, query_positions):
+        return cache_lib.extend(model_def.bind(params), kv, tokens, positions, valid, query_positions)
+
+    args = (params, kv, jnp.zeros((b, c), jnp.int32), jnp.tile(jnp.arange(c), (b, 1)),
+            jnp.ones((b, c), bool), jnp.tile(jnp.arange(c, c + q), (b, 1)))
+    with lowering_for(platform):
+        exported = jax.export.export(jax.jit(step), platforms=[platform])(*args)
+    text = exported.mlir_module()
+    assert exported.platforms == (platform,)
+    assert "stablehlo.dynamic_update_slice" in text
+    out_cache, logits = exported.out_avals[:-1], exported.out_avals[-1]
+    assert logits.shape == (b, q, cfg.vocab_size) and len(out_cache) == len(jax.tree.leaves(kv))
+
+
+def test_a_kernel_configuration_the_lowering_rejects_fails(monkeypatch):
+    """The check has power: with our own block-size validation switched off, a Triton block of 48
+    rows (not a power of two) is refused by the Pallas -> Triton lowering itself. The same kernel
+    with blocks of 32 lowers to a Triton call."""
+    ra = importlib.import_module("a3jax.kernels.range_attention")  # the module, not the function
+
+    q = jax.ShapeDtypeStruct((1, 96, 2, 32), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, 96, 1, 32), jnp.bfloat16)
+    rng = jax.ShapeDtypeStruct((1, 96), jnp.int32)
+
+    def export(block):
+        fn = jax.jit(lambda *a: ra.range_attention(*a, block_q=block, block_k=block))
+        return jax.export.export(fn, platforms=["cuda"], disabled_checks=UNCHECKED)(q, kv, kv, rng, rng)
+
+    with lowering_for("cuda"):
+        assert KERNEL_TARGETS["triton"] in custom_calls(export(32).mlir_module())
+        with pytest.raises(ValueError, match="power of two"):  # our validation, first
+            export(48)
+        monkeypatch.setattr(ra, "_check_block", lambda name, value: None)
+        with pytest.raises(ValueError, match="Pallas Triton lowering") as refused:  # then the lowering
+            export(48)
+    assert "a3jax" not in refused.traceback[-1].path.as_posix()
