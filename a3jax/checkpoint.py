@@ -12,16 +12,17 @@ import logging
 import pathlib
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from a3jax.model.config import EXECUTION_FIELDS
+from a3jax.model.config import EXECUTION_FIELDS, ModelConfig
+from a3jax.model.params import abstract_params
 
 
 def _register_array_handler() -> None:
     """Replica-parallel writes only for slices >= 1 MiB: small arrays are written whole by one
     replica instead of being sliced (each distinct slice costs a compile on every save)."""
-    import jax
-
     handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20)
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
@@ -37,6 +38,36 @@ _register_array_handler()
 
 class IncompatibleCheckpointError(ValueError):
     """The workdir holds a checkpoint of a different model."""
+
+
+class MissingCheckpointError(ValueError):
+    """The workdir has no (complete) checkpoint at the asked step."""
+
+
+def load_params(workdir, step: int | None = None):
+    """(step, ModelConfig, meta, float32 numpy params) of a workdir's checkpoint (latest if None),
+    for reading only (sampling, evaluation, export): restored on the CPU, nothing written."""
+    workdir = pathlib.Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise MissingCheckpointError(f"--workdir {workdir} has no checkpoints/ folder; pass a training workdir")
+    checkpointer = Checkpointer(workdir, async_save=False)
+    try:
+        steps = sorted(checkpointer.manager.all_steps())
+        if not steps:
+            raise MissingCheckpointError(f"--workdir {workdir} has no complete checkpoint")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise MissingCheckpointError(f"--step {step}: {workdir} has checkpoints at steps {steps}")
+        meta = checkpointer.read_meta(step)
+        cfg = ModelConfig.from_mapping(meta["model"])
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        _, shapes = abstract_params(cfg)
+        abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=cpu), shapes)
+        params = checkpointer.restore_params(step, abstract)
+    finally:
+        checkpointer.close()
+    return step, cfg, meta, jax.tree.map(np.asarray, params)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

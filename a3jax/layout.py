@@ -168,8 +168,18 @@ def _stretch_ends(starts: np.ndarray) -> np.ndarray:
 
 
 def unsort(values: np.ndarray, layout: dict[str, np.ndarray], segment: int) -> np.ndarray:
-    """Values of one document (segment id) back in original position order (for display)."""
+    """Values of one document (segment id) back in original position order (BOS first).
+
+    values_NxD: one entry per slot of the row along the first axis, with any trailing shape
+    (per-slot scalars [N], logits [N, V], hidden states [N, D]); the result is
+    [L + 1, ...], un-permuted along the first axis only.
+    """
+    values_NxD = np.asarray(values)
+    n = layout["segment_ids"].shape[-1]
+    if values_NxD.ndim == 0 or values_NxD.shape[0] != n:
+        raise ValueError(f"values have shape {values_NxD.shape} but the layout row has {n} slots; pass "
+                         f"one entry per slot along the first axis (shape [{n}, ...])")
     rows = np.flatnonzero(layout["segment_ids"] == segment)
-    out = np.empty(rows.size, dtype=np.asarray(values).dtype)
-    out[layout["positions"][rows]] = np.asarray(values)[rows]
-    return out
+    out_LxD = np.empty((rows.size,) + values_NxD.shape[1:], dtype=values_NxD.dtype)
+    out_LxD[layout["positions"][rows]] = values_NxD[rows]
+    return out_LxD

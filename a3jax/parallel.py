@@ -3,8 +3,9 @@
 Mesh axes are (data, fsdp, tensor): `data` and `fsdp` split the batch, `fsdp` also splits
 parameters along their `embed` axis, `tensor` splits heads, MLP width and vocabulary. Each
 parameter carries logical axis names (model/transformer.py PARAM_AXES); the rule table in the
-config (`mesh.rules`) maps each logical name to mesh axes. A dimension that a mesh axis does not
-divide stays replicated (logged), so small models run on any mesh.
+config (`mesh.rules`, parsed in model/sharding.py) maps each logical name to mesh axes, for
+parameters here and for activations and batches through `axis_rules`. A dimension that a mesh
+axis does not divide stays replicated (logged), so small models run on any mesh.
 """
 
 from __future__ import annotations
@@ -17,37 +18,22 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from a3jax.model.sharding import BATCH_AXES
+from a3jax.model.sharding import (DEFAULT_RULES, MESH_AXES, MeshError, logical_to_mesh,  # noqa: F401
+                                  parse_rules)
 from a3jax.model.transformer import param_logical_axes
 
-MESH_AXES = ("data", "fsdp", "tensor")
-DEFAULT_RULES = (
-    ("batch", "data,fsdp"),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("layers", ""),
-    ("norm", ""),
-)
 _log = logging.getLogger("a3jax")
 
 
-class MeshError(ValueError):
-    """A mesh or batch that does not fit the devices."""
-
-
 def mesh_shape(mesh_config, device_count: int) -> tuple[int, ...]:
-    """Resolves the (data, fsdp, tensor) degrees; one of them may be -1 (fill the rest)."""
-    preset = mesh_config.get("preset", "")
-    if preset:
-        presets = dict(mesh_config.get("presets", {}))
-        if preset not in presets:
-            raise MeshError(f"mesh.preset={preset!r} is not one of {sorted(presets)}")
-        degrees = [int(d) for d in presets[preset]]
+    """Resolves the (data, fsdp, tensor) degrees of a MeshConfig (a3jax.configs); one of them may
+    be -1 (fill the rest)."""
+    if mesh_config.preset:
+        if mesh_config.preset not in mesh_config.presets:
+            raise MeshError(f"mesh.preset={mesh_config.preset!r} is not one of {sorted(mesh_config.presets)}")
+        degrees = list(mesh_config.presets[mesh_config.preset])
     else:
-        degrees = [int(mesh_config[name]) for name in MESH_AXES]
+        degrees = [getattr(mesh_config, name) for name in MESH_AXES]
     text = ", ".join(f"{n}={d}" for n, d in zip(MESH_AXES, degrees))
     if degrees.count(-1) > 1 or any(d == 0 or d < -1 for d in degrees):
         raise MeshError(f"mesh ({text}): degrees must be >= 1, with at most one -1 (auto-fill)")
@@ -67,24 +53,13 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """The (data, fsdp, tensor) mesh over `devices`, or the first mesh.devices devices (0 = all)."""
     if devices is None:
         devices = jax.devices()
-        wanted = int(mesh_config.get("devices", 0))
+        wanted = mesh_config.devices
         if wanted < 0 or wanted > len(devices):
             raise MeshError(f"mesh.devices={wanted} but JAX sees {len(devices)} devices; use 0 for all")
         devices = devices[:wanted] if wanted else devices
     devices = list(devices)
     shape = mesh_shape(mesh_config, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
-
-
-def parse_rules(rules) -> dict[str, tuple[str, ...]]:
-    table = {}
-    for logical, axes in rules:
-        mesh_axes = tuple(a.strip() for a in str(axes).split(",") if a.strip())
-        unknown = [a for a in mesh_axes if a not in MESH_AXES]
-        if unknown:
-            raise MeshError(f"mesh.rules maps {logical!r} to unknown mesh axes {unknown}; valid: {MESH_AXES}")
-        table[logical] = mesh_axes
-    return table
 
 
 def spec_for(logical_axes: Sequence[str], shape: Sequence[int], mesh: Mesh, rules: dict) -> P:
@@ -113,15 +88,18 @@ def param_shardings(mesh: Mesh, params: Any, rules) -> Any:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    axes = tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)
+    """Batches [B, N] split over the mesh axes of the 'batch' rule (rules in context, see
+    model/sharding.axis_rules)."""
+    axes = tuple(a for a in logical_to_mesh("batch") if mesh.shape[a] > 1)
     return NamedSharding(mesh, P(axes if axes else None))
 
 
 def check_batch(global_batch: int, mesh: Mesh) -> None:
-    split = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    axes = logical_to_mesh("batch")
+    split = math.prod(mesh.shape[a] for a in axes)
     if global_batch % split:
         raise MeshError(f"train.batch_size={global_batch} is not divisible by the batch axes "
-                        f"data x fsdp = {split}; use a multiple of {split}")
+                        f"{' x '.join(axes)} = {split}; use a multiple of {split}")
 
 
 def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

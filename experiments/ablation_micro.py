@@ -5,19 +5,7 @@
     a3jax report runs/ablation_micro --out runs/ablation_micro/report
 """
 
-import importlib.util
-import pathlib
-
-
-def _sibling(name):
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _sibling("tiny")
-curricula = _sibling("curricula")
+from a3jax.configs.presets import curricula, tiny
 
 STEPS = 6
 

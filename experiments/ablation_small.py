@@ -20,19 +20,7 @@ blocks(4) (8 steps) and blocks(8) (4 steps); a causal model is scored under ar o
 Budget: about 45 minutes on 2 CPU cores (see STEPS).
 """
 
-import importlib.util
-import pathlib
-
-
-def _sibling(name):
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _sibling("tiny")
-curricula = _sibling("curricula")
+from a3jax.configs.presets import curricula, tiny
 
 STEPS = 800  # x 8 x 128 = 819,200 training tokens per point
 SEEDS = (0, 1)

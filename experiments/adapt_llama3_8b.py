@@ -1,30 +1,3 @@
-"""Progressive adaptation of Llama-3.1-8B into A3 (the paper's recipe on experiments/llama3_8b.py).
+"""The `adapt_llama3_8b` preset (a3jax/configs/presets/adapt_llama3_8b.py); also `--config=adapt_llama3_8b`. Copy this file to vary it."""
 
-Curriculum: ar -> blocks(2) -> blocks(4) -> random(4) -> random(8), equal shares of the steps
-(see adapt_tiny.py); AdamW lr 2e-5, weight decay 0.01, 50 warmup steps; seq 2048, bf16.
-Steps: 8B tokens (the paper's budget for its main 8B model) at batch 256 x 2048 tokens.
-
-    a3jax convert --from-hf Llama-3.1-8B --out runs/a3-8b --config experiments/adapt_llama3_8b.py
-    a3jax train --workdir runs/a3-8b --config runs/a3-8b/experiment.py \
-        --config.data.paths=<shards from `a3jax prepare` with the copied tokenizer.json> \
-        --config.mesh.preset=8xH100
-"""
-
-import importlib.util
-import pathlib
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load("adapt_llama3_1b")  # the same recipe, on the 8B shape with the 8B token budget
-
-TOKENS = 8_000_000_000
-
-
-def get_config():
-    return recipe.adaptation_config(_load("llama3_8b"), TOKENS)
+from a3jax.configs.presets.adapt_llama3_8b import get_config  # noqa: F401

@@ -1,33 +1,3 @@
-"""A3 on the Llama-3.2-1B shape (seq 2048, bf16), with mesh presets for real clusters.
+"""The `llama3_1b` preset (a3jax/configs/presets/llama3_1b.py); also `--config=llama3_1b`. Copy this file to vary it."""
 
-Pick a preset with --config.mesh.preset=8xH100 | v5p-128 | v6e-256 (or set mesh.data/fsdp/tensor).
-Data: point data.source / data.paths at shards made by `a3jax prepare` with the Llama 3 tokenizer.
-"""
-
-import importlib.util
-import pathlib
-
-_tiny = importlib.util.spec_from_file_location("tiny", pathlib.Path(__file__).with_name("tiny.py"))
-tiny = importlib.util.module_from_spec(_tiny)
-_tiny.loader.exec_module(tiny)
-
-
-def get_config():
-    config = tiny.get_config()
-    m = config.model
-    m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads = 128256, 2048, 16, 32, 8
-    m.head_dim, m.ffn_dim, m.rope_theta, m.tie_embeddings = 64, 8192, 500000.0, True
-    m.rope_scaling.kind, m.rope_scaling.factor = "llama3", 32.0
-    m.rope_scaling.low_freq_factor, m.rope_scaling.high_freq_factor = 1.0, 4.0
-    m.rope_scaling.original_max_position = 8192
-    m.dtype, m.remat, m.attention = "bfloat16", "dots", "auto"
-    config.data.seq_len = 2048
-    config.data.source = "arrayrecord"
-    config.data.tokenizer = "bytes"  # set to the Llama 3 tokenizer.json used by `a3jax prepare`
-    config.orders.curriculum = "random_sizes(1,8)"
-    config.mesh.preset = ""
-    config.mesh.presets = {"8xH100": (1, 8, 1), "v5p-128": (1, 64, 1), "v6e-256": (1, 256, 1)}
-    t = config.train
-    t.batch_size, t.steps, t.lr, t.warmup_steps = 256, 20000, 3e-4, 1000
-    t.log_every, t.eval_every, t.checkpoint_every = 10, 1000, 1000
-    return config
+from a3jax.configs.presets.llama3_1b import get_config  # noqa: F401

@@ -12,7 +12,7 @@ from a3jax import orders
 from a3jax.loss import loss_fn
 from a3jax.model import ModelConfig
 from a3jax.model.attention import key_ranges, resolve_backend, visibility_masks
-from a3jax.train.step import init_model
+from a3jax.model.params import init_model
 
 
 def random_rows(seed, n_rows=4, seq_len=48, spec="random_sizes(1,5)"):

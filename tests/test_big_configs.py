@@ -12,7 +12,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from a3jax import parallel
 from a3jax.configs import load_config, model_config
 from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
-from a3jax.train.step import abstract_params, make_train_step
+from a3jax.model.params import abstract_params
+from a3jax.train.step import make_train_step
 
 from conftest import ROOT
 

@@ -23,10 +23,10 @@ from a3jax.checkpoint import Checkpointer  # noqa: E402
 from a3jax.configs import load_config  # noqa: E402
 from a3jax.convert import ConversionError, convert_hf, export_hf  # noqa: E402
 from a3jax.convert.cli import add_convert_arguments, add_export_arguments, convert_main, export_main  # noqa: E402
-from a3jax.convert.hf_export import restore_checkpoint_params  # noqa: E402
+from a3jax.checkpoint import load_params  # noqa: E402
 from a3jax.layout import build_layout, stack_layouts  # noqa: E402
 from a3jax.model import ModelConfig, rope  # noqa: E402
-from a3jax.train.step import abstract_params, init_model  # noqa: E402
+from a3jax.model.params import abstract_params, init_model  # noqa: E402
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16}
@@ -67,7 +67,7 @@ def ar_batch(tokens):
 
 
 def load_converted(workdir):
-    _, cfg, meta, params = restore_checkpoint_params(pathlib.Path(workdir), None)
+    _, cfg, meta, params = load_params(pathlib.Path(workdir), None)
     model_def, _ = abstract_params(cfg)
     return cfg, model_def, jax.tree.map(jnp.asarray, params), params
 

@@ -6,7 +6,8 @@ import pytest
 
 from a3jax.configs import ConfigError, tokens_per_step
 from a3jax.data import ByteTokenizer
-from a3jax.data.pipeline import curriculum_of, train_dataset
+from a3jax.configs import parse
+from a3jax.data.pipeline import train_dataset
 from a3jax.orders import Curriculum, Stage, parse_boundary
 
 from conftest import micro_config
@@ -73,7 +74,7 @@ def test_step_curricula_are_unchanged(text):
 def test_configs_convert_tokens_at_batch_size_times_seq_len(small_corpus):
     config = micro_config("orders.curriculum=ar until 1024 tokens; blocks(4)")  # 8 x 64 = 512 per step
     assert tokens_per_step(config) == 512
-    cur = curriculum_of(config)
+    cur = parse(config).curriculum
     assert cur.stages == (Stage("ar", 2, 1024), Stage("blocks(4)", None))
     dataset = train_dataset(config, small_corpus, ByteTokenizer())
     for example, size in ((15, 1), (16, 4)):  # steps 0-1 hold examples 0-15: 'ar'; then blocks(4)

@@ -22,7 +22,7 @@ from a3jax.layout import build_layout, stack_layouts
 from a3jax.loss import target_log_probs
 from a3jax.model import ModelConfig
 from a3jax.train.loop import train
-from a3jax.train.step import abstract_params
+from a3jax.model.params import abstract_params
 
 from conftest import micro_config
 

@@ -57,7 +57,7 @@ def test_formula_matches_the_dots_the_model_runs(variant):
     import jax.numpy as jnp
 
     from a3jax.layout import build_layout, stack_layouts
-    from a3jax.train.step import init_model
+    from a3jax.model.params import init_model
 
     cfg = ModelConfig(variant=variant, **TINY)
     model_def, params = init_model(cfg, 0)

@@ -8,7 +8,8 @@ from a3jax import orders
 from a3jax.configs import ConfigError
 from a3jax.data import ByteTokenizer
 from a3jax.data.packing import pack_rows
-from a3jax.data.pipeline import curriculum_of, fast_layout, train_batches
+from a3jax.configs import parse
+from a3jax.data.pipeline import fast_layout, train_batches
 from a3jax.layout import bos_slots, build_layout, grid_violations, stack_layouts
 from a3jax.model.attention import visibility_masks
 
@@ -137,7 +138,7 @@ ALIGNED = ["data.align_groups=True", "orders.group_size_scope=batch",
 
 def test_pipeline_batches_are_aligned_to_each_steps_group_size(small_corpus):
     config = micro_config(*ALIGNED)
-    curriculum = curriculum_of(config)
+    curriculum = parse(config).curriculum
     batches = train_batches(config, small_corpus, ByteTokenizer())
     seen = set()
     for step in range(12):

@@ -22,7 +22,8 @@ from a3jax import parallel
 from a3jax.configs import load_config, model_config
 from a3jax.kernels.platform import kernel_platform, lowering_for
 from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
-from a3jax.train.step import abstract_params, make_train_step
+from a3jax.model.params import abstract_params
+from a3jax.train.step import make_train_step
 
 from conftest import TINY
 
@@ -147,7 +148,7 @@ def test_without_the_lowering_target_the_kernels_stay_references():
     """The control: exported for cuda but built for this CPU, the pallas kernel is interpreted
     (no Triton call) -- what `lowering_for` prevents in the tests above."""
     from a3jax.bench.attention import sorted_layout
-    from a3jax.train.step import init_model
+    from a3jax.model.params import init_model
 
     cfg = model_config(load_config(TINY, SMALL[:6] + ["model.attention=pallas"]))
     model_def, params = init_model(cfg, 0)
@@ -169,7 +170,7 @@ def test_cached_decode_step_lowers(platform):
     Its attention over the cache is XLA's (the cache is not a sorted layout), so there is no kernel
     call to find; the module must carry the in-place cache append."""
     from a3jax.decode import cache as cache_lib
-    from a3jax.train.step import init_model
+    from a3jax.model.params import init_model
 
     cfg = model_config(load_config(TINY, SMALL[:6]))
     model_def, params = init_model(cfg, 0)

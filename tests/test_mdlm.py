@@ -313,7 +313,7 @@ def test_micro_training_run_reports_the_bound(tmp_path, small_corpus):
     assert set(summary["eval"]) == {"mdlm/nll_bound", "mdlm/bits_per_byte_bound"}
     assert all(np.isfinite(v) and v > 0 for v in summary["eval"].values())
     # The eval step counts bytes exactly (not through the L/m weights): 2 bytes and an EOS.
-    from a3jax.train.step import abstract_params
+    from a3jax.model.params import abstract_params
 
     model_def, _ = abstract_params(ModelConfig.from_mapping(config.model.to_dict()))
     layout = build_layout([np.array([10, 20, 258])], [np.array([0, 1, 1])], 8, bos_id=257, pad_id=256)
@@ -322,7 +322,7 @@ def test_micro_training_run_reports_the_bound(tmp_path, small_corpus):
 
 
 def test_recompute_decoding_fills_a_gap_and_cached_mode_errors():
-    from a3jax.train.step import init_model
+    from a3jax.model.params import init_model
 
     model_def, params = init_model(ModelConfig(variant="mdlm", vocab_size=12, d_model=16, n_layers=1, n_heads=2,
                                                n_kv_heads=1, ffn_dim=32, dtype="float32", init_std=0.5), 0)

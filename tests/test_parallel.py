@@ -65,7 +65,7 @@ def test_checkpoint_from_one_mesh_restores_on_others(tmp_path, small_corpus):
     import shutil
 
     from a3jax.checkpoint import Checkpointer
-    from a3jax.train.step import init_model
+    from a3jax.model.params import init_model
     from a3jax.configs import model_config
 
     overrides = lambda shape, devices=0: mesh_overrides(shape, devices)[:-3] + [  # noqa: E731

@@ -185,6 +185,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=10)
 
 
-def main(args) -> int:
+def main(args, overrides=()) -> int:
+    if overrides:
+        raise ValueError(f"a3jax bench attention takes no --config overrides (got {list(overrides)})")
     print(format_table(run(args), args))
     return 0

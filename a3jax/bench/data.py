@@ -57,29 +57,27 @@ def build_jsonl(path: pathlib.Path, megabytes: float) -> int:
 
 
 def _config(args, source: str, paths, workers: int):
-    from ml_collections import ConfigDict
+    """The tiny preset with the benchmark's data, orders and batch (parsed)."""
+    from a3jax.configs import load_config_file, parse
 
-    config = ConfigDict()
-    config.seed = 0
-    config.data = ConfigDict(dict(source=source, paths=tuple(paths), seq_len=args.seq_len,
-                                  eval_fraction=0.02, max_files=0, worker_count=workers,
-                                  shuffle=True, tokenizer="bytes", text_field="text",
-                                  doc_separator=""))
-    config.orders = ConfigDict(dict(curriculum=args.order, group_size_scope=args.scope))
-    config.train = ConfigDict(dict(batch_size=args.batch_size))
-    return config
+    config = load_config_file("tiny")
+    d = config.data
+    d.source, d.paths, d.seq_len, d.eval_fraction, d.max_files = source, tuple(paths), args.seq_len, 0.02, 0
+    d.worker_count, d.shuffle = workers, True
+    config.orders.curriculum, config.orders.group_size_scope = args.order, args.scope
+    config.train.batch_size = args.batch_size
+    return parse(config)
 
 
 def time_pipeline(config, corpus, tokenizer, batches: int, repeats: int) -> dict:
     """Median seconds per batch (and real-token share) over `repeats` fresh iterators."""
     from a3jax.data.pipeline import train_batches
 
-    workers = int(config.data.worker_count)
+    workers = config.data.worker_count
     warmup = 3 + 4 * workers
     per_batch, real = [], []
     for repeat in range(repeats):
-        iterator = train_batches(config, corpus, tokenizer, start_step=repeat * (batches + warmup))
-        try:
+        with train_batches(config, corpus, tokenizer, start_step=repeat * (batches + warmup)) as iterator:
             for _ in range(warmup):
                 next(iterator)
             start = time.perf_counter()
@@ -89,10 +87,6 @@ def time_pipeline(config, corpus, tokenizer, batches: int, repeats: int) -> dict
                 filled += int(np.count_nonzero(batch["segment_ids"]))
             per_batch.append((time.perf_counter() - start) / batches)
             real.append(filled / (batches * batch["segment_ids"].size))
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
     return {"seconds_per_batch": statistics.median(per_batch), "real_share": statistics.mean(real)}
 
 
@@ -143,7 +137,9 @@ def run(args) -> list[dict]:
     return results
 
 
-def main(args) -> int:
+def main(args, overrides=()) -> int:
+    if overrides:
+        raise ValueError(f"a3jax bench data takes no --config overrides (got {list(overrides)})")
     print(f"a3jax bench data: seq_len={args.seq_len} batch={args.batch_size} order={args.order} "
           f"scope={args.scope}; median of {args.repeats} runs x {args.batches} batches", flush=True)
     results = run(args)

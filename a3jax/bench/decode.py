@@ -10,7 +10,6 @@ token by the counting of docs/flops.md (matmuls only; attention counts the keys 
 from __future__ import annotations
 
 import argparse
-import pathlib
 
 import numpy as np
 
@@ -19,7 +18,6 @@ from a3jax.configs import load_config, model_config
 from a3jax.decode import SampleConfig, generate, parse_plan
 from a3jax.flops import layer_terms
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
 
 
 def decode_flops(cfg, mode: str, known: int, groups: list[int]) -> float:
@@ -48,7 +46,7 @@ def decode_flops(cfg, mode: str, known: int, groups: list[int]) -> float:
 
 
 def measure(cfg_config, mode: str, args) -> dict:
-    from a3jax.train.step import init_model
+    from a3jax.model.params import init_model
 
     cfg = model_config(cfg_config)
     model_def, params = init_model(cfg, 0)
@@ -74,7 +72,7 @@ def measure(cfg_config, mode: str, args) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=str(EXPERIMENTS / "tiny.py"), help="model shape (weights random)")
+    parser.add_argument("--config", default="tiny", help="model shape (weights random): preset or config file")
     parser.add_argument("--row-len", type=int, default=1024, help="tokens per row (BOS not counted)")
     parser.add_argument("--gap", type=int, default=256, help="positions to infill per row")
     parser.add_argument("--plan", default="blocks(4)", help="decoding plan (default: 4 positions per step)")

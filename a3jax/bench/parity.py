@@ -129,7 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--order", default="random_sizes(1,8)")
 
 
-def main(args) -> int:
+def main(args, overrides=()) -> int:
+    if overrides:
+        raise ValueError(f"a3jax bench parity takes no --config overrides (got {list(overrides)})")
     results = check(args)
     print(format_table(results, args))
     failed = [r for r in results if not r.get("ok")]

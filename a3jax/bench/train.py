@@ -2,8 +2,8 @@
 side: tokens/s, TFLOP/s per device and MFU by the formula in docs/flops.md, and the A3/causal
 step-time ratio (ideal about 1.8x: two streams, no content logits).
 
-Default: experiments/llama3_1b.py (Llama-3.2-1B shape, seq 2048, bf16) on all devices. On a CPU
-pass a small shape, e.g. `--config=experiments/tiny.py`.
+Default: the llama3_1b preset (Llama-3.2-1B shape, seq 2048, bf16) on all devices. On a CPU
+pass a small shape, e.g. `--config=tiny`.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ import argparse
 import pathlib
 
 import jax
-import numpy as np
 
 from a3jax import flops, parallel
 from a3jax.bench.attention import sorted_layout
 from a3jax.bench.timing import median_ms
-from a3jax.configs import load_config, model_config
+from a3jax.configs import load_config, parse
+from a3jax.model.sharding import axis_rules
 from a3jax.model.attention import resolve_backend
 from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
-from a3jax.train.step import abstract_params, init_model, make_train_step
+from a3jax.model.params import abstract_params, init_model
+from a3jax.train.step import make_train_step
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
 
 
 def _memory_plan_bytes(compiled) -> int | None:
@@ -50,23 +50,26 @@ def measure(config, variant: str, order: str, repeats: int, attention: str | Non
     """One variant's step: compiled, its XLA memory plan, and (run_steps) the median step time."""
     config = config.copy_and_resolve_references()
     config.model.variant = variant
+    if variant == "causal":  # the causal control trains and evaluates left to right only
+        config.orders.curriculum, config.orders.eval = "ar", ("ar",)
     if attention is not None:
         config.model.attention = attention
     if batch_size is not None:
         config.train.batch_size = batch_size
-    cfg = model_config(config)
-    mesh = parallel.make_mesh(config.mesh)
-    batch_size, seq_len = int(config.train.batch_size), int(config.data.seq_len)
-    with jax.set_mesh(mesh):
+    exp = parse(config)
+    cfg = exp.model
+    mesh = parallel.make_mesh(exp.mesh)
+    batch_size, seq_len = exp.train.batch_size, exp.data.seq_len
+    with jax.set_mesh(mesh), axis_rules(exp.mesh.rules):
         _, shapes = abstract_params(cfg)
-        params_sh = parallel.param_shardings(mesh, shapes, config.mesh.rules)
+        params_sh = parallel.param_shardings(mesh, shapes, exp.mesh.rules)
         model_def, params = init_model(cfg, 0, params_sh)
-        tx = make_optimizer(config.train)
+        tx = make_optimizer(exp.train)
         opt_state = jax.jit(tx.init)(params)
         opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
         batch_sh = parallel.batch_sharding(mesh)
         batch = parallel.global_batch(sorted_layout(batch_size, seq_len, order), batch_sh)
-        step = make_train_step(model_def, tx, learning_rate_schedule(config.train), (params_sh, opt_sh, batch_sh))
+        step = make_train_step(model_def, tx, learning_rate_schedule(exp.train), (params_sh, opt_sh, batch_sh))
         compiled = step.lower(params, opt_state, 0, batch).compile()
         row = {"variant": variant, "order": order, "batch": batch_size,
                "attention": resolve_backend(cfg.attention, jax.default_backend(), dtype=cfg.dtype),
@@ -87,7 +90,7 @@ def measure(config, variant: str, order: str, repeats: int, attention: str | Non
                     jax.block_until_ready(run())
     tokens_per_s = batch_size * seq_len / (ms / 1e3)
     tflops = flops.train_flops_per_token(cfg, seq_len) * tokens_per_s / mesh.size / 1e12
-    peak = flops.peak_flops(jax.devices()[0].device_kind, float(config.train.get("peak_flops", 0.0)))
+    peak = flops.peak_flops(jax.devices()[0].device_kind, exp.train.peak_flops)
     row.update(step_ms=ms, tokens_per_s=tokens_per_s, tflops_per_device=tflops, loss=loss,
                mfu=tflops * 1e12 / peak if peak else None, peak_bytes=_peak_bytes())
     return row
@@ -113,7 +116,7 @@ def largest_batch(config, variant: str, order: str, attention: str | None, batch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=str(EXPERIMENTS / "llama3_1b.py"))
+    parser.add_argument("--config", default="llama3_1b", help="preset or config file")
     parser.add_argument("--order", default="random(4)", help="grouping of the A3 batch")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch-sizes", default="",
@@ -146,12 +149,13 @@ def _gzip_trace(profile_dir: str) -> None:
 
 def main(args, overrides=()) -> int:
     config = load_config(args.config, list(overrides))
-    cfg = model_config(config)
+    exp = parse(config)
+    cfg = exp.model
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - {"a3", "causal"})
     if unknown:
         raise ValueError(f"--variants has {unknown}; choose from a3, causal")
-    sizes = [int(b) for b in args.batch_sizes.split(",") if b] or [int(config.train.batch_size)]
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b] or [exp.train.batch_size]
     backends = [b for b in args.backends.split(",") if b] or [None]
     plans = [(b, "a3", args.order, a) for b in sizes for a in backends if "a3" in variants]
     plans += [(b, "causal", "ar", args.causal_backend or None) for b in sizes if "causal" in variants]
@@ -167,7 +171,7 @@ def main(args, overrides=()) -> int:
     if args.profile and profiled:
         _gzip_trace(args.profile)
     print(f"train step on {jax.device_count()} x {jax.devices()[0].device_kind} (jax {jax.__version__}): "
-          f"d_model={cfg.d_model} layers={cfg.n_layers} seq={config.data.seq_len} {cfg.dtype} "
+          f"d_model={cfg.d_model} layers={cfg.n_layers} seq={exp.data.seq_len} {cfg.dtype} "
           f"remat={cfg.remat}, median of {args.repeats}")
     print(f"{'variant':<8}{'order':<11}{'attention':<10}{'batch':>6}{'step ms':>10}{'tokens/s':>11}"
           f"{'TFLOP/s/dev':>12}{'MFU':>7}{'x causal':>9}{'plan GiB':>9}")
@@ -182,7 +186,7 @@ def main(args, overrides=()) -> int:
         print(f"{head}{r['step_ms']:>10.1f}{r['tokens_per_s']:>11,.0f}{r['tflops_per_device']:>12.2f}{mfu:>7}"
               f"{ratio:>9}{_gib(r['plan_bytes']):>9}")
     print(f"FLOP ratio A3 / causal (docs/flops.md): "
-          f"{flops.train_flops_per_token(cfg, config.data.seq_len) / flops.causal_equivalent_flops_per_token(cfg, config.data.seq_len):.2f}x")
+          f"{flops.train_flops_per_token(cfg, exp.data.seq_len) / flops.causal_equivalent_flops_per_token(cfg, exp.data.seq_len):.2f}x")
     ok = [r for r in rows if "step_ms" in r]
     print(f"peak device memory of the process after all steps: {_gib(max([r['peak_bytes'] or 0 for r in ok] or [0]))} GiB "
           f"(device limit {_gib(device_bytes_limit())} GiB)")

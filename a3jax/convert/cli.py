@@ -1,7 +1,7 @@
 """Arguments and entry points of `a3jax convert` (HF -> a3jax) and `a3jax export` (a3jax -> HF).
 
     a3jax convert --from-hf Llama-3.2-1B --out runs/a3-1b --variant a3 \
-        --config experiments/adapt_llama3_1b.py [--config.model.dtype=bfloat16 ...]
+        --config adapt_llama3_1b [--config.model.dtype=bfloat16 ...]
     a3jax train --workdir runs/a3-1b --config runs/a3-1b/experiment.py --config.data.paths=...
     a3jax export --workdir runs/a3-1b --out runs/a3-1b-hf [--step N] [--dtype bfloat16]
 """
@@ -21,20 +21,16 @@ def add_convert_arguments(parser) -> None:
                         help="a3: add the query vector (two-stream model); causal: plain LLaMA")
     parser.add_argument("--config", default=None,
                         help="base experiment config for everything but the architecture "
-                             "(default experiments/adapt_tiny.py); --config.KEY=VALUE overrides apply")
+                             "(a preset name or file; default: the adapt_tiny preset); --config.KEY=VALUE "
+                             "overrides apply")
     parser.add_argument("--seed", type=int, default=0, help="seed of the query vector's initialisation")
 
 
 def convert_main(args, overrides: Sequence[str] = ()) -> int:
-    from a3jax.configs import apply_override, load_config_file
-    from a3jax.convert.hf_import import convert_hf, default_config_path
+    from a3jax.configs import apply_overrides, load_config_file
+    from a3jax.convert.hf_import import DEFAULT_CONFIG, convert_hf
 
-    config = load_config_file(args.config or default_config_path())
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} has no '='; write it as --config.{key}=VALUE")
-        apply_override(config, key.removeprefix("--").removeprefix("config."), text)
+    config = apply_overrides(load_config_file(args.config or DEFAULT_CONFIG), overrides)
     convert_hf(args.from_hf, args.out, variant=args.variant, config=config, seed=args.seed)
     return 0
 

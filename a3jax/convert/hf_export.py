@@ -7,8 +7,10 @@ transformers' LlamaForCausalLM reports it as an unexpected key and ignores it, s
 as the causal LLaMA that the content stream is. config.json carries an extra "a3" entry
 ({"variant", "query_embed", "step"}) that transformers keeps as an attribute and ignores.
 
-Written shard by shard (each shard's tensors are materialised only while it is written) into a
-temporary sibling folder that is renamed to --out when complete.
+`hf_state_dict(params, cfg)` gives the same tensors of in-memory params (no checkpoint needed);
+`export_hf` writes a workdir's checkpoint through it, shard by shard (each shard's tensors are
+materialised only while it is written) into a temporary sibling folder that is renamed to --out
+when complete.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from a3jax.checkpoint import load_params
 from a3jax.convert.hf_import import (
     LAYER_KEYS, QUERY_KEY, TOKENIZER_FILES, TOP_KEYS, ConversionError, finish_out, prepare_out,
 )
@@ -88,7 +91,7 @@ def hf_config_dict(cfg: ModelConfig, dtype: str, extra: dict | None = None) -> d
 
 
 def _tensor_plan(cfg: ModelConfig, params: dict) -> list[tuple[str, Callable[[], np.ndarray], tuple, int]]:
-    """(HF name, producer of the HF-layout array, HF shape, element count) in HF's usual order."""
+    """(HF name, producer of the HF-layout numpy array, HF shape, element count) in HF's usual order."""
     plan = []
 
     def add(name, getter, shape):
@@ -96,13 +99,13 @@ def _tensor_plan(cfg: ModelConfig, params: dict) -> list[tuple[str, Callable[[],
 
     def top(key):
         hf_name, transposed = TOP_KEYS[key]
-        array = params[key]
+        array = np.asarray(params[key])
         add(hf_name, (lambda a=array, t=transposed: a.T if t else a), array.shape[::-1] if transposed else array.shape)
 
     top("embed")
     for i in range(cfg.n_layers):
         for key, (suffix, transposed) in LAYER_KEYS.items():
-            array = params["layers"][key]
+            array = np.asarray(params["layers"][key])
             shape = array.shape[1:][::-1] if transposed else array.shape[1:]
             add(f"model.layers.{i}.{suffix}", (lambda a=array, i=i, t=transposed: a[i].T if t else a[i]), shape)
     top("final_norm")
@@ -113,41 +116,70 @@ def _tensor_plan(cfg: ModelConfig, params: dict) -> list[tuple[str, Callable[[],
     return plan
 
 
+def _check_dtype(dtype: str, flag: str = "--dtype") -> None:
+    if dtype not in EXPORT_DTYPES:
+        raise ConversionError(f"{flag} {dtype!r} is not one of {EXPORT_DTYPES}")
+
+
+def _check_exportable(cfg: ModelConfig, subject: str) -> None:
+    """An HF LLaMA folder loads as a causal model: right for a3 (its content stream) and causal.
+    subject: what is exported, with its verb ("WORKDIR holds", "model_config describes")."""
+    if cfg.variant == "mdlm":
+        raise ConversionError(f"{subject} a masked-diffusion (mdlm) model: it is bidirectional, so an "
+                              "HF LLaMA export would load as a (wrong) causal model; export a3 or causal models")
+
+
+def _check_params(params: dict, cfg: ModelConfig) -> None:
+    """params must have exactly the names and shapes of a3jax's model for `cfg`."""
+    import jax
+
+    from a3jax.model.params import abstract_params
+
+    def shapes(tree) -> dict[str, tuple]:  # {"layers/wq": shape}
+        return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
+                for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+    want, got = shapes(abstract_params(cfg)[1]), shapes(params)
+    if want.keys() != got.keys():
+        missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+        parts = ([f"lack {missing}"] if missing else []) + ([f"have extra {extra}"] if extra else [])
+        raise ConversionError(f"params {' and '.join(parts)} for a model.variant={cfg.variant!r} model "
+                              f"(tie_embeddings={cfg.tie_embeddings}); pass the ModelConfig the params were made with")
+    wrong = [f"{k} {got[k]} (config: {want[k]})" for k in want if got[k] != want[k]]
+    if wrong:
+        raise ConversionError(f"params do not match the model config: {', '.join(wrong[:3])}"
+                              f"{' ...' if len(wrong) > 3 else ''}; pass the ModelConfig the params were made with")
+
+
+def hf_state_dict(params: dict, model_config: ModelConfig, dtype: str = "float32", *,
+                  names=None) -> dict[str, np.ndarray]:
+    """HF-named tensors of in-memory a3jax params: exactly what `export_hf` writes.
+
+    params: the model's params pytree (jax or numpy arrays, float32, as `init_model` or a
+    checkpoint gives them); model_config: the ModelConfig they were made with (checked).
+    Returns {HF LLaMA name (+ `model.query_embed` for the a3 variant): contiguous numpy array in
+    HF's layout ([out, in] Linear weights) and `dtype` (float32 or bfloat16)}, in HF's usual order.
+    names: only these tensors (export_hf's shards), so a large model is never whole in memory twice.
+    """
+    _check_dtype(dtype, "dtype")
+    _check_exportable(model_config, "model_config describes")
+    _check_params(params, model_config)
+    np_dtype = _numpy_dtype(dtype)
+    plan = _tensor_plan(model_config, params)
+    wanted = {name for name, _, _, _ in plan} if names is None else set(names)
+    unknown = wanted - {name for name, _, _, _ in plan}
+    if unknown:
+        raise ConversionError(f"names {sorted(unknown)[:5]} are not tensors of this model; pick from "
+                              "hf_state_dict(params, model_config).keys()")
+    return {name: np.ascontiguousarray(getter(), dtype=np_dtype) for name, getter, _, _ in plan if name in wanted}
+
+
 def _numpy_dtype(dtype: str):
     if dtype == "bfloat16":
         import ml_dtypes
 
         return ml_dtypes.bfloat16
     return np.float32
-
-
-def restore_checkpoint_params(workdir: pathlib.Path, step: int | None):
-    """(step, ModelConfig, meta, float32 numpy params) of a workdir's checkpoint (latest if None)."""
-    import jax
-
-    from a3jax.checkpoint import Checkpointer
-    from a3jax.train.step import abstract_params
-
-    if not (workdir / "checkpoints").is_dir():
-        raise ConversionError(f"--workdir {workdir} has no checkpoints/ folder; pass a training workdir")
-    checkpointer = Checkpointer(workdir, async_save=False)
-    try:
-        steps = sorted(checkpointer.manager.all_steps())
-        if not steps:
-            raise ConversionError(f"--workdir {workdir} has no complete checkpoint")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise ConversionError(f"--step {step}: {workdir} has checkpoints at steps {steps}")
-        meta = checkpointer.read_meta(step)
-        cfg = ModelConfig.from_mapping(meta["model"])
-        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-        _, shapes = abstract_params(cfg)
-        abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=cpu), shapes)
-        params = checkpointer.restore_params(step, abstract)
-    finally:
-        checkpointer.close()
-    return step, cfg, meta, jax.tree.map(np.asarray, params)
 
 
 def _tokenizer_sources(workdir: pathlib.Path, meta: dict) -> list[pathlib.Path]:
@@ -176,6 +208,20 @@ def _token_ids(meta: dict) -> dict:
         return {}
 
 
+def _shard_names(plan, itemsize: int, limit: int) -> list[list[str]]:
+    """The tensor names of each shard, in order: a new shard starts where `limit` bytes would be passed."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, _, _, count in plan:
+        nbytes = count * itemsize
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
 def export_hf(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int | None = None,
               dtype: str = "float32", max_shard_size: str | int = "5GB",
               log: Callable[[str], None] = _log) -> pathlib.Path:
@@ -184,28 +230,14 @@ def export_hf(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int
         from safetensors.numpy import save_file
     except ImportError:  # pragma: no cover - depends on the environment
         raise ConversionError("export needs the `safetensors` package: pip install -e '.[torch]'") from None
-    if dtype not in EXPORT_DTYPES:
-        raise ConversionError(f"--dtype {dtype!r} is not one of {EXPORT_DTYPES}")
+    _check_dtype(dtype)
     limit = parse_size(max_shard_size)
     workdir, out = pathlib.Path(workdir), pathlib.Path(out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConversionError(f"--out {out} already exists and is not empty; choose a new folder")
-    step, cfg, meta, params = restore_checkpoint_params(workdir, step)
-    if cfg.variant == "mdlm":
-        raise ConversionError(f"{workdir} holds a masked-diffusion (mdlm) model: it is bidirectional, so an "
-                              "HF LLaMA export would load as a (wrong) causal model; export a3 or causal models")
-    np_dtype = _numpy_dtype(dtype)
-    itemsize = np.dtype(np_dtype).itemsize
-    plan = _tensor_plan(cfg, params)
-    shards: list[list] = [[]]
-    size = 0
-    for entry in plan:
-        nbytes = entry[3] * itemsize
-        if shards[-1] and size + nbytes > limit:
-            shards.append([])
-            size = 0
-        shards[-1].append(entry)
-        size += nbytes
+    step, cfg, meta, params = load_params(workdir, step)
+    _check_exportable(cfg, f"{workdir} holds")
+    shards = _shard_names(_tensor_plan(cfg, params), np.dtype(_numpy_dtype(dtype)).itemsize, limit)
 
     tmp = prepare_out(out)
     try:
@@ -213,7 +245,7 @@ def export_hf(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int
         for index, shard in enumerate(shards):
             name = ("model.safetensors" if len(shards) == 1
                     else f"model-{index + 1:05d}-of-{len(shards):05d}.safetensors")
-            tensors = {hf_name: np.ascontiguousarray(getter(), dtype=np_dtype) for hf_name, getter, _, _ in shard}
+            tensors = hf_state_dict(params, cfg, dtype, names=shard)
             save_file(tensors, str(tmp / name), metadata={"format": "pt"})
             for hf_name, array in tensors.items():
                 weight_map[hf_name] = name

@@ -53,7 +53,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from a3jax.model.config import ModelConfig, RopeScaling
-from a3jax.train.step import abstract_params
+from a3jax.model.params import abstract_params
 
 # a3jax layer param -> (HF name inside model.layers.<i>., stored transposed in HF)
 LAYER_KEYS = {
@@ -365,15 +365,14 @@ def _shape_hint(name: str, cfg: ModelConfig) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def default_config_path() -> pathlib.Path:
-    return pathlib.Path(__file__).resolve().parents[2] / "experiments" / "adapt_tiny.py"
+DEFAULT_CONFIG = "adapt_tiny"  # a preset (a3jax/configs/presets)
 
 
 def experiment_config(model_cfg: ModelConfig, base=None, tokenizer_path: pathlib.Path | None = None):
     """The base experiment config (a ConfigDict) with the converted model and tokenizer filled in."""
     from a3jax.configs import load_config_file, validate
 
-    config = load_config_file(default_config_path()) if base is None else base
+    config = load_config_file(DEFAULT_CONFIG) if base is None else base
     config = config.copy_and_resolve_references()
     model = model_cfg.to_dict()
     for key, value in model.items():
@@ -426,7 +425,7 @@ def convert_hf(hf_dir: str | pathlib.Path, out: str | pathlib.Path, *, variant: 
                config=None, seed: int = 0, log: Callable[[str], None] = _log) -> pathlib.Path:
     """Converts an HF LLaMA folder into an a3jax workdir at `out` (checkpoint at step 0).
 
-    `config`: the base experiment ConfigDict (default experiments/adapt_tiny.py); its non-model
+    `config`: the base experiment ConfigDict (default: the adapt_tiny preset); its non-model
     sections and the model's dtype / attention / remat / init_std are kept, the architecture is
     replaced by config.json's. Returns `out`.
     """

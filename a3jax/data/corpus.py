@@ -111,7 +111,7 @@ def corpus_from_texts(
 
 
 def _paths(data_config) -> list[str]:
-    paths = data_config.get("paths", ())
+    paths = data_config.paths
     return [paths] if isinstance(paths, str) else list(paths)
 
 
@@ -120,8 +120,8 @@ def load_raw_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
     fmt = data_config.source
     files = sources_lib.expand_paths(_paths(data_config), fmt)
     documents = list(sources_lib.read_documents(
-        files, fmt, text_field=str(data_config.get("text_field", "text")),
-        separator=str(data_config.get("doc_separator", ""))))
+        files, fmt, text_field=data_config.text_field,
+        separator=data_config.doc_separator))
     if not documents:
         listed = ", ".join(str(f) for f in files[:5]) + (" ..." if len(files) > 5 else "")
         raise ValueError(f"empty corpus: the {fmt} files {listed} hold no document")
@@ -130,7 +130,7 @@ def load_raw_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
                          "split needs at least 2 (for text, set data.doc_separator, e.g. '\\n\\n')")
     names, texts = zip(*documents)
     return corpus_from_texts(texts, tokenizer, names=names,
-                             eval_fraction=float(data_config.get("eval_fraction", 0.02)))
+                             eval_fraction=data_config.eval_fraction)
 
 
 def load_prepared_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
@@ -141,12 +141,12 @@ def load_prepared_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
                          f"`a3jax prepare`, got {paths}")
     directory = paths[0]
     manifest, lengths = sources_lib.load_shards(directory, fingerprint=tokenizer.fingerprint(),
-                                                tokenizer_name=str(data_config.get("tokenizer", "bytes") or "bytes"))
+                                                tokenizer_name=(data_config.tokenizer or "bytes"))
     count = sum(x.size for x in lengths)
     if count == 0:
         raise ValueError(f"empty corpus: {directory} holds no document")
     is_eval = sources_lib.split_fractions(sources_lib.index_fractions(np.arange(count)),
-                                          float(data_config.get("eval_fraction", 0.02)))
+                                          data_config.eval_fraction)
     docs = sources_lib.ShardedDocs.from_manifest
     return Corpus(train_docs=docs(directory, manifest, lengths, ~is_eval),
                   eval_docs=docs(directory, manifest, lengths, is_eval),
@@ -162,8 +162,6 @@ def load_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
         return load_prepared_corpus(data_config, tokenizer)
     if source != "stdlib":
         return load_raw_corpus(data_config, tokenizer)
-    root, names = stdlib_files(int(data_config.get("max_files", 0)))
+    root, names = stdlib_files(data_config.max_files)
     texts = [(root / name).read_bytes() for name in names]
-    return corpus_from_texts(
-        texts, tokenizer, names=names, eval_fraction=float(data_config.get("eval_fraction", 0.02))
-    )
+    return corpus_from_texts(texts, tokenizer, names=names, eval_fraction=data_config.eval_fraction)

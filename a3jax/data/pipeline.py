@@ -1,8 +1,9 @@
 """The Grain pipeline: packed rows -> per-epoch shuffle -> stateless groups -> sorted layouts.
 
 Element e of `train_dataset` (the GLOBAL example index) is a pure function of (config, e): its
-row comes from a per-epoch shuffle seeded by (config.seed, e // num_rows) and its grouping from
-`Curriculum.sample_groups(..., config.seed, e, config.train.batch_size)`. Step s holds examples
+row comes from a per-epoch shuffle seeded by (seed, e // num_rows) and its grouping from
+`Curriculum.sample_groups(..., seed, e, train.batch_size)`. Functions take the experiment config
+(a ConfigDict, parsed once by a3jax.configs.parse, or the parsed Experiment). Step s holds examples
 [s * B, (s + 1) * B); process p of P takes the contiguous slice [p * B / P, (p + 1) * B / P). So
 resume, any worker count and any process count give the same batches.
 
@@ -15,12 +16,13 @@ attention backend (`splash`) needs. Packing then keeps max group size - 1 slots 
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import grain
 from absl import flags
 import numpy as np
 
+from a3jax.configs import parse
 from a3jax.data.corpus import Corpus, doc_lengths
 from a3jax.data.packing import PackedRows, pack_rows
 from a3jax.data.tokenizer import Tokenizer
@@ -28,6 +30,7 @@ from a3jax.layout import bos_slots, build_layout, stack_layouts
 from a3jax.orders import Curriculum, example_rng, parse_sampler
 
 _IN_PROCESS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+_NO_SHARED_MEMORY = 2**62  # min_shm_size: arrays smaller than this are copied between processes
 
 
 class RowToLayout:
@@ -98,40 +101,45 @@ def _packed_rows(docs: Sequence[np.ndarray], seq_len: int, what: str, reserve: i
     return pack_rows(doc_lengths(docs), seq_len, reserve)
 
 
-def align_groups(config) -> bool:
-    """data.align_groups: grid-aligned layouts with one group size per step (see a3jax.layout)."""
-    return bool(config.data.get("align_groups", False))
-
-
-def curriculum_of(config) -> Curriculum:
-    """The config's curriculum; boundaries in tokens convert at train.batch_size * data.seq_len
-    tokens per step (see configs.tokens_per_step)."""
-    return Curriculum.parse(config.orders.curriculum,
-                            str(config.orders.get("group_size_scope", "example")),
-                            tokens_per_step=int(config.train.batch_size) * int(config.data.seq_len))
-
-
 def train_dataset(config, corpus: Corpus, tokenizer: Tokenizer) -> grain.MapDataset:
     """Infinite MapDataset; element e = layout (int32 [seq_len] fields) of global example e."""
-    seq_len = int(config.data.seq_len)
-    curriculum = curriculum_of(config)
-    aligned = align_groups(config)
+    exp = parse(config)
+    seq_len, aligned = exp.data.seq_len, exp.data.align_groups
     # Aligned rows keep max group size - 1 slots free per piece for the padding before each BOS.
-    reserve = curriculum.max_group_size() - 1 if aligned else 0
+    reserve = exp.curriculum.max_group_size() - 1 if aligned else 0
     rows = _packed_rows(corpus.train_docs, seq_len, "train", reserve)
     dataset = grain.MapDataset.source(rows)
-    if config.data.get("shuffle", True):
-        dataset = dataset.shuffle(seed=int(config.seed) % 2**32)  # reseeded per epoch by grain
-    to_layout = RowToLayout(
-        corpus.train_docs,
-        curriculum,
-        int(config.seed),
-        int(config.train.batch_size),
-        seq_len,
-        tokenizer,
-        aligned,
-    )
+    if exp.data.shuffle:
+        dataset = dataset.shuffle(seed=exp.seed % 2**32)  # reseeded per epoch by grain
+    to_layout = RowToLayout(corpus.train_docs, exp.curriculum, exp.seed, exp.train.batch_size, seq_len,
+                            tokenizer, aligned)
     return dataset.repeat().map_with_index(to_layout)
+
+
+class BatchStream:
+    """An iterator of this process's batches that owns its Grain iterator: `close()` (or leaving a
+    `with` block) stops Grain's worker processes and frees their shared memory, which an iterator
+    left to the garbage collector does not do (Python then warns of leaked shared_memory objects)."""
+
+    def __init__(self, iterator):
+        self._iterator = iterator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._iterator)
+
+    def close(self) -> None:
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def train_batches(
@@ -142,12 +150,14 @@ def train_batches(
     *,
     process_index: int = 0,
     process_count: int = 1,
-) -> Iterator[dict[str, np.ndarray]]:
+) -> BatchStream:
     """This process's slice [batch_size // process_count, seq_len] of steps start_step, ...
 
-    config.data.worker_count > 0 prefetches in that many Grain worker processes.
+    data.worker_count > 0 prefetches in that many Grain worker processes; close the returned
+    stream (or use it in a `with` block) to stop them.
     """
-    global_batch = int(config.train.batch_size)
+    exp = parse(config)
+    global_batch = exp.train.batch_size
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"bad process_index={process_index} for process_count={process_count}")
     if global_batch % process_count:
@@ -156,23 +166,28 @@ def train_batches(
         )
     local_batch = global_batch // process_count
     # Batch k of the local-size batching is process (k % P)'s slice of step k // P.
-    batches = train_dataset(config, corpus, tokenizer).batch(local_batch)
+    batches = train_dataset(exp, corpus, tokenizer).batch(local_batch)
     batches = batches.slice(slice(start_step * process_count + process_index, None, process_count))
     stream = batches.to_iter_dataset(_IN_PROCESS)
-    workers = int(config.data.get("worker_count", 0))
-    if workers > 0:
+    if exp.data.worker_count > 0:
         if not flags.FLAGS.is_parsed():  # Grain reads its absl flags; outside an absl app
             flags.FLAGS.mark_as_parsed()  # use their defaults
+        # Batches travel from the workers pickled, not through shared memory: Grain leaves the
+        # shared-memory segments of prefetched batches behind when an iterator stops (Python
+        # warns of leaked shared_memory objects; a killed run leaves them in /dev/shm). A batch
+        # is a few [B, N] int32 arrays, cheap to copy.
+        stream = grain.experimental.WithOptionsIterDataset(
+            stream, grain.experimental.DatasetOptions(min_shm_size=_NO_SHARED_MEMORY))
         stream = stream.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
+            grain.MultiprocessingOptions(num_workers=exp.data.worker_count, per_worker_buffer_size=2)
         )
-    return iter(stream)
+    return BatchStream(iter(stream))
 
 
 def eval_batch(config, corpus: Corpus, tokenizer: Tokenizer, spec: str, num_rows: int,
                seed: int = 1234) -> dict[str, np.ndarray]:
     """num_rows evenly spaced packed rows of the eval documents, grouped by sampler `spec`."""
-    seq_len = int(config.data.seq_len)
+    seq_len = parse(config).data.seq_len
     rows = _packed_rows(corpus.eval_docs, seq_len, "eval")
     if len(rows) > num_rows:  # evenly spaced, so every held-out file gets its share
         picked = np.linspace(0, len(rows) - 1, num_rows).round().astype(int)

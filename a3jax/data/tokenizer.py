@@ -268,14 +268,14 @@ def _resolve(path: pathlib.Path) -> pathlib.Path:
 
 def load_tokenizer(spec="bytes", *, bos_token: str | None = None, eos_token: str | None = None,
                    pad_token: str | None = None) -> Tokenizer:
-    """The tokenizer named by `spec`: 'bytes', a path, or a data config (reads data.tokenizer and
-    data.{bos,eos,pad}_token)."""
+    """The tokenizer named by `spec`: 'bytes', a path, or a data config section (a3jax.configs
+    DataConfig: reads data.tokenizer and data.{bos,eos,pad}_token)."""
     if not isinstance(spec, (str, pathlib.Path)):
-        config = spec
-        spec = config.get("tokenizer", "bytes") or "bytes"
-        bos_token = bos_token or config.get("bos_token", "") or None
-        eos_token = eos_token or config.get("eos_token", "") or None
-        pad_token = pad_token or config.get("pad_token", "") or None
+        data = spec
+        spec = data.tokenizer or "bytes"
+        bos_token = bos_token or data.bos_token or None
+        eos_token = eos_token or data.eos_token or None
+        pad_token = pad_token or data.pad_token or None
     if str(spec) == "bytes":
         return ByteTokenizer()
     path = _resolve(pathlib.Path(spec).expanduser())

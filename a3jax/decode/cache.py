@@ -54,8 +54,13 @@ def init_cache(cfg: ModelConfig, batch: int, size: int) -> KVCache:
 
 
 def _append(buffer, new, start):
-    """Writes new [B, C, ...] into buffer [B, S, ...] at slot `start` (same for every row)."""
-    index = (0, start) + (0,) * (buffer.ndim - 2)
+    """Writes new [B, C, ...] into buffer [B, S, ...] at slot `start` (same for every row).
+
+    Every index is an int32 array: dynamic_update_slice wants one integer type, and a Python 0
+    would become int64 next to the int32 `start` when jax_enable_x64 is on."""
+    start = jnp.asarray(start, jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    index = (zero, start) + (zero,) * (buffer.ndim - 2)
     return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), index)
 
 
@@ -96,7 +101,8 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
     if causal:
         row_order, key_order = row_positions, positions
     else:  # query rows come after every committed group
-        row_order = jnp.concatenate([commit_groups, jnp.full((b, q_len), jnp.iinfo(jnp.int32).max)], 1)
+        row_order = jnp.concatenate([commit_groups.astype(jnp.int32),
+                                     jnp.full((b, q_len), jnp.iinfo(jnp.int32).max, jnp.int32)], 1)
         key_order = groups
     mask = valid[:, None, :] & (key_order[:, None, :] <= row_order[:, :, None])
     params = {name: model.layers[name][...].astype(dtype) for name in LAYER_PARAMS}

@@ -5,7 +5,9 @@ to predict now) against the state, where the state is either
   cached     the exact KV cache (decode/cache.py): each committed token's keys/values are computed
              once; sampling follows the model's group-by-group distribution exactly;
   recompute  the official code's semantics: every known token (prompt and committed) forms one
-             context group and the whole row is recomputed each step. This is the only mode of
+             context group and the whole row is recomputed each step. So step t samples under its
+             own two-group layout (known before t | the rest), and no single grouping of the final
+             document reproduces every step (GenerateResult.groupings). This is the only mode of
              the `mdlm` (masked diffusion) variant: unknown positions input MASK, attention is
              bidirectional, and the content stream's logits at the queried positions are used
              (dynamic confidence plans give the usual MDLM sampler).
@@ -57,15 +59,53 @@ class SampleConfig:
 
 @dataclasses.dataclass
 class GenerateResult:
+    """What `generate` filled in, and the groupings its log-probs were computed under.
+
+    groups means one of two things, by mode:
+      cached     the one grouping actually sampled from (given tokens first: context "ar" ranks
+                 them 1..k left to right, "group" puts them in group 0; causal: 1..L). A full
+                 forward of layout.build_layout([tokens[b]], [groups[b]]) reproduces log_probs[b].
+      recompute  the commit order: 0 = given, t = committed at step t (= steps). It is NOT a
+                 grouping of the log-probs, and no single grouping is: step t read every token
+                 known before it as ONE context group, so from step 2 on the content rows of BOS
+                 and the given tokens also saw the tokens of step 1. One grouping would need step
+                 1 in a group <= theirs, where step 1's own queries (which must see BOS) could
+                 not be. The log-probs of the tokens of step t are a full forward's under the
+                 two-group grouping `recompute_groups(groups[b], t)`: groups < t -> 0, the rest
+                 -> 1 (one forward per step).
+    `groupings(b)` returns, for either mode, the (grouping, scored positions) pairs to check with
+    full forwards. Both are exact for every document that stop_at_eos did not cut; a cut document
+    may have had tokens beyond the cut (committed before the EOS) as context of later steps.
+    """
+
     tokens: list[np.ndarray]  # filled documents; cut before the first generated EOS (stop_at_eos)
     log_probs: list[np.ndarray]  # the model's log-prob (temperature 1, unfiltered) of each generated
-    #                              token under the groups actually used; 0 at given positions
+    #                              token under the grouping of its step (see groupings); 0 at given positions
     steps: list[np.ndarray]  # the step (1-based) that committed each position; 0 = given
-    groups: list[np.ndarray]  # the grouping actually sampled from (given tokens first: context "ar"
-    #                           ranks them 1..k left to right, "group" puts them in group 0); a full
-    #                           forward with layout.build_layout(tokens, groups) reproduces log_probs
+    groups: list[np.ndarray]  # cached: the grouping sampled from; recompute: the commit order (above)
     n_steps: int  # decoding calls after the prefill
     state: object = None  # the final KV cache (cached mode with keep_cache=True)
+    mode: str = "cached"  # SampleConfig.mode: how to read `groups`
+
+    def groupings(self, b: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[(groups_L, scored_L)] for document b: log_probs[b][scored_L] equal a full forward's
+        log-probs of tokens[b] under the grouping groups_L at those positions (float32: ~1e-5).
+
+        cached: one pair (groups[b], the generated positions). recompute: one pair per step t,
+        (recompute_groups(groups[b], t), the positions committed at step t).
+        """
+        generated = self.steps[b] > 0
+        if self.mode != "recompute":
+            return [(self.groups[b].copy(), generated)]
+        return [(recompute_groups(self.groups[b], t), self.steps[b] == t)
+                for t in np.unique(self.steps[b][generated])]
+
+
+def recompute_groups(commit_order: np.ndarray, step: int) -> np.ndarray:
+    """The grouping recompute mode read at `step`: tokens known before it (commit order < step: given
+    or committed earlier) form the one context group 0, every other position group 1 (its tokens
+    are never read: a3 query rows see group 0 only, mdlm inputs MASK there)."""
+    return np.where(np.asarray(commit_order) < step, 0, 1).astype(np.int32)
 
 
 # ---- the two states behind one call: (state, commit, query) -> (state, logits) -------------------
@@ -180,12 +220,20 @@ def _check_inputs(documents, known, forced, groups, max_len):
             raise ValueError(f"groups[{i}] has shape {np.shape(groups[i])}, document {i} {np.shape(doc)}")
 
 
+def _check_groups_plan(plan, spec: str, groups) -> None:
+    """`groups` is read by plan 'groups' alone: any other plan would decode in its own order."""
+    if groups is not None and plan.kind != "groups":
+        raise ValueError(f"groups=... is only read by plan 'groups', but the plan is {spec!r}, which would "
+                         "ignore them; use SampleConfig(plan='groups') to decode in your groups, or drop groups=")
+
+
 def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, eos_id: int | None = None,
              sampling: SampleConfig = SampleConfig(), groups=None, forced=None, max_len: int | None = None,
              keep_cache: bool = False, progress: bool = False) -> GenerateResult:
     """Fills every position of `documents` where `known` is False.
 
-    groups: per-document group ids (>= 1 at unknown positions) for plan 'groups'.
+    groups: per-document group ids (>= 1 at unknown positions) for plan 'groups' (only: another plan
+      with groups is refused rather than silently ignoring them).
     forced: per-document tokens to commit instead of sampling (the reported log-probs then score
       them: the sum equals log P(forced | known) under the groups used).
     max_len: the model's maximum row length including BOS (e.g. the training seq_len), checked.
@@ -193,6 +241,7 @@ def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, e
     """
     sampling.check()
     plan = parse_plan(sampling.plan)
+    _check_groups_plan(plan, sampling.plan, groups)
     documents = [np.asarray(d, np.int32) for d in documents]
     known = [np.asarray(k, bool) for k in known]
     _check_inputs(documents, known, forced, groups, max_len)
@@ -250,8 +299,8 @@ def _init_state(cfg, mode, documents, known, pad_id, size):
 class _Output:
     """Host-side results per document, and the EOS cut."""
 
-    def __init__(self, documents, known, eos_id, stop_at_eos, layout_of):
-        self.known, self.layout_of = known, layout_of
+    def __init__(self, documents, known, eos_id, stop_at_eos, layout_of, mode):
+        self.known, self.layout_of, self.mode = known, layout_of, mode
         self.tokens = [np.where(k, d, -1).astype(np.int32) for d, k in zip(documents, known)]
         self.log_probs = [np.zeros(d.size, np.float64) for d in documents]
         self.steps = [np.zeros(d.size, np.int32) for d in documents]
@@ -277,7 +326,7 @@ class _Output:
             steps.append(self.steps[b][:end].copy())
             groups.append(self._groups(b)[:end])
         return GenerateResult(tokens=tokens, log_probs=log_probs, steps=steps, groups=groups, n_steps=n_steps,
-                              state=state)
+                              state=state, mode=self.mode)
 
     def _groups(self, b):
         known, steps = self.known[b], self.steps[b]
@@ -286,7 +335,7 @@ class _Output:
         if self.layout_of == "ar":  # given tokens 1..k left to right, then the steps
             ranks = np.cumsum(known).astype(np.int32)
             return np.where(known, ranks, steps + ranks[-1]).astype(np.int32)
-        return steps.copy()
+        return steps.copy()  # context "group" (cached), or the commit order (recompute)
 
 
 def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
@@ -323,7 +372,7 @@ def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *
     *commit, commit_groups = _prefill(documents, known, bos_id, pad_id, causal, sampling.context)
     state = _init_state(cfg, sampling.mode, documents, known, pad_id, commit[0].shape[1] + n_steps * width)
     step = _static_step(model_def, sampling)
-    out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling))
+    out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     key = jax.random.key(int(sampling.seed))
     for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
         valid = step_valid[t].copy()
@@ -364,7 +413,7 @@ def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, 
     *commit, commit_groups = _prefill(documents, known, bos_id, pad_id, False, sampling.context)
     state = _init_state(cfg, sampling.mode, documents, known, pad_id, commit[0].shape[1] + n_steps * width)
     step = _dynamic_step(model_def, sampling, plan.criterion, width)
-    out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling))
+    out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     key = jax.random.key(int(sampling.seed))
     done_steps = 0
     for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):

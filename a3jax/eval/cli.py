@@ -121,7 +121,7 @@ def run_task(args, loaded) -> dict:
         else:
             from a3jax.data import load_corpus
 
-            corpus = load_corpus(loaded.config.data, tokenizer)
+            corpus = load_corpus(loaded.experiment.data, tokenizer)
     if args.task == "nll":
         specs = (args.orders.split(",") if args.orders else list(loaded.config.orders.eval))
         rows = args.limit or int(loaded.config.train.eval_rows)

@@ -24,6 +24,7 @@ import numpy as np
 
 from a3jax.layout import FIELDS, build_layout
 from a3jax.loss import target_log_probs
+from a3jax.variants import policy_of
 
 CONTEXT_ORDERS = ("group", "ar")
 
@@ -223,9 +224,7 @@ def loglikelihood(model_def, params, requests: Sequence[tuple[np.ndarray, np.nda
     -0.6/-1.1/-1.8 for "ar": a bidirectional context is out of distribution unless trained for.
     A causal model must use "ar".
     """
-    if model_variant(model_def, params) == "mdlm":
-        raise ValueError("a masked-diffusion (mdlm) model gives only a bound on log-likelihoods, not the "
-                         "exact values the loglikelihood contract promises")
+    policy_of(model_variant(model_def, params)).check_exact("the loglikelihood contract (exact scores)")
     if context_order is None:
         context_order = "ar"
     if context_order not in CONTEXT_ORDERS:

@@ -18,6 +18,7 @@ import numpy as np
 
 from a3jax.eval import metrics as metrics_lib
 from a3jax.eval import score as score_lib
+from a3jax.variants import policy_of
 
 
 @dataclasses.dataclass
@@ -37,7 +38,7 @@ def model_parts(model, seq_len: int | None = None) -> ModelParts:
             raise ValueError(f"a model tuple is (model_def, params, tokenizer, seq_len); got {len(model)} items")
         parts = ModelParts(*model)
     else:  # a3jax.inference.LoadedModel
-        parts = ModelParts(model.model_def, model.params, model.tokenizer, int(model.config.data.seq_len))
+        parts = ModelParts(model.model_def, model.params, model.tokenizer, model.experiment.data.seq_len)
     if seq_len is not None:
         parts = dataclasses.replace(parts, seq_len=int(seq_len))
     return parts
@@ -247,7 +248,7 @@ def nll_under_orders(config, corpus, tokenizer, model_def, params, specs: Sequen
 
     from a3jax.data import ByteTokenizer, eval_batch
     from a3jax.orders import parse_sampler
-    from a3jax.train.loop import evaluate
+    from a3jax.train.evaluation import evaluate
     from a3jax.train.step import make_eval_step
 
     if num_rows < 1:
@@ -257,17 +258,7 @@ def nll_under_orders(config, corpus, tokenizer, model_def, params, specs: Sequen
         raise ValueError("no orders given; name some, e.g. 'ar,random(4)'")
     for spec in specs:
         parse_sampler(spec)  # ValueError names the bad spec
-    variant = score_lib.model_variant(model_def, params)
-    if variant == "causal":
-        bad = [s for s in specs if s.replace(" ", "") != "ar"]
-        if bad:
-            raise ValueError(f"orders {bad}: a causal model predicts the next token and is scored "
-                             "only under the 'ar' order")
-    if variant == "mdlm":
-        bad = [s for s in specs if s.replace(" ", "") != "mdlm"]
-        if bad:
-            raise ValueError(f"orders {bad}: a masked-diffusion model has no likelihood under an order; "
-                             "it is scored by its bound under the 'mdlm' order")
+    policy_of(score_lib.model_variant(model_def, params)).check_scoring_orders(specs)
     batch_size = int(batch_size or num_rows)
     step = make_eval_step(model_def, tokenizer.eos_id)
     params = jax.device_put(params)

@@ -32,58 +32,9 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from a3jax.kernels.platform import kernel_platform
-
-MASK_VALUE = -1e30  # finite: a row that has seen no key yet keeps m finite (no inf - inf)
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def _is_pow2(x: int) -> bool:
-    return x >= 1 and (x & (x - 1)) == 0
-
-
-def _cdiv(a, b):
-    return (a + b - 1) // b
-
-
-def resolve_interpret(interpret) -> bool:
-    """None: compiled Triton when the kernels are built for a GPU (kernels/platform.py), else
-    interpret mode."""
-    if interpret is None:
-        return kernel_platform() != "gpu"
-    return bool(interpret)
-
-
-def compiler_params(interpret: bool, head_dim: int):
-    if interpret:
-        return None
-    from jax.experimental.pallas import triton as plgpu
-
-    cls = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
-    return cls(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
-
-
-def dot_nt(a, b):
-    """a [m, d] @ b[n, d]^T -> [m, n] in float32."""
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def dot_nn(a, b):
-    """a [m, k] @ b [k, n] -> [m, n] in float32."""
-    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def dot_tn(a, b):
-    """a [k, m]^T @ b [k, n] -> [m, n] in float32."""
-    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def range_mask(start, end, first_col, block_k):
-    """[rows, block_k] bool: start <= col < end for cols first_col .. first_col + block_k - 1."""
-    cols = first_col + jnp.arange(block_k, dtype=jnp.int32)
-    return (cols[None, :] >= start[:, None]) & (cols[None, :] < end[:, None])
-
+from a3jax.kernels.range_attention_bwd import backward
+from a3jax.kernels.tiles import (MASK_VALUE, _cdiv, _is_pow2, compiler_params, dot_nn, dot_nt,  # noqa: F401
+                                 range_mask, resolve_interpret)
 
 def _row_block_bounds(key_start, key_end, block_q, block_k):
     """Per q block key-block loop bounds lo, hi: int32 [B, S // block_q] (hi - lo >= 0)."""
@@ -186,7 +137,6 @@ def _vjp_fwd(q, k, v, key_start, key_end, lo, hi, scale, block_q, block_k, inter
 
 
 def _vjp_bwd(scale, block_q, block_k, interpret, residuals, d_out):
-    from a3jax.kernels.range_attention_bwd import backward  # the bwd module imports helpers here
 
     q, k, v, key_start, key_end, lo, hi, out, lse = residuals
     dq, dk, dv = backward(q, k, v, key_start, key_end, lo, hi, out, lse, d_out, scale=scale,

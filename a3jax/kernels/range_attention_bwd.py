@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from a3jax.kernels.range_attention import (
+from a3jax.kernels.tiles import (
     compiler_params,
     dot_nn,
     dot_nt,

@@ -11,62 +11,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import jax
 import jax.numpy as jnp
 
 from a3jax.kernels.platform import kernel_platform
 from a3jax.model.config import ATTENTION_BACKENDS as BACKENDS
-from a3jax.model.sharding import batch_axes
+from a3jax.model.dense_attention import (_cudnn_attention, _masked_attention, key_ranges,  # noqa: F401
+                                         visibility_masks)
+from a3jax.model.prefix_chunks import prefix_chunked_streams
+from a3jax.model.sharding import batch_axes, logical_to_mesh
 _log = logging.getLogger("a3jax")
 
 
-def visibility_masks(segment_ids_BxN, groups_BxN):
-    """Boolean masks [B, N, N] (rows, keys) for the content and the query stream."""
-    same_segment = segment_ids_BxN[:, :, None] == segment_ids_BxN[:, None, :]
-    row_group = groups_BxN[:, :, None]
-    key_group = groups_BxN[:, None, :]
-    return same_segment & (key_group <= row_group), same_segment & (key_group < row_group)
-
-
-def key_ranges(segment_ids_BxN, groups_BxN):
-    """Per-row key ranges of a SORTED layout (jittable twin of layout.key_ranges).
-
-    Returns (key_start, content_end, query_end), int32 [B, N]: content row i sees keys
-    [key_start, content_end), query row i sees [key_start, query_end).
-    """
-    n = segment_ids_BxN.shape[-1]
-    idx = jnp.arange(n, dtype=jnp.int32)
-    new_segment = jnp.concatenate(
-        [jnp.ones_like(segment_ids_BxN[:, :1], bool), segment_ids_BxN[:, 1:] != segment_ids_BxN[:, :-1]], 1)
-    new_run = new_segment | jnp.concatenate(
-        [jnp.zeros_like(groups_BxN[:, :1], bool), groups_BxN[:, 1:] != groups_BxN[:, :-1]], 1)
-    key_start = jax.lax.cummax(jnp.where(new_segment, idx, 0), axis=1)
-    query_end = jax.lax.cummax(jnp.where(new_run, idx, 0), axis=1)
-    run_ends_here = jnp.concatenate([new_run[:, 1:], jnp.ones_like(new_run[:, :1])], 1)
-    content_end = jax.lax.cummin(jnp.where(run_ends_here, idx + 1, n), axis=1, reverse=True)
-    return key_start, content_end, query_end
-
-
-def _masked_attention(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask_BxSxN):
-    """Dense softmax attention with GQA; fully masked rows give 0. Scores in float32."""
-    b, s, n_heads, head_dim = q_BxSxHxD.shape
-    n_kv = k_BxNxKxD.shape[2]
-    q_BxSxKxGxD = q_BxSxHxD.reshape(b, s, n_kv, n_heads // n_kv, head_dim)
-    scores = jnp.einsum(
-        "bskgd,bnkd->bkgsn", q_BxSxKxGxD, k_BxNxKxD, preferred_element_type=jnp.float32
-    ) / jnp.sqrt(jnp.float32(head_dim))
-    mask = mask_BxSxN[:, None, None, :, :]
-    # Masked scores get a large finite negative (not -inf) so a fully masked row stays finite;
-    # its output is zeroed below, which also zeroes its gradients.
-    probs = jax.nn.softmax(jnp.where(mask, scores, -1e30), axis=-1)
-    out = jnp.einsum("bkgsn,bnkd->bskgd", probs.astype(v_BxNxKxD.dtype), v_BxNxKxD,
-                     preferred_element_type=jnp.float32)
-    sees_any_key = jnp.any(mask_BxSxN, axis=-1)[:, :, None, None]
-    out = out.reshape(b, s, n_heads, head_dim) * sees_any_key
-    return out.astype(q_BxSxHxD.dtype)
-
-
+# The kernels are imported where a backend is first used: tokamax is an optional dependency (its
+# import takes 0.9 s), and the Pallas splash module alone takes 0.17 s of every CLI start.
 HALF_PRECISION_ONLY = ("cudnn", "tokamax")  # their GPU kernels take bfloat16/float16 inputs only
 
 
@@ -134,17 +94,9 @@ def _tokamax_fits_gpu() -> bool:
     return True
 
 
-def _cudnn_attention(q_BxSxHxD, k, v, mask_BxSxN):
-    out = jax.nn.dot_product_attention(q_BxSxHxD, k, v, mask=mask_BxSxN[:, None],
-                                       implementation="cudnn")
-    return out * jnp.any(mask_BxSxN, axis=-1)[:, :, None, None].astype(out.dtype)
-
-
 def _dense_streams(streams, backend, q, k, v, segment_ids, groups, chunks=1, group_size=None):
     dense_fn = _cudnn_attention if backend == "cudnn" else _masked_attention
     if chunks > 1:
-        from a3jax.model.prefix_chunks import prefix_chunked_streams
-
         return prefix_chunked_streams(dense_fn, streams, q, k, v, segment_ids, groups,
                                       chunks=chunks, group_size=group_size)
     content_mask, query_mask = visibility_masks(segment_ids, groups)
@@ -186,22 +138,22 @@ def _splash_streams(streams, group_size, q, k, v, segment_ids, groups):
     return jnp.where(sees_any, out, jnp.zeros((), out.dtype))
 
 
-HEAD_AXIS = "tensor"  # mesh axis that splits attention heads
-
-
 def _over_mesh(fn, q, k, v, segment_ids, groups):
-    """Runs fn per shard under the current mesh (jax.set_mesh): batch over data/fsdp, heads over
-    tensor. Without a mesh (or on a single device) fn runs as is."""
+    """Runs fn per shard under the current mesh (jax.set_mesh): batch over the 'batch' rule's
+    axes, heads over the 'kv_heads' rule's (model/sharding.py). Without a mesh (or on a single
+    device) fn runs as is."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return fn(q, k, v, segment_ids, groups)
     from jax.sharding import PartitionSpec as P
 
     batch = batch_axes(mesh, q.shape[0])
-    heads = HEAD_AXIS if HEAD_AXIS in mesh.axis_names and mesh.shape[HEAD_AXIS] > 1 else None
-    if heads is not None and k.shape[2] % mesh.shape[heads]:
-        raise ValueError(f"{k.shape[2]} KV heads cannot be split over mesh axis "
-                         f"'{heads}' of size {mesh.shape[heads]}; use a tensor degree dividing n_kv_heads")
+    heads = tuple(a for a in logical_to_mesh("kv_heads") if a in mesh.axis_names and mesh.shape[a] > 1)
+    split = math.prod(mesh.shape[a] for a in heads)
+    if heads and k.shape[2] % split:
+        raise ValueError(f"{k.shape[2]} KV heads cannot be split over mesh axes {heads} of size {split}; "
+                         "use a tensor degree dividing n_kv_heads")
+    heads = (heads[0] if len(heads) == 1 else heads) if heads else None
     heads_spec = P(batch, None, heads, None)
     rows_spec = P(batch, None)
     return jax.shard_map(fn, mesh=mesh, in_specs=(heads_spec, heads_spec, heads_spec, rows_spec, rows_spec),

@@ -42,7 +42,7 @@ class ModelConfig:
     init_std: float = 0.02
     attention: str = "xla"
     attention_chunks: int = 1  # static prefix chunks for the dense backends (see prefix_chunks.py)
-    dtype: str = "bfloat16"
+    dtype: str = "float32"  # compute dtype; the accelerator presets (llama3_*) set bfloat16
     remat: str = "none"
 
     def __post_init__(self):

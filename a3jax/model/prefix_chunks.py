@@ -32,7 +32,7 @@ import numbers
 
 import jax.numpy as jnp
 
-from a3jax.model.attention import visibility_masks
+from a3jax.model.dense_attention import visibility_masks
 
 ROW_ALIGN = 8  # chunk boundaries are multiples of this (slice- and tile-friendly)
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import jax
 import optax
 
-SCHEDULES = ("cosine", "constant", "wsd")
+from a3jax.configs import SCHEDULES, TrainConfig
 
 
-def learning_rate_schedule(train_config) -> optax.Schedule:
+def learning_rate_schedule(train_config: TrainConfig) -> optax.Schedule:
     """Linear warmup to train.lr, then cosine decay, constant, or warmup-stable-decay."""
-    peak = float(train_config.lr)
-    steps = int(train_config.steps)
-    warmup = min(int(train_config.warmup_steps), steps)
-    floor = peak * float(train_config.min_lr_ratio)
+    peak = train_config.lr
+    steps = train_config.steps
+    warmup = min(train_config.warmup_steps, steps)
+    floor = peak * train_config.min_lr_ratio
     kind = train_config.schedule
     if kind not in SCHEDULES:
         raise ValueError(f"train.schedule={kind!r} is not one of {SCHEDULES}")
@@ -24,7 +24,7 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
     elif kind == "constant":
         after = optax.constant_schedule(peak)
     else:  # wsd: hold the peak, then decay linearly to the floor over the last decay_fraction
-        decay = max(int(round(rest * float(train_config.decay_fraction))), 1)
+        decay = max(int(round(rest * train_config.decay_fraction)), 1)
         after = optax.join_schedules(
             [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)],
             [rest - decay],
@@ -37,15 +37,15 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(train_config) -> optax.GradientTransformation:
+def make_optimizer(train_config: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(
-        optax.clip_by_global_norm(float(train_config.clip_norm)),
+        optax.clip_by_global_norm(train_config.clip_norm),
         optax.adamw(
             learning_rate_schedule(train_config),
-            b1=float(train_config.b1),
-            b2=float(train_config.b2),
-            eps=float(train_config.eps),
-            weight_decay=float(train_config.weight_decay),
+            b1=train_config.b1,
+            b2=train_config.b2,
+            eps=train_config.eps,
+            weight_decay=train_config.weight_decay,
             mask=_decay_mask,
         ),
     )

@@ -1,0 +1,66 @@
+"""The visibility rule as dense masks, and the dense attention backends (`xla`, the reference;
+`cudnn`).
+
+Visibility inside one row (see layout.py):
+  content row i sees key j  iff  segment(j) == segment(i) and group(j) <= group(i)
+  query   row i sees key j  iff  segment(j) == segment(i) and group(j) <  group(i)
+In a sorted layout both are one contiguous key range per row (`key_ranges`), what the
+block-skipping kernels take. A row that sees no key returns exactly 0 with zero gradients.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def visibility_masks(segment_ids_BxN, groups_BxN):
+    """Boolean masks [B, N, N] (rows, keys) for the content and the query stream."""
+    same_segment = segment_ids_BxN[:, :, None] == segment_ids_BxN[:, None, :]
+    row_group = groups_BxN[:, :, None]
+    key_group = groups_BxN[:, None, :]
+    return same_segment & (key_group <= row_group), same_segment & (key_group < row_group)
+
+
+def key_ranges(segment_ids_BxN, groups_BxN):
+    """Per-row key ranges of a SORTED layout (jittable twin of layout.key_ranges).
+
+    Returns (key_start, content_end, query_end), int32 [B, N]: content row i sees keys
+    [key_start, content_end), query row i sees [key_start, query_end).
+    """
+    n = segment_ids_BxN.shape[-1]
+    idx = jnp.arange(n, dtype=jnp.int32)
+    new_segment = jnp.concatenate(
+        [jnp.ones_like(segment_ids_BxN[:, :1], bool), segment_ids_BxN[:, 1:] != segment_ids_BxN[:, :-1]], 1)
+    new_run = new_segment | jnp.concatenate(
+        [jnp.zeros_like(groups_BxN[:, :1], bool), groups_BxN[:, 1:] != groups_BxN[:, :-1]], 1)
+    key_start = jax.lax.cummax(jnp.where(new_segment, idx, 0), axis=1)
+    query_end = jax.lax.cummax(jnp.where(new_run, idx, 0), axis=1)
+    run_ends_here = jnp.concatenate([new_run[:, 1:], jnp.ones_like(new_run[:, :1])], 1)
+    content_end = jax.lax.cummin(jnp.where(run_ends_here, idx + 1, n), axis=1, reverse=True)
+    return key_start, content_end, query_end
+
+
+def _masked_attention(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask_BxSxN):
+    """Dense softmax attention with GQA; fully masked rows give 0. Scores in float32."""
+    b, s, n_heads, head_dim = q_BxSxHxD.shape
+    n_kv = k_BxNxKxD.shape[2]
+    q_BxSxKxGxD = q_BxSxHxD.reshape(b, s, n_kv, n_heads // n_kv, head_dim)
+    scores = jnp.einsum(
+        "bskgd,bnkd->bkgsn", q_BxSxKxGxD, k_BxNxKxD, preferred_element_type=jnp.float32
+    ) / jnp.sqrt(jnp.float32(head_dim))
+    mask = mask_BxSxN[:, None, None, :, :]
+    # Masked scores get a large finite negative (not -inf) so a fully masked row stays finite;
+    # its output is zeroed below, which also zeroes its gradients.
+    probs = jax.nn.softmax(jnp.where(mask, scores, -1e30), axis=-1)
+    out = jnp.einsum("bkgsn,bnkd->bskgd", probs.astype(v_BxNxKxD.dtype), v_BxNxKxD,
+                     preferred_element_type=jnp.float32)
+    sees_any_key = jnp.any(mask_BxSxN, axis=-1)[:, :, None, None]
+    out = out.reshape(b, s, n_heads, head_dim) * sees_any_key
+    return out.astype(q_BxSxHxD.dtype)
+
+
+def _cudnn_attention(q_BxSxHxD, k, v, mask_BxSxN):
+    out = jax.nn.dot_product_attention(q_BxSxHxD, k, v, mask=mask_BxSxN[:, None],
+                                       implementation="cudnn")
+    return out * jnp.any(mask_BxSxN, axis=-1)[:, :, None, None].astype(out.dtype)

@@ -1,0 +1,67 @@
+"""Held-out evaluation during training: NLL and bits per byte under the config's orders, and the
+per-stage summary written when a curriculum stage ends."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+
+from a3jax.data import ByteTokenizer, eval_batch
+from a3jax.orders import is_bound_order
+from a3jax.train.metrics import read_metrics
+from a3jax.variants import policy_of
+
+
+def evaluate(eval_step, params, eval_batches: dict, unit: str = "byte") -> dict[str, float]:
+    """Held-out NLL per target token and bits per byte (per token for subword tokenizers). Under an
+    order whose NLL is only an upper bound (the masked-diffusion control's 'mdlm', its ELBO) the
+    keys say so: SPEC/nll_bound and SPEC/bits_per_byte_bound."""
+    results = {}
+    for spec, batch in eval_batches.items():
+        totals = jax.device_get(eval_step(params, batch))
+        nll = float(totals["nll_sum"])
+        tag = "_bound" if is_bound_order(spec) else ""
+        results[f"{spec}/nll{tag}"] = nll / max(float(totals["n_targets"]), 1.0)
+        results[f"{spec}/bits_per_{unit}{tag}"] = nll / math.log(2) / max(float(totals["n_bytes"]), 1.0)
+    return results
+
+
+class Evaluator:
+    """The held-out batches of an experiment (built once) and the eval step over them."""
+
+    def __init__(self, exp, corpus, tokenizer, eval_step, log):
+        specs = list(exp.orders.eval)
+        allowed = policy_of(exp.model.variant).eval_orders(specs)
+        if allowed != specs:
+            log(f"{exp.model.variant} model: evaluating under the orders {allowed} only")
+        self.batches = {s: eval_batch(exp, corpus, tokenizer, s, exp.train.eval_rows) for s in allowed}
+        self.eval_step = eval_step
+        self.unit = "byte" if isinstance(tokenizer, ByteTokenizer) else "token"  # EOS excluded
+        self.last: dict[str, float] = {}
+        self.last_step: int | None = None
+
+    def __call__(self, params, step: int) -> dict[str, float]:
+        self.last = evaluate(self.eval_step, params, self.batches, self.unit)
+        self.last_step = step
+        return self.last
+
+    def at(self, params, step: int) -> dict[str, float]:
+        """The results at `step`: reused when already evaluated there (without becoming `last`)."""
+        if self.last_step == step:
+            return self.last
+        return evaluate(self.eval_step, params, self.batches, self.unit)
+
+
+def stage_summary(exp, workdir, done: int, results: dict, is_chief: bool) -> dict:
+    """The record of the curriculum stage that ends at step `done`: tokens seen in the stage, its
+    mean train loss (from metrics.jsonl, so resumed runs count every step) and held-out results."""
+    curriculum = exp.curriculum
+    index = curriculum.stage_of_step(done - 1)
+    first = 0 if index == 0 else curriculum.stages[index - 1].until_step
+    losses = [r["train/loss"] for r in read_metrics(workdir) if first < r.get("step", 0) <= done
+              and isinstance(r.get("train/loss"), float)] if is_chief else []
+    record = {"index": index, "tokens": (done - first) * exp.tokens_per_step,
+              "train_loss_mean": sum(losses) / len(losses) if losses else float("nan")}
+    record.update({f"eval/{k}": v for k, v in results.items()})
+    return record
