@@ -84,8 +84,8 @@ class VariantPolicy:
             if self.name == "causal":
                 raise ValueError(f"a causal model decodes left to right only: use plan 'ar' in cached mode "
                                  f"(got plan {plan!r}, mode {mode!r})")
-            raise ValueError(f"a model.variant={self.name!r} model decodes with mode in {self.decode_modes} "
-                             f"(got mode {mode!r}); masked diffusion recomputes every step: use mode='recompute'")
+            raise ValueError(f"masked diffusion recomputes every step; use mode='recompute' (got mode "
+                             f"{mode!r} for a model.variant={self.name!r} model)")
 
     def check_export(self) -> None:
         if not self.exportable:

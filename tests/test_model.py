@@ -183,3 +183,12 @@ def test_model_config_errors_name_the_value():
         ModelConfig(n_heads=4, n_kv_heads=3)
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_mapping({"d_modle": 3})
+
+
+def test_model_config_defaults_to_float32_compute():
+    """A bare ModelConfig() computes in float32 (what every CPU config uses); the accelerator
+    presets ask for bfloat16 explicitly."""
+    from a3jax.configs import load_config, model_config
+
+    assert ModelConfig().dtype == "float32"
+    assert model_config(load_config("llama3_1b")).dtype == "bfloat16"

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from a3jax import report, sweep
+from a3jax import study
 from a3jax.orders import Curriculum
+from a3jax.study import run as sweep_cli
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MICRO = ROOT / "experiments" / "ablation_micro.py"
@@ -29,7 +30,7 @@ def load(name):
 
 def sweep_args(*argv):
     parser = argparse.ArgumentParser()
-    sweep.add_arguments(parser)
+    sweep_cli.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -44,9 +45,9 @@ def table_rows(markdown: str, section: str) -> list[list[str]]:
 def test_micro_sweep_end_to_end_then_report_then_rerun_skips(tmp_path, capsys):
     root = tmp_path / "sweep"
     # --only first: one point, the other stays "new" in sweep.json
-    first = sweep.run_sweep(MICRO, root, only="a3_direct-s0", progress=False)
+    first = study.run_sweep(MICRO, root, only="a3_direct-s0", progress=False)
     assert [(p["name"], p["status"]) for p in first["points"]] == [("causal-s0", "new"), ("a3_direct-s0", "done")]
-    data = sweep.run_sweep(MICRO, root, progress=False)
+    data = study.run_sweep(MICRO, root, progress=False)
     assert [(p["name"], p["status"], p["step"]) for p in data["points"]] == [("causal-s0", "done", 6),
                                                                            ("a3_direct-s0", "done", 6)]
     assert json.loads((root / "sweep.json").read_text())["points"][0]["status"] == "done"
@@ -62,7 +63,7 @@ def test_micro_sweep_end_to_end_then_report_then_rerun_skips(tmp_path, capsys):
     assert all(0 <= e["metrics"]["rougeL"] <= 1 for e in a3["infill"])
 
     out = tmp_path / "report"
-    summary = report.build_report([root], out)
+    summary = study.build_report([root], out)
     assert summary["problems"] == []
     text = (out / "report.md").read_text()
     rows = table_rows(text, "Runs")
@@ -76,7 +77,7 @@ def test_micro_sweep_end_to_end_then_report_then_rerun_skips(tmp_path, capsys):
     assert math.isfinite(by_run[str(root / "a3_direct-s0")]["nll/random(2)"])
     assert "⚠" not in text
     assert [r[0] for r in table_rows(text, "Averaged over seeds")] == ["causal", "a3_direct"]
-    for name in report.PLOTS:
+    for name in study.PLOTS:
         blob = (out / name).read_bytes()
         assert blob.startswith(PNG_MAGIC) and len(blob) > 2000, name
 
@@ -84,7 +85,7 @@ def test_micro_sweep_end_to_end_then_report_then_rerun_skips(tmp_path, capsys):
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.glob("*/*.json*")}
     capsys.readouterr()
     started = time.perf_counter()
-    assert sweep.main(sweep_args("--config", str(MICRO), "--root", str(root), "--no-progress")) == 0
+    assert sweep_cli.main(sweep_args("--config", str(MICRO), "--root", str(root), "--no-progress")) == 0
     assert time.perf_counter() - started < 15
     assert "causal-s0: done (step 6 of 6, eval_final.json present); skipped" in capsys.readouterr().err
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.glob("*/*.json*")} == before
@@ -119,7 +120,7 @@ def test_report_names_missing_partial_and_non_finite_runs(tmp_path, capsys):
     (runs / "cut" / "metrics.jsonl").write_text('{"step": 1, "train/loss": 5.0}\n{"step": 2, "trai')
     missing = tmp_path / "nowhere"
 
-    summary = report.build_report([runs, missing], tmp_path / "out")
+    summary = study.build_report([runs, missing], tmp_path / "out")
     text = (tmp_path / "out" / "report.md").read_text()
     err = capsys.readouterr().err
     expected = [
@@ -138,7 +139,7 @@ def test_report_names_missing_partial_and_non_finite_runs(tmp_path, capsys):
     rows = {r[0]: r for r in table_rows(text, "Runs")}
     assert "⚠ nan" in rows[f"{diverged} ⚠"][5]  # final train loss cell marked non-finite
     assert f"{partial} ⚠" in rows
-    for name in report.PLOTS:
+    for name in study.PLOTS:
         assert (tmp_path / "out" / name).read_bytes().startswith(PNG_MAGIC)
 
 
@@ -147,7 +148,7 @@ def test_report_of_a_sweep_names_points_not_started(tmp_path):
     root.mkdir()
     (root / "sweep.json").write_text(json.dumps({"config": "x.py", "command": "a3jax sweep --config x.py", "points": [
         {"name": "mdlm-s0", "workdir": "mdlm-s0", "status": "invalid", "error": "model.variant='mdlm' is unknown"}]}))
-    summary = report.build_report([root], tmp_path / "out")
+    summary = study.build_report([root], tmp_path / "out")
     assert summary["problems"] == [f"{root / 'mdlm-s0'}: not started (sweep status invalid; "
                                    "model.variant='mdlm' is unknown)"]
     assert "(no run has metrics yet)" in (tmp_path / "out" / "report.md").read_text()
@@ -158,10 +159,10 @@ def test_print_commands_lists_one_train_and_eval_line_per_point(tmp_path, capsys
     from a3jax.configs import load_config
 
     root = tmp_path / "r"
-    assert sweep.main(sweep_args("--config", str(MICRO), "--root", str(root), "--print-commands"),
-                      ["--config.train.lr=0.002"]) == 0
+    assert sweep_cli.main(sweep_args("--config", str(MICRO), "--root", str(root), "--print-commands"),
+                          ["--config.train.lr=0.002"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    points = sweep.load_sweep(MICRO).points
+    points = study.load_sweep(MICRO).points
     assert len(lines) == len(points) == 2
     assert not root.exists()  # nothing ran
     for line, point in zip(lines, points):
@@ -172,8 +173,8 @@ def test_print_commands_lists_one_train_and_eval_line_per_point(tmp_path, capsys
         args = build_parser().parse_args([a for a in argv[1:] if not a.startswith("--config.")])
         assert args.workdir == str(root / point.name) and args.config == str(MICRO)
         config = load_config(args.config, [a for a in argv if a.startswith("--config.")])
-        expected = sweep.point_config(sweep.load_sweep(MICRO), point, ["train.lr=0.002"])
-        assert config.to_dict() == expected.to_dict() and config.train.lr == 0.002
+        expected = study.point_config(study.load_sweep(MICRO), point, ["train.lr=0.002"])
+        assert config.to_dict() == expected.raw.to_dict() and config.train.lr == 0.002
 
 
 def test_sweep_files_are_checked_before_anything_runs(tmp_path):
@@ -186,11 +187,11 @@ def test_sweep_files_are_checked_before_anything_runs(tmp_path):
                    "    return [{'name': 'ok-s0', 'overrides': {}},\n"
                    "            {'name': 'bad-s0', 'overrides': {'model.d_modle': 8}}]\n")
     with pytest.raises(ValueError, match=r"point bad-s0: unknown config key model.d_modle \(did you mean model.d_mo"):
-        sweep.run_sweep(bad, tmp_path / "root", progress=False)
+        study.run_sweep(bad, tmp_path / "root", progress=False)
     assert not (tmp_path / "root").exists()
     with pytest.raises(ValueError, match=r"--only 'nope' matches no point; the points are ok-s0, bad-s0"):
-        sweep.commands(bad, tmp_path / "root", only="nope")
-    assert [p.name for p in sweep.select(sweep.load_sweep(bad).points, "ok")] == ["ok-s0"]  # a group name
+        study.commands(bad, tmp_path / "root", only="nope")
+    assert [p.name for p in study.select(study.load_sweep(bad).points, "ok")] == ["ok-s0"]  # a group name
 
 
 def test_curriculum_presets_parse_and_have_their_stages():
@@ -217,33 +218,33 @@ def test_curriculum_presets_parse_and_have_their_stages():
 
 
 def test_small_study_points_have_equal_tokens_and_valid_configs():
-    study = sweep.load_sweep(SMALL)
-    assert [p.name for p in study.points] == [f"{n}-s{s}" for s in (0, 1)
+    small = study.load_sweep(SMALL)
+    assert [p.name for p in small.points] == [f"{n}-s{s}" for s in (0, 1)
                                               for n in ("causal_ar", "a3_direct", "a3_paper5", "mdlm")]
     tokens = set()
-    for point in study.points:
+    for point in small.points:
         if point.overrides["model.variant"] == "mdlm":
             continue  # the masked-diffusion variant is checked by its own tests
-        config = sweep.point_config(study, point)
+        config = study.point_config(small, point)
         tokens.add(config.train.steps * config.train.batch_size * config.data.seq_len)
     assert len(tokens) == 1
-    assert study.eval["orders"] == ["ar", "random(1)", "random(4)"]
-    assert study.eval["infill"]["plans"] == ["ar", "blocks(4)", "blocks(8)"]
-    assert [sweep.decoding_steps(p, 32) for p in study.eval["infill"]["plans"]] == [32, 8, 4]
+    assert small.eval["orders"] == ["ar", "random(1)", "random(4)"]
+    assert small.eval["infill"]["plans"] == ["ar", "blocks(4)", "blocks(8)"]
+    assert [study.decoding_steps(p, 32) for p in small.eval["infill"]["plans"]] == [32, 8, 4]
 
 
 def test_point_status_on_disk(tmp_path):
     settings = {"orders": ["ar"], "nll_rows": 4, "nll_batch_size": 4, "infill": {"plans": ["ar"]}}
-    assert sweep.disk_status(tmp_path, 6, settings) == {"state": "new", "step": 0}
+    assert study.disk_status(tmp_path, 6, settings) == {"state": "new", "step": 0}
     (tmp_path / "checkpoints" / "3").mkdir(parents=True)
     (tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-1").mkdir()  # a write cut short: not a checkpoint
-    assert sweep.disk_status(tmp_path, 6, settings) == {"state": "partial", "step": 3}
+    assert study.disk_status(tmp_path, 6, settings) == {"state": "partial", "step": 3}
     (tmp_path / "checkpoints" / "6").mkdir()
-    assert sweep.disk_status(tmp_path, 6, settings) == {"state": "trained", "step": 6}
-    sweep.write_json(tmp_path / "eval_final.json", {"step": 6, "settings": settings})
-    assert sweep.disk_status(tmp_path, 6, settings) == {"state": "done", "step": 6}
-    assert sweep.disk_status(tmp_path, 6, {**settings, "nll_rows": 8})["state"] == "trained"  # eval again
-    assert sweep.disk_status(tmp_path, 9, settings)["state"] == "partial"  # train.steps raised: resume
+    assert study.disk_status(tmp_path, 6, settings) == {"state": "trained", "step": 6}
+    study.write_json(tmp_path / "eval_final.json", {"step": 6, "settings": settings})
+    assert study.disk_status(tmp_path, 6, settings) == {"state": "done", "step": 6}
+    assert study.disk_status(tmp_path, 6, {**settings, "nll_rows": 8})["state"] == "trained"  # eval again
+    assert study.disk_status(tmp_path, 9, settings)["state"] == "partial"  # train.steps raised: resume
 
 
 def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
@@ -259,7 +260,7 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
                        "def get_sweep():\n"
                        "    return [{'name': 'a-s0', 'overrides': {}}, {'name': 'b-s0', 'overrides': {'seed': 1}}]\n")
     root = tmp_path / "root"
-    assert sweep.main(sweep_args("--config", str(failing), "--root", str(root), "--no-progress")) == 1
+    assert sweep_cli.main(sweep_args("--config", str(failing), "--root", str(root), "--no-progress")) == 1
     points = json.loads((root / "sweep.json").read_text())["points"]
     assert [p["status"] for p in points] == ["failed", "failed"]
     assert "absent.txt" in points[0]["error"]

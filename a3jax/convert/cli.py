@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from a3jax.variants import VARIANTS, policy_of
+
 
 def add_convert_arguments(parser) -> None:
     parser.add_argument("--from-hf", required=True, metavar="DIR",
@@ -17,7 +19,7 @@ def add_convert_arguments(parser) -> None:
                              "model-*.safetensors with model.safetensors.index.json")
     parser.add_argument("--out", required=True, metavar="CKPT",
                         help="new a3jax workdir (checkpoint at step 0, experiment.py, tokenizer files)")
-    parser.add_argument("--variant", choices=("a3", "causal"), default="a3",
+    parser.add_argument("--variant", choices=[v for v in VARIANTS if policy_of(v).exportable], default="a3",
                         help="a3: add the query vector (two-stream model); causal: plain LLaMA")
     parser.add_argument("--config", default=None,
                         help="base experiment config for everything but the architecture "

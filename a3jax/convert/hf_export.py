@@ -25,10 +25,13 @@ from typing import Callable
 import numpy as np
 
 from a3jax.checkpoint import load_params
+from a3jax.configs.sections import DataConfig, parse_section
+from a3jax.data import load_tokenizer
 from a3jax.convert.hf_import import (
     LAYER_KEYS, QUERY_KEY, TOKENIZER_FILES, TOP_KEYS, ConversionError, finish_out, prepare_out,
 )
 from a3jax.model.config import ModelConfig
+from a3jax.variants import policy_of
 
 EXPORT_DTYPES = ("float32", "bfloat16")
 
@@ -124,7 +127,7 @@ def _check_dtype(dtype: str, flag: str = "--dtype") -> None:
 def _check_exportable(cfg: ModelConfig, subject: str) -> None:
     """An HF LLaMA folder loads as a causal model: right for a3 (its content stream) and causal.
     subject: what is exported, with its verb ("WORKDIR holds", "model_config describes")."""
-    if cfg.variant == "mdlm":
+    if not policy_of(cfg.variant).exportable:
         raise ConversionError(f"{subject} a masked-diffusion (mdlm) model: it is bidirectional, so an "
                               "HF LLaMA export would load as a (wrong) causal model; export a3 or causal models")
 
@@ -197,11 +200,7 @@ def _tokenizer_sources(workdir: pathlib.Path, meta: dict) -> list[pathlib.Path]:
 def _token_ids(meta: dict) -> dict:
     """bos/eos/pad ids of the training tokenizer, if it can be loaded here."""
     try:
-        from ml_collections import ConfigDict
-
-        from a3jax.data import load_tokenizer
-
-        tokenizer = load_tokenizer(ConfigDict(meta["config"]["data"]))
+        tokenizer = load_tokenizer(parse_section(DataConfig, meta["config"]["data"], "data"))
         return {"bos_token_id": int(tokenizer.bos_id), "eos_token_id": int(tokenizer.eos_id),
                 "pad_token_id": int(tokenizer.pad_id)}
     except Exception:  # noqa: BLE001 - ids are a convenience, not needed for the weights

@@ -52,6 +52,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from a3jax.variants import policy_of
 from a3jax.model.config import ModelConfig, RopeScaling
 from a3jax.model.params import abstract_params
 
@@ -381,9 +382,10 @@ def experiment_config(model_cfg: ModelConfig, base=None, tokenizer_path: pathlib
                 config.model.rope_scaling[sub] = sub_value
         else:
             config.model[key] = value
-    if model_cfg.variant == "causal":
-        config.orders.curriculum = "ar"
-        config.orders.eval = ("ar",)
+    only = policy_of(model_cfg.variant).only_order
+    if only is not None:  # the causal variant trains and evaluates under one order
+        config.orders.curriculum = only
+        config.orders.eval = (only,)
     if tokenizer_path is not None:
         config.data.tokenizer = str(tokenizer_path)
     validate(config)

@@ -46,7 +46,7 @@ def main(args, overrides=()) -> int:
     text = args.prompt if args.prompt is not None else open(args.prompt_file, encoding="utf-8").read()
     loaded = load_model(args.workdir, args.step)
     tok = loaded.tokenizer
-    max_len = args.max_len or int(loaded.config.data.seq_len)
+    max_len = args.max_len or loaded.experiment.data.seq_len
     prompt = parse_prompt(text, tok, max_len)
     print(f"[a3jax] sampling {args.num_samples} x {int((~prompt.known).sum())} positions from "
           f"{args.workdir} step {loaded.step}, plan {args.plan}, {args.mode}", file=sys.stderr)

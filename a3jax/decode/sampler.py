@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
 from a3jax.decode.plans import parse_plan, static_groups
+from a3jax.variants import policy_of
 from a3jax.decode.sampling import check_settings, choose_tokens, position_scores
 
 MODES = ("cached", "recompute")
@@ -246,13 +247,7 @@ def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, e
     known = [np.asarray(k, bool) for k in known]
     _check_inputs(documents, known, forced, groups, max_len)
     cfg = model_def.bind(params).cfg
-    causal = cfg.variant == "causal"
-    if causal and (plan.kind != "ar" or sampling.mode != "cached"):
-        raise ValueError(f"a causal model decodes left to right only: use plan 'ar' in cached mode "
-                         f"(got plan {sampling.plan!r}, mode {sampling.mode!r})")
-    if cfg.variant == "mdlm" and sampling.mode != "recompute":
-        raise ValueError(f"masked diffusion recomputes every step; use mode='recompute' (got mode "
-                         f"{sampling.mode!r} for a model.variant='mdlm' model)")
+    policy_of(cfg.variant).check_decode(sampling.plan, plan.kind, sampling.mode)
     if eos_id is None:
         sampling = dataclasses.replace(sampling, stop_at_eos=False)
     if plan.dynamic:

@@ -106,12 +106,13 @@ def _documents_corpus(path: str, tokenizer):
 def run_task(args, loaded) -> dict:
     from ml_collections import ConfigDict
 
+    from a3jax.configs import parse
     from a3jax.eval import tasks
 
     if args.seq_len is not None:  # score with longer (or shorter) rows than the training ones
         config = ConfigDict(loaded.config.to_dict())
-        config.data.seq_len = int(args.seq_len)
-        loaded = dataclasses.replace(loaded, config=config)
+        config.data.seq_len = args.seq_len
+        loaded = dataclasses.replace(loaded, config=config, experiment=parse(config))
     progress = not args.no_progress
     context_order = args.context
     tokenizer = loaded.tokenizer
@@ -123,9 +124,9 @@ def run_task(args, loaded) -> dict:
 
             corpus = load_corpus(loaded.experiment.data, tokenizer)
     if args.task == "nll":
-        specs = (args.orders.split(",") if args.orders else list(loaded.config.orders.eval))
-        rows = args.limit or int(loaded.config.train.eval_rows)
-        return tasks.nll_under_orders(loaded.config, corpus, tokenizer, loaded.model_def, loaded.params,
+        specs = (args.orders.split(",") if args.orders else list(loaded.experiment.orders.eval))
+        rows = args.limit or loaded.experiment.train.eval_rows
+        return tasks.nll_under_orders(loaded.experiment, corpus, tokenizer, loaded.model_def, loaded.params,
                                       specs, rows, batch_size=args.batch_size, progress=progress)
     if args.task == "infill":
         return tasks.infill(loaded, corpus, span=args.span, num_examples=args.limit or DEFAULT_INFILL_EXAMPLES,

@@ -1,0 +1,117 @@
+"""The import graph of a3jax: one-way, level by level (docs/architecture.md, "Modules by level").
+
+Every import between a3jax modules (at module level or inside a function) must go to the same or
+a lower level, and no group of modules may import each other in a circle. A failure names the
+offending import.
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "a3jax"
+
+# Lowest first. A module belongs to the level of the longest prefix that matches its name.
+LEVELS = [
+    ("foundations", ["a3jax._lazy", "a3jax.layout", "a3jax.orders", "a3jax.kernels"]),
+    ("model", ["a3jax.model", "a3jax.variants", "a3jax.flops", "a3jax.loss"]),
+    ("configs and data", ["a3jax.configs", "a3jax.data", "a3jax.parallel", "a3jax.checkpoint",
+                          "a3jax.distributed"]),
+    ("training and decoding", ["a3jax.train", "a3jax.decode"]),
+    ("evaluation and weights", ["a3jax.eval", "a3jax.inference", "a3jax.convert"]),
+    ("entry points", ["a3jax.study", "a3jax.bench", "a3jax.demo", "a3jax.cli", "a3jax.train.cli",
+                      "a3jax.decode.cli", "a3jax.eval.cli", "a3jax.convert.cli", "a3jax"]),
+]
+
+
+def modules() -> dict[str, pathlib.Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def level_of(name: str) -> int:
+    matches = [(len(p), index) for index, (_, prefixes) in enumerate(LEVELS) for p in prefixes
+               if name == p or name.startswith(p + ".")]
+    if not matches:
+        raise AssertionError(f"module {name} has no level in tests/test_architecture.py LEVELS; add it")
+    return max(matches)[1]
+
+
+def imports(name: str, path: pathlib.Path, known: dict) -> set[str]:
+    """The a3jax modules `name` imports (a `from package import submodule` counts as the submodule)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "a3jax":
+            submodules = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known]
+            found.update(submodules)
+            if len(submodules) < len(node.names):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "a3jax")
+    return {m for m in found if m in known and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(name, path, known) for name, path in known.items()}
+
+
+def test_every_module_has_a_level_and_imports_only_downward():
+    upward = []
+    for name, targets in graph().items():
+        for target in targets:
+            if level_of(target) > level_of(name):
+                upward.append(f"{name} ({LEVELS[level_of(name)][0]}) imports {target} "
+                              f"({LEVELS[level_of(target)][0]})")
+    assert not upward, "imports reaching up a level:\n" + "\n".join(sorted(upward))
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in list(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circles():
+    assert cycles(graph()) == []
+
+
+def test_the_checks_have_power():
+    """A circle and an upward import planted in a copy of the graph are found."""
+    edges = graph()
+    edges["a3jax.model.prefix_chunks"] = edges["a3jax.model.prefix_chunks"] | {"a3jax.model.attention"}
+    assert ["a3jax.model.attention", "a3jax.model.prefix_chunks"] in cycles(edges)
+    assert level_of("a3jax.train.loop") > level_of("a3jax.configs.sections")
+    with pytest.raises(AssertionError, match="has no level"):
+        level_of("a3jax_other.module")
