@@ -160,3 +160,20 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def write_start(workdir, params, opt_state, model_config: ModelConfig, config_dict: dict,
+                source: dict) -> None:
+    """A step-0 checkpoint of given params (converted or adapted weights) and a fresh optimizer
+    state (train/optimizer.fresh_state), so that `a3jax train` on `workdir` starts from those
+    weights through the ordinary resume path. `source` says where the weights came from."""
+    import json
+
+    meta = {"step": 0, "model": model_config.to_dict(), "config": config_dict, "source": source}
+    checkpointer = Checkpointer(workdir, keep=2, async_save=False)
+    try:
+        checkpointer.save(0, {"params": params, "opt_state": opt_state},
+                          json.loads(json.dumps(meta, default=list)), force=True)
+    finally:
+        checkpointer.close()
+

@@ -19,6 +19,7 @@ class Command:
     module: str
     add: str = "add_arguments"
     run: str = "main"
+    raw: bool = False  # the arguments are another program's: passed to `main_raw(argv)` unparsed
 
 
 # The one table of commands: parser and dispatch both read it.
@@ -35,6 +36,8 @@ COMMANDS = {
     "export": Command("a3jax checkpoint -> HF safetensors + config.json", "a3jax.convert.cli",
                       "add_export_arguments", "export_main"),
     "bench": Command("benchmarks that print a table of side-by-side measurements", "a3jax.bench.cli"),
+    "lm-eval": Command("lm-evaluation-harness's command line with the a3jax model (pip install 'a3jax[eval]')",
+                       "a3jax.eval.lm_eval_cli", raw=True),
 }
 
 
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         add = getattr(importlib.import_module(command.module), command.add)
-        add(sub.add_parser(name, help=command.help))
+        add(sub.add_parser(name, help=command.help, add_help=not command.raw))
     return parser
 
 
@@ -84,6 +87,12 @@ def _quiet_background_failures() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS and COMMANDS[argv[0]].raw:
+        try:
+            return importlib.import_module(COMMANDS[argv[0]].module).main_raw(argv[1:])
+        except ValueError as error:
+            print(f"a3jax {argv[0]}: error: {error}", file=sys.stderr)
+            return 2
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
     if not os.environ.get("A3JAX_DEBUG"):

@@ -1,55 +1,139 @@
-"""`a3jax demo` (what `make demo` runs): train the tiny model on the embedded stdlib corpus, then
-infill a masked span of a held-out file with the sampler."""
+"""`a3jax demo` (what `make demo` runs): the paper's recipe on a laptop CPU, then an ending a person
+can read.
+
+  1. pretrain a causal LLaMA on the embedded stdlib corpus, left to right (WORKDIR/pretrain);
+  2. convert it to A3 in-process (every weight copied, plus the query vector, as `a3jax convert`
+     does) and adapt it through the paper's five stages (WORKDIR/a3);
+  3. fill masked spans of held-out code: an identifier, a return expression, an argument list and a
+     docstring line, each under the orders `ar`, `blocks(4)` and a dynamic plan, with the time
+     each took; the exact log-likelihood of one snippet under two orders; and greedy infilling
+     token accuracy and exact match over 64 held-out spans.
+
+Both stages resume: running the demo again continues where it stopped. `--config.KEY=VALUE`
+overrides apply to both stages.
+"""
 
 from __future__ import annotations
 
+import pathlib
+import sys
 import time
 
 import numpy as np
 
+SHOWCASE_PLANS = ("ar", "blocks(4)", "confidence(2)")
+SPANS_PER_KIND = 16
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", default="tiny", help="preset name or config file")
+    parser.add_argument("--config", default="demo",
+                        help="a preset or file with pretrain_config() and get_config() (default: demo)")
     parser.add_argument("--workdir", default="runs/demo",
-                        help="checkpoints, metrics.jsonl and tensorboard/ go here; an existing one resumes")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--span", type=int, default=32, help="bytes to infill")
-    parser.add_argument("--seed", type=int, default=0, help="picks the held-out window")
+                        help="pretrain/ and a3/ (checkpoints, metrics.jsonl, tensorboard/) go here; "
+                             "an existing one resumes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--seed", type=int, default=0, help="picks the held-out spans")
+
+
+def _say(message: str) -> None:
+    print(f"[a3jax] {message}", flush=True)
+
+
+def _snippet_line(tokenizer, window, start, stop, fill: str | None = None) -> str:
+    """The line(s) holding the span, with the span shown as [...] or as the fill."""
+    text_before = tokenizer.decode(window[:start])
+    text_after = tokenizer.decode(window[stop:])
+    head = text_before[text_before.rfind("\n", 0, max(len(text_before) - 1, 0)) + 1:]
+    tail = text_after.split("\n", 1)[0]
+    middle = "[...]" if fill is None else f"[{fill}]"
+    return (head + middle + tail).replace("\n", "\\n ")
+
+
+def showcase(parts, spans, plans=SHOWCASE_PLANS) -> None:
+    """One span of each kind filled under each plan (warm timings: each plan runs once first)."""
+    from a3jax.eval import tasks
+
+    chosen = list({s.kind: s for s in reversed(spans)}.values())[::-1]  # the first span of each kind
+    windows = [(s.window, s.start, s.stop) for s in chosen]
+    tokenizer = parts.tokenizer
+    fills = {}
+    for plan in plans:
+        tasks.fill_windows(parts, windows, plan=plan)  # compile
+        started = time.perf_counter()
+        fills[plan] = tasks.fill_windows(parts, windows, plan=plan)["predictions"]
+        fills[plan + " ms"] = (time.perf_counter() - started) * 1e3 / len(windows)
+    print("\n==== held-out code, one masked span each, filled greedily under three orders ====")
+    for i, span in enumerate(chosen):
+        truth = tokenizer.decode(span.window[span.start:span.stop])
+        print(f"\n-- {span.kind}: {_snippet_line(tokenizer, span.window, span.start, span.stop)}")
+        print(f"   {'original':<14} {truth!r}")
+        for plan in plans:
+            print(f"   {plan:<14} {fills[plan][i]!r}")
+    print("\n   time per snippet (warm): " + ", ".join(f"{p} {fills[p + ' ms']:.0f} ms" for p in plans))
+
+
+def likelihoods(parts, span, seed: int) -> None:
+    """The exact log-likelihood of one window under two orders (one forward pass each)."""
+    from a3jax import orders
+    from a3jax.eval.score import score_documents
+
+    tokenizer, window = parts.tokenizer, span.window
+    print(f"\n==== exact log-likelihood of one held-out snippet ({window.size} bytes) ====")
+    for spec in ("ar", "random(4)"):
+        groups = orders.parse_sampler(spec)(window.size, orders.example_rng(seed, 0, 0))
+        scores = score_documents(parts.model_def, parts.params, [window], [groups], seq_len=parts.seq_len,
+                                 bos_id=tokenizer.bos_id, pad_id=tokenizer.pad_id)
+        log_p = float(scores.log_prob[0])
+        print(f"   order {spec:<10} log P = {log_p:9.1f} nats = {-log_p / np.log(2) / window.size:.3f} bits/byte")
 
 
 def main(args, overrides=()) -> int:
-    from a3jax.configs import load_config, parse
-    from a3jax.data import infill_example, load_corpus, load_tokenizer
-    from a3jax.decode import SampleConfig, generate
+    from a3jax.configs import apply_overrides, load_config_module, parse
+    from a3jax.data import load_corpus, load_tokenizer
+    from a3jax.eval import tasks
+    from a3jax.eval.spans import find_spans
     from a3jax.model.params import abstract_params
     from a3jax.train.loop import train
 
     started = time.perf_counter()
-    exp = parse(load_config(args.config, overrides))
-    tokenizer = load_tokenizer(exp.data)
-    corpus = load_corpus(exp.data, tokenizer)
-    print(f"[a3jax] demo: {len(corpus.train_docs)} train / {len(corpus.eval_docs)} held-out files of the "
-          f"Python standard library, {sum(d.size for d in corpus.train_docs):,} training bytes")
-    summary = train(exp, args.workdir, corpus=corpus, progress=not args.no_progress)
-    model_def, _ = abstract_params(exp.model)
-    window, start, stop = infill_example(corpus, tokenizer, exp.data.seq_len, args.span, seed=args.seed)
-    known = np.ones(window.size, bool)
-    known[start:stop] = False
-    # greedy, left to right through the gap, with the exact KV cache
-    filled = generate(model_def, summary["params"], [window], [known], bos_id=tokenizer.bos_id,
-                      pad_id=tokenizer.pad_id, sampling=SampleConfig(plan="ar", temperature=0.0)).tokens[0]
-    before, gap, after = (tokenizer.decode(window[:start]), tokenizer.decode(window[start:stop]),
-                          tokenizer.decode(window[stop:]))
-    print("\n==== held-out file, the gap to fill marked [...] ====")
-    print(before + "[...]" + after)
-    print("==== original gap ====")
-    print(gap)
-    print("==== model's greedy infill ====")
-    print(tokenizer.decode(filled[start:stop]))
-    print(f"(more: a3jax sample --workdir {args.workdir} --prompt 'def add(a, b):[gap:40]')")
-    print("====")
+    module = load_config_module(args.config)
+    if not hasattr(module, "pretrain_config"):
+        raise ValueError(f"--config {args.config} has no pretrain_config(); the demo needs both stages "
+                         "(see a3jax/configs/presets/demo.py)")
+    workdir = pathlib.Path(args.workdir)
+    pretrain = parse(apply_overrides(module.pretrain_config(), overrides))
+    # the adaptation starts from the pretrained causal model (train.init_from: converted in-process)
+    adapt = parse(apply_overrides(module.get_config(), [*overrides, f"train.init_from={(workdir / 'pretrain').absolute()}"]))
+    tokenizer = load_tokenizer(adapt.data)
+    corpus = load_corpus(adapt.data, tokenizer)
+    _say(f"demo: {len(corpus.train_docs)} train / {len(corpus.eval_docs)} held-out files of the Python "
+         f"standard library, {sum(d.size for d in corpus.train_docs):,} training bytes")
+    _say(f"1/3 pretraining a causal LLaMA ({pretrain.model.n_layers} layers, d_model {pretrain.model.d_model}, "
+         f"rows of {pretrain.data.seq_len} bytes) for {pretrain.train.steps} steps -> {workdir / 'pretrain'}")
+    causal = train(pretrain, workdir / "pretrain", corpus=corpus, progress=not args.no_progress)
+    a3_dir = workdir / "a3"
+    _say(f"2/3 adapting to any order for {adapt.train.steps} steps: {adapt.orders.curriculum} -> {a3_dir}")
+    summary = train(adapt, a3_dir, corpus=corpus, progress=not args.no_progress)
+
+    _say("3/3 infilling held-out code")
+    model_def, _ = abstract_params(adapt.model)
+    parts = tasks.ModelParts(model_def, summary["params"], tokenizer, adapt.data.seq_len)
+    spans = find_spans(corpus.eval_docs, tokenizer, adapt.data.seq_len, SPANS_PER_KIND, seed=args.seed)
+    measured = tasks.infill_spans(parts, spans, plan="ar")
+    showcase(parts, spans)
+    likelihoods(parts, spans[0], args.seed)
+    print(f"\n==== greedy infilling of {measured['spans']} held-out spans ({measured['tokens']} bytes), "
+          "order ar ====")
+    for kind, row in measured["by_kind"].items():
+        print(f"   {kind:<11} token accuracy {row['token_acc']:6.1%}   exact match {row['exact_match']:6.1%}")
+    print(f"   {'all':<11} token accuracy {measured['token_acc']:6.1%}   exact match {measured['exact_match']:6.1%}")
+    print("\n==== held-out bits per byte (lower is better) ====")
+    print(f"   causal model, order ar: {causal['eval']['ar/bits_per_byte']:.3f}")
     for name, value in summary["eval"].items():
-        print(f"held-out {name} = {value:.3f}")
-    print(f"[a3jax] demo done in {time.perf_counter() - started:.0f} s; workdir {args.workdir} "
-          f"(metrics.jsonl, tensorboard/, checkpoints/)")
+        if name.endswith("bits_per_byte"):
+            print(f"   A3 model, order {name.split('/')[0]}: {value:.3f}")
+    print(f"\n(more: a3jax sample --workdir {a3_dir} --prompt 'def add(a, b):\\n    return [gap:5]' --plan ar)")
+    _say(f"demo done in {time.perf_counter() - started:.0f} s; workdir {workdir} "
+         f"(pretrain/ and a3/: metrics.jsonl, tensorboard/, checkpoints/)")
+    sys.stdout.flush()
     return 0

@@ -52,3 +52,17 @@ def test_a_changed_default_is_caught(monkeypatch):
     monkeypatch.setattr(sections.TrainConfig.__dataclass_fields__["max_bad_steps"], "default", 11)
     after = json.dumps(parse(config).to_dict(), sort_keys=True)
     assert before != after and '"max_bad_steps": 11' in after
+
+
+def test_the_tiny_preset_names_every_typed_field():
+    """Overrides refuse keys a config does not hold, so the base preset must hold every field of
+    every typed section (else a field could not be set from the command line)."""
+    import dataclasses
+
+    from a3jax.configs import load_config_file
+    from a3jax.configs.sections import DataConfig, MeshConfig, OrdersConfig, TrainConfig
+
+    config = load_config_file("tiny")
+    for cls, name in ((DataConfig, "data"), (OrdersConfig, "orders"), (MeshConfig, "mesh"), (TrainConfig, "train")):
+        missing = {f.name for f in dataclasses.fields(cls)} - set(config[name].keys())
+        assert not missing, f"the tiny preset lacks {name}.{sorted(missing)}"

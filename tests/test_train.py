@@ -167,3 +167,47 @@ def test_each_curriculum_stage_ends_with_a_summary(tmp_path, small_corpus):
     losses = {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
     assert stages[1]["stage/train_loss_mean"] == pytest.approx(np.mean([losses[s] for s in range(5, 11)]))
     assert all(np.isfinite(r["stage/eval/ar/nll"]) and np.isfinite(r["stage/eval/random(4)/nll"]) for r in stages)
+
+
+def test_init_from_a_causal_run_starts_a3_from_its_weights(tmp_path, small_corpus):
+    """train.init_from: a fresh a3 run starts from a causal run's latest weights (every weight
+    copied, plus the query vector); its content stream then IS the causal model, so under the 'ar'
+    grouping the a3 model's content logits equal the causal model's (to float32 rounding: the a3
+    model runs both streams' rows through one matmul)."""
+    import jax.numpy as jnp
+
+    from a3jax.configs import parse
+    from a3jax.layout import stack_layouts
+    from a3jax.model.params import abstract_params
+
+    causal_cfg = micro_config("model.variant=causal", "orders.curriculum=ar", "orders.eval=ar", "train.steps=4")
+    causal = train(causal_cfg, tmp_path / "causal", corpus=small_corpus, progress=False)
+    for query_init in ("normal", "mean"):
+        a3_cfg = micro_config(f"train.init_from={tmp_path / 'causal'}", f"train.query_init={query_init}")
+        start = train(a3_cfg, tmp_path / f"a3-{query_init}", corpus=small_corpus, progress=False, stop_after=0)
+        for name in causal["params"]:
+            for a, b in zip(jax.tree.leaves(causal["params"][name]), jax.tree.leaves(start["params"][name])):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        query = np.asarray(start["params"]["query_embed"])
+        if query_init == "mean":
+            np.testing.assert_allclose(query, np.asarray(causal["params"]["embed"]).mean(0), rtol=1e-5, atol=1e-7)
+        else:
+            assert 0 < query.std() < 0.1
+    doc = np.arange(2, 30) % 50
+    batch = {k: jnp.asarray(v) for k, v in stack_layouts(
+        [build_layout([doc], [np.arange(1, doc.size + 1)], 32, bos_id=257, pad_id=256)]).items()}
+    a3_model = abstract_params(parse(a3_cfg).model)[0].bind(start["params"])
+    causal_model = abstract_params(parse(causal_cfg).model)[0].bind(causal["params"])
+    content_a3 = a3_model.logits(a3_model.hidden_states(batch, full_content=True)["content"])
+    np.testing.assert_allclose(np.asarray(content_a3), np.asarray(causal_model(batch)), rtol=1e-5, atol=1e-5)
+    # a fresh run only: a workdir with its own checkpoint resumes from it, init_from is not read again
+    resumed = train(a3_cfg, tmp_path / "a3-mean", corpus=small_corpus, progress=False, stop_after=2)
+    assert resumed["step"] == 2
+
+
+def test_init_from_refuses_another_architecture(tmp_path, small_corpus):
+    train(micro_config("train.steps=2"), tmp_path / "small", corpus=small_corpus, progress=False)
+    config = micro_config(f"train.init_from={tmp_path / 'small'}", "model.ffn_dim=96")
+    with pytest.raises(ValueError, match=r"holds a different model: model.ffn_dim=64 there, 96 here"):
+        train(config, tmp_path / "other", corpus=small_corpus, progress=False)
+    assert not (tmp_path / "other" / "checkpoints").exists() or not any((tmp_path / "other" / "checkpoints").iterdir())

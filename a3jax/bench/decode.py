@@ -71,6 +71,49 @@ def measure(cfg_config, mode: str, args) -> dict:
             "steps": len(groups)}
 
 
+def _documents(args, cfg, tokenizer=None, corpus=None):
+    """[batch] rows of row_len tokens with a gap of `gap` in the middle: random tokens, or windows of
+    held-out text of a trained model's corpus."""
+    rng = np.random.default_rng(0)
+    length, start = args.row_len, (args.row_len - args.gap) // 2
+    if corpus is None:
+        docs = [rng.integers(0, min(cfg.vocab_size, 256), length).astype(np.int32) for _ in range(args.batch)]
+    else:
+        text = np.concatenate([d[d < 256] if tokenizer.name == "bytes" else d for d in corpus.eval_docs])
+        offsets = rng.integers(0, max(text.size - length, 1), args.batch)
+        docs = [text[o:o + length].astype(np.int32) for o in offsets]
+    known = [np.ones(d.size, bool) for d in docs]
+    for mask in known:
+        mask[start:start + args.gap] = False
+    return docs, known
+
+
+def speculative_rows(model_def, params, cfg, docs, known, args, special) -> list[dict]:
+    """Model calls per generated token, acceptance by draft position and wall time of the
+    speculative plans, beside ar and blocks(k) (cached mode, same documents, same temperature)."""
+    k = args.speculative
+    rows = []
+    for plan in ("ar", f"blocks({k})", f"speculative({k})", f"speculative({k}, adaptive)"):
+        sampling = SampleConfig(plan=plan, temperature=args.temperature, seed=0, stop_at_eos=False)
+        out = {}
+
+        def run(sampling=sampling, out=out):
+            out["result"] = generate(model_def, params, docs, known, bos_id=special, pad_id=special,
+                                     sampling=sampling)
+            return out["result"].tokens
+
+        ms = median_ms(run, repeats=args.repeats, warmup=1)
+        result = out["result"]
+        generated = sum(int((~m).sum()) for m in known)
+        stats = result.stats or {}
+        calls = stats.get("calls", result.n_steps)
+        offered = stats.get("offered")
+        rows.append({"plan": plan, "ms": ms, "calls": calls, "calls_per_token": calls * len(docs) / generated,
+                     "acceptance": None if offered is None else
+                     [a / o if o else float("nan") for a, o in zip(stats["accepted"], offered)]})
+    return rows
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="tiny", help="model shape (weights random): preset or config file")
     parser.add_argument("--row-len", type=int, default=1024, help="tokens per row (BOS not counted)")
@@ -78,6 +121,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", default="blocks(4)", help="decoding plan (default: 4 positions per step)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", default="",
+                        help="a trained model's workdir: decode its held-out text (default: random weights)")
+    parser.add_argument("--speculative", type=int, default=0,
+                        help="k: also compare speculative(k) with ar and blocks(k) (calls per token, acceptance)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="for the speculative comparison")
 
 
 def main(args, overrides=()) -> int:
@@ -85,6 +133,8 @@ def main(args, overrides=()) -> int:
 
     if not 0 < args.gap < args.row_len:
         raise ValueError(f"--gap={args.gap} must be between 1 and --row-len={args.row_len} - 1")
+    if args.speculative:
+        return main_speculative(args, overrides)
     config = load_config(args.config, list(overrides))
     rows = [measure(config, mode, args) for mode in ("cached", "recompute")]
     cfg = model_config(config)
@@ -97,3 +147,36 @@ def main(args, overrides=()) -> int:
     print(f"cached is {rows[1]['ms'] / rows[0]['ms']:.1f}x faster than recompute "
           f"({rows[1]['flops_per_token'] / rows[0]['flops_per_token']:.1f}x fewer model FLOPs per token)")
     return 0
+
+
+def main_speculative(args, overrides=()) -> int:
+    import jax
+
+    from a3jax.data import load_corpus
+    from a3jax.inference import load_model
+    from a3jax.model.params import init_model
+
+    if args.workdir:
+        if overrides:
+            raise ValueError("--workdir decodes a trained model: --config overrides do not apply")
+        loaded = load_model(args.workdir)
+        model_def, params, cfg = loaded.model_def, loaded.params, loaded.cfg
+        docs, known = _documents(args, cfg, loaded.tokenizer, load_corpus(loaded.experiment.data, loaded.tokenizer))
+        special, what = loaded.tokenizer.pad_id, f"the trained model of {args.workdir} on held-out text"
+    else:
+        cfg = model_config(load_config(args.config, list(overrides)))
+        model_def, params = init_model(cfg, 0)
+        docs, known = _documents(args, cfg)
+        special, what = cfg.vocab_size - 1, f"random weights ({args.config} shape) on random tokens"
+    rows = speculative_rows(model_def, params, cfg, docs, known, args, special)
+    print(f"decode on {jax.devices()[0].device_kind} (jax {jax.__version__}): {what}; d_model={cfg.d_model} "
+          f"layers={cfg.n_layers}; batch {args.batch} x {args.row_len} tokens, infill {args.gap} positions, "
+          f"temperature {args.temperature}; median of {args.repeats}")
+    print(f"{'plan':<26}{'ms':>9}{'calls':>7}{'calls/token':>13}{'x ar':>7}  acceptance by draft position")
+    ar = rows[0]["calls_per_token"]
+    for r in rows:
+        acceptance = "" if r["acceptance"] is None else " ".join(f"{a:.2f}" for a in r["acceptance"])
+        print(f"{r['plan']:<26}{r['ms']:>9.1f}{r['calls']:>7}{r['calls_per_token']:>13.3f}"
+              f"{ar / r['calls_per_token']:>7.2f}  {acceptance}")
+    return 0
+

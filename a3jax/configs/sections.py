@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from ml_collections import ConfigDict
 
 from a3jax.model import ModelConfig
+from a3jax.model.params import QUERY_INITS
 from a3jax.model.sharding import DEFAULT_RULES
 from a3jax.orders import MDLM, Curriculum, parse_sampler, uses_mdlm
 from a3jax.variants import policy_of
@@ -85,6 +86,9 @@ class TrainConfig:
     b2: float = 0.95
     eps: float = 1e-8
     clip_norm: float = 1.0
+    query_lr_scale: float = 1.0  # the query stream's vector learns at this multiple of train.lr
+    init_from: str = ""  # a workdir whose latest checkpoint's weights a fresh run starts from
+    query_init: str = "normal"  # init_from a causal model into a3: the query vector (normal, mean)
     peak_flops: float = 0.0
     log_every: int = 20
     eval_every: int = 300
@@ -237,6 +241,8 @@ def _check_values(data: DataConfig, orders: OrdersConfig, train: TrainConfig) ->
         (orders.group_size_scope in GROUP_SIZE_SCOPES,
          f"orders.group_size_scope={orders.group_size_scope!r} is not one of {GROUP_SIZE_SCOPES}"),
         (data.worker_count >= 0, f"data.worker_count={data.worker_count} must be >= 0"),
+        (train.query_lr_scale > 0, f"train.query_lr_scale={train.query_lr_scale} must be > 0"),
+        (train.query_init in QUERY_INITS, f"train.query_init={train.query_init!r} is not one of {QUERY_INITS}"),
     ]
     for ok, message in checks:
         if not ok:

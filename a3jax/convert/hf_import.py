@@ -54,7 +54,7 @@ import numpy as np
 
 from a3jax.variants import policy_of
 from a3jax.model.config import ModelConfig, RopeScaling
-from a3jax.model.params import abstract_params
+from a3jax.model.params import abstract_params, initial_query_vector
 
 # a3jax layer param -> (HF name inside model.layers.<i>., stored transposed in HF)
 LAYER_KEYS = {
@@ -239,17 +239,6 @@ def _weight_map(hf_dir: pathlib.Path, safe_open) -> dict[str, str]:
     raise ConversionError(f"{hf_dir} has neither model.safetensors nor model.safetensors.index.json{hint}")
 
 
-def _embedding_std(embed: np.ndarray) -> float:
-    """Standard deviation of all entries, in float64 over row blocks (no full-size temporary)."""
-    total = squares = 0.0
-    for start in range(0, embed.shape[0], 8192):
-        block = embed[start:start + 8192].astype(np.float64)
-        total += float(block.sum())
-        squares += float(np.square(block).sum())
-    mean = total / embed.size
-    return math.sqrt(max(squares / embed.size - mean * mean, 0.0))
-
-
 def load_hf_params(hf_dir: str | pathlib.Path, variant: str = "a3", *, seed: int = 0,
                    base_model: Mapping[str, Any] | None = None,
                    log: Callable[[str], None] = _log) -> tuple[ModelConfig, dict, dict]:
@@ -335,9 +324,7 @@ def load_hf_params(hf_dir: str | pathlib.Path, variant: str = "a3", *, seed: int
     info = {"source_dtypes": sorted(source_dtypes), "ignored": ignored}
     if variant == "a3":
         if query is None:
-            std = _embedding_std(params["embed"])
-            query = (np.random.default_rng(seed).standard_normal(cfg.d_model) * std).astype(np.float32)
-            info["query_embed"] = f"initialised N(0, {std:.4g}^2) (the embedding matrix's std), seed {seed}"
+            query, info["query_embed"] = initial_query_vector(params["embed"], seed)
         else:
             info["query_embed"] = f"read from {QUERY_KEY}"
         params["query_embed"] = query
@@ -433,8 +420,9 @@ def convert_hf(hf_dir: str | pathlib.Path, out: str | pathlib.Path, *, variant: 
     """
     import jax
 
-    from a3jax.checkpoint import Checkpointer
-    from a3jax.train.optimizer import make_optimizer
+    from a3jax.checkpoint import write_start
+    from a3jax.configs import parse
+    from a3jax.train.optimizer import fresh_state
 
     hf_dir, out = pathlib.Path(hf_dir), pathlib.Path(out).absolute()
     base = None if config is None else config
@@ -460,17 +448,10 @@ def convert_hf(hf_dir: str | pathlib.Path, out: str | pathlib.Path, *, variant: 
         write_experiment_file(tmp / "experiment.py", experiment, note, out)
 
         _, shapes = abstract_params(cfg)
-        opt_shapes = jax.eval_shape(make_optimizer(experiment.train).init, shapes)
-        opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), opt_shapes)
-        meta = {"step": 0, "model": cfg.to_dict(), "config": experiment.to_dict(),
-                "source": {"format": "hf-llama", "path": str(hf_dir.absolute()), "variant": variant,
-                           "tokenizer_files": copied, **info}}
-        checkpointer = Checkpointer(tmp, keep=2, async_save=False)
-        try:
-            checkpointer.save(0, {"params": params, "opt_state": opt_state},
-                              json.loads(json.dumps(meta, default=list)), force=True)
-        finally:
-            checkpointer.close()
+        opt_state = fresh_state(parse(experiment).train, shapes)
+        write_start(tmp, params, opt_state, cfg, experiment.to_dict(),
+                    {"format": "hf-llama", "path": str(hf_dir.absolute()), "variant": variant,
+                     "tokenizer_files": copied, **info})
         finish_out(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -65,12 +65,15 @@ def _append(buffer, new, start):
 
 
 def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid, query_positions,
-           commit_groups=None):
+           commit_groups=None, query_groups=None):
     """Commits the next group(s) of each row and predicts the next positions, in one call.
 
     commit_tokens, commit_positions, commit_valid: [B, C] (invalid slots are ignored, never seen);
     commit_groups: [B, C] group ids, larger than every cached one (None: one new group, id
-    max cached + 1); query_positions: [B, Q] original positions to predict (a3 only; Q may be 0).
+    max cached + 1); query_positions: [B, Q] original positions to predict (a3 only; Q may be 0);
+    query_groups: [B, Q] a query row sees the valid slots of groups < its id (None: every valid
+    slot, the groups committed in this call included) -- several groups committed in one call
+    can then each be verified against exactly the groups before it (speculative decoding).
     Returns (cache, logits): float32 [B, Q, V] query-stream logits for a3; for causal, [B, 1, V]
     from the valid committed row with the largest position (it predicts that position + 1).
     The caller must leave room: cache.length + C <= S.
@@ -100,9 +103,10 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
     cos, sin = rope.rope_tables(row_positions, inv_freq)
     if causal:
         row_order, key_order = row_positions, positions
-    else:  # query rows come after every committed group
-        row_order = jnp.concatenate([commit_groups.astype(jnp.int32),
-                                     jnp.full((b, q_len), jnp.iinfo(jnp.int32).max, jnp.int32)], 1)
+    else:  # query rows come after every committed group (or see the groups before their own id)
+        query_order = (jnp.full((b, q_len), jnp.iinfo(jnp.int32).max, jnp.int32) if query_groups is None
+                       else query_groups.astype(jnp.int32) - 1)
+        row_order = jnp.concatenate([commit_groups.astype(jnp.int32), query_order], 1)
         key_order = groups
     mask = valid[:, None, :] & (key_order[:, None, :] <= row_order[:, :, None])
     params = {name: model.layers[name][...].astype(dtype) for name in LAYER_PARAMS}

@@ -9,6 +9,12 @@ Dynamic plans look at the model's predictions for every remaining position and c
   confidence(k) | entropy(k) | margin(k) | random_pick(k)       k fixed
   confidence(steps=T)                                           k_t spread evenly over T steps
   confidence(steps=T, schedule=cosine)                          few first, more later (MaskGIT)
+Speculative plans sample EXACTLY from the one-position-at-a-time joint of an order (ar, random, or
+the caller's groups as a ranking) in fewer model calls (decode/speculative.py):
+  speculative(k)                        k drafts per round
+  speculative(k, adaptive)              k moves between 1 and the given k with the acceptance
+  speculative(k, order=random)          a random order of the unknown positions (order=groups: the
+                                        caller's group ids rank the positions)
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 from a3jax.decode.sampling import CRITERIA
 
 STATIC = ("ar", "blocks", "random", "groups")
+SPECULATIVE_ORDERS = ("ar", "random", "groups")
 DYNAMIC = {"confidence": "confidence", "entropy": "entropy", "margin": "margin", "random_pick": "random"}
 SCHEDULES = ("linear", "cosine")
 
@@ -32,6 +39,12 @@ class Plan:
     k: int = 1  # positions per step (static: group size; dynamic: fixed k, 0 when `steps` is set)
     steps: int = 0  # dynamic only: total steps with a schedule
     schedule: str = "linear"
+    adaptive: bool = False  # speculative only: k adapts to the acceptance (the given k is the most)
+    order: str = "ar"  # speculative only: the order whose one-at-a-time joint is sampled
+
+    @property
+    def speculative(self) -> bool:
+        return self.kind == "speculative"
 
     @property
     def dynamic(self) -> bool:
@@ -65,10 +78,11 @@ def parse_plan(spec: str) -> Plan:
     """Parses a plan string (see the module docstring); errors name the bad part."""
     text = str(spec).replace(" ", "")
     match = _CALL.match(text)
-    known = list(STATIC) + list(DYNAMIC)
+    known = list(STATIC) + list(DYNAMIC) + ["speculative"]
     if not match or match.group(1) not in known:
         raise ValueError(f"unknown plan {spec!r}; use one of ar, blocks(k), random, random(k), groups, "
-                         f"{', '.join(f'{n}(k)' for n in DYNAMIC)} (criteria: {', '.join(CRITERIA)})")
+                         f"{', '.join(f'{n}(k)' for n in DYNAMIC)} (criteria: {', '.join(CRITERIA)}), "
+                         "speculative(k)")
     name, args = match.group(1), match.group(2)
     positional, keywords = [], {}
     for part in filter(None, (args or "").split(",")):
@@ -91,6 +105,8 @@ def parse_plan(spec: str) -> Plan:
         if args:
             raise ValueError(f"plan {spec!r}: {name!r} takes no arguments")
         return Plan(name)
+    if name == "speculative":
+        return _speculative(spec, positional, keywords, integer)
     if name in ("blocks", "random"):
         if keywords or len(positional) > 1 or (name == "blocks" and not positional):
             raise ValueError(f"plan {spec!r}: write {name}(k) with one integer k" +
@@ -113,6 +129,25 @@ def parse_plan(spec: str) -> Plan:
             raise ValueError(f"plan {spec!r}: a schedule needs steps=T, not a fixed k")
         return Plan(name, k=integer(keywords["k"], "k"))
     return Plan(name, k=0, steps=integer(keywords["steps"], "steps"), schedule=schedule)
+
+
+def _speculative(spec: str, positional: list[str], keywords: dict, integer) -> Plan:
+    adaptive = "adaptive" in positional
+    positional = [p for p in positional if p != "adaptive"]
+    unknown = set(keywords) - {"k", "adaptive", "order"}
+    if unknown:
+        raise ValueError(f"plan {spec!r}: unknown argument(s) {sorted(unknown)}; use k, adaptive, order")
+    if len(positional) + ("k" in keywords) != 1:
+        raise ValueError(f"plan {spec!r}: write speculative(k) with one integer k (drafts per round)")
+    k = integer(positional[0] if positional else keywords["k"], "k")
+    if "adaptive" in keywords:
+        if keywords["adaptive"].lower() not in ("true", "false"):
+            raise ValueError(f"plan {spec!r}: adaptive={keywords['adaptive']!r} is not true or false")
+        adaptive = keywords["adaptive"].lower() == "true"
+    order = keywords.get("order", "ar")
+    if order not in SPECULATIVE_ORDERS:
+        raise ValueError(f"plan {spec!r}: order={order!r} is not one of {SPECULATIVE_ORDERS}")
+    return Plan("speculative", k=k, adaptive=adaptive, order=order)
 
 
 def static_groups(plan: Plan, unknown_positions: np.ndarray, rng: np.random.Generator,

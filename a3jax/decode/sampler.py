@@ -32,6 +32,7 @@ from a3jax.decode import cache as cache_lib
 from a3jax.decode.plans import parse_plan, static_groups
 from a3jax.variants import policy_of
 from a3jax.decode.sampling import check_settings, choose_tokens, position_scores
+from a3jax.decode.speculative import generate_speculative
 
 MODES = ("cached", "recompute")
 CONTEXTS = ("ar", "group")
@@ -87,6 +88,7 @@ class GenerateResult:
     n_steps: int  # decoding calls after the prefill
     state: object = None  # the final KV cache (cached mode with keep_cache=True)
     mode: str = "cached"  # SampleConfig.mode: how to read `groups`
+    stats: dict | None = None  # speculative plans: model calls, drafts offered/accepted by position
 
     def groupings(self, b: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(groups_L, scored_L)] for document b: log_probs[b][scored_L] equal a full forward's
@@ -223,9 +225,12 @@ def _check_inputs(documents, known, forced, groups, max_len):
 
 def _check_groups_plan(plan, spec: str, groups) -> None:
     """`groups` is read by plan 'groups' alone: any other plan would decode in its own order."""
-    if groups is not None and plan.kind != "groups":
+    reads_groups = plan.kind == "groups" or (plan.speculative and plan.order == "groups")
+    if groups is not None and not reads_groups:
         raise ValueError(f"groups=... is only read by plan 'groups', but the plan is {spec!r}, which would "
                          "ignore them; use SampleConfig(plan='groups') to decode in your groups, or drop groups=")
+    if groups is None and reads_groups:
+        raise ValueError(f"plan {spec!r} decodes in the caller's groups: pass groups=[ids per document]")
 
 
 def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, eos_id: int | None = None,
@@ -250,6 +255,10 @@ def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, e
     policy_of(cfg.variant).check_decode(sampling.plan, plan.kind, sampling.mode)
     if eos_id is None:
         sampling = dataclasses.replace(sampling, stop_at_eos=False)
+    if plan.speculative:
+        return _generate_speculative(model_def, params, cfg, documents, known, plan, sampling, bos_id=bos_id,
+                                     pad_id=pad_id, eos_id=eos_id, groups=groups, forced=forced,
+                                     keep_cache=keep_cache, progress=progress)
     if plan.dynamic:
         return _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, bos_id=bos_id,
                                  pad_id=pad_id, eos_id=eos_id, forced=forced, keep_cache=keep_cache,
@@ -303,14 +312,21 @@ class _Output:
         self.eos_at = [None] * len(documents)  # 1-based position of the first generated EOS
 
     def record(self, step, tokens, positions, valid, log_probs):
-        for b in range(tokens.shape[0]):
-            for tok, pos, ok, lp in zip(tokens[b], positions[b], valid[b], log_probs[b]):
-                if not ok or self.known[b][pos - 1]:  # given tokens (forced by a causal model) stay given
-                    continue
-                self.tokens[b][pos - 1], self.log_probs[b][pos - 1] = tok, lp
-                self.steps[b][pos - 1] = step
-                if self.stop_at_eos and tok == self.eos_id:
-                    self.eos_at[b] = pos if self.eos_at[b] is None else min(self.eos_at[b], pos)
+        """step: the step of every token, or [B, W] one per token (speculative: the commit rank)."""
+        tokens, positions, valid = np.asarray(tokens), np.asarray(positions), np.asarray(valid, bool)
+        log_probs = np.asarray(log_probs)
+        steps = np.broadcast_to(np.asarray(step), tokens.shape)
+        for b in np.flatnonzero(valid.any(axis=1)):
+            pos = positions[b][valid[b]]
+            new = ~self.known[b][pos - 1]  # given tokens (forced by a causal model) stay given
+            at = pos[new] - 1
+            toks = tokens[b][valid[b]][new]
+            self.tokens[b][at] = toks
+            self.log_probs[b][at] = log_probs[b][valid[b]][new]
+            self.steps[b][at] = steps[b][valid[b]][new]
+            if self.stop_at_eos and (toks == self.eos_id).any():
+                first = int(at[toks == self.eos_id].min()) + 1
+                self.eos_at[b] = first if self.eos_at[b] is None else min(self.eos_at[b], first)
 
     def result(self, n_steps, state) -> GenerateResult:
         tokens, log_probs, steps, groups = [], [], [], []
@@ -384,6 +400,22 @@ def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *
         state, _, _ = step(params, state, *commit, np.zeros((batch, 0), np.int32), np.zeros((batch, 0), np.int32),
                            np.zeros((batch, 0), bool), key)
     return out.result(n_steps, state if keep_cache else None)
+
+
+def _generate_speculative(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
+                          groups, forced, keep_cache, progress):
+    if sampling.mode != "cached":
+        raise ValueError(f"plan {sampling.plan!r} verifies drafts against the exact KV cache: use mode='cached'")
+    if forced is not None or keep_cache:
+        raise ValueError(f"plan {sampling.plan!r} samples its own tokens: forced= and keep_cache= are not supported")
+    prefill = _prefill(documents, known, bos_id, pad_id, False, sampling.context)
+    out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
+    out, calls, stats = generate_speculative(model_def, params, cfg, documents, known, plan, sampling,
+                                             bos_id=bos_id, pad_id=pad_id, eos_id=eos_id, groups=groups,
+                                             prefill=prefill, output=out, progress=progress)
+    result = out.result(calls, None)
+    result.stats = stats
+    return result
 
 
 def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,

@@ -4,6 +4,8 @@
     a3jax eval --workdir runs/demo --task infill [--span 32] [--plan ar] [--limit WINDOWS]
     a3jax eval --workdir runs/demo --task mc --data ../shared/data/piqa/valid.jsonl [--labels L]
     a3jax eval --workdir runs/demo --task lambada --data lambada.jsonl [--limit N]
+    a3jax eval --workdir runs/demo --task rolling --data texts.jsonl   (bits per byte, left to right:
+                                                                         lm-eval's loglikelihood_rolling)
 
 The JSON (default WORKDIR/eval/<task>.json) holds the task, checkpoint step, settings and metrics.
 """
@@ -17,7 +19,7 @@ import sys
 import time
 from typing import Sequence
 
-TASKS = ("nll", "infill", "mc", "lambada")
+TASKS = ("nll", "infill", "mc", "lambada", "rolling")
 DEFAULT_INFILL_EXAMPLES = 16
 
 
@@ -74,7 +76,7 @@ def _check(args) -> None:
         raise ValueError(f"--seq-len {args.seq_len} must be >= 2 (BOS and one token)")
     if args.span < 1:
         raise ValueError(f"--span {args.span} must be >= 1")
-    if args.task in ("mc", "lambada") and not args.data:
+    if args.task in ("mc", "lambada", "rolling") and not args.data:
         raise ValueError(f"--task {args.task} needs --data PATH (a local JSONL{' or text' if args.task == 'lambada' else ''} file)")
     if args.data and not pathlib.Path(args.data).is_file():
         raise ValueError(f"--data {args.data} does not exist")
@@ -135,6 +137,10 @@ def run_task(args, loaded) -> dict:
         items = tasks.load_mc_jsonl(args.data, args.labels)[: args.limit]
         return tasks.multiple_choice(loaded, items, batch_size=args.batch_size, context_order=context_order,
                                      progress=progress)
+    if args.task == "rolling":
+        texts = tasks.load_lambada(args.data)[: args.limit]  # one text per line / JSONL "text"
+        return tasks.rolling(loaded, texts, batch_size=args.batch_size, context_order=context_order,
+                             progress=progress)
     passages = tasks.load_lambada(args.data)[: args.limit]
     return tasks.lambada(loaded, passages, batch_size=args.batch_size, context_order=context_order,
                          progress=progress)

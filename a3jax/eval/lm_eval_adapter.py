@@ -1,11 +1,17 @@
 """lm-evaluation-harness adapter: `A3JaxLM` answers lm-eval's three request types with a3jax.
 
-    lm_eval --model a3jax --model_args workdir=runs/demo,step=1200 --tasks piqa,lambada_openai
+    a3jax lm-eval --model_args workdir=runs/demo/a3 --tasks piqa,lambada_openai   (eval/lm_eval_cli.py)
 
 Importing this module never needs lm_eval. When lm_eval is importable, `A3JaxLM` subclasses
-`lm_eval.api.model.LM` and is registered as "a3jax" (so import this module, e.g. through
-`python -c "import a3jax.eval.lm_eval_adapter, lm_eval.__main__ as m; m.cli_evaluate()"`, or
-pass the class to `lm_eval.simple_evaluate(model=A3JaxLM(...))`).
+`lm_eval.api.model.LM` and is registered as "a3jax" (`a3jax lm-eval` imports it before handing
+its arguments to lm_eval's own command line; from Python, pass the class to
+`lm_eval.simple_evaluate(model=A3JaxLM(...))`).
+
+Long inputs, as the harness does for models with a maximum length (seq_len, BOS included):
+a context that does not fit is left-truncated (its last tokens kept); a continuation that alone
+does not fit raises ValueError naming the request (raise it with --model_args seq_len=N: RoPE
+models read longer rows); loglikelihood_rolling scores long texts in windows; generate_until
+keeps the end of the prompt and generates at most max_gen_toks tokens.
 
 Each request has `.args` like lm-eval's Instance:
   loglikelihood:         (context, continuation)   -> (log P(continuation | context), is_greedy)
@@ -20,7 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from a3jax.eval import score as score_lib
-from a3jax.eval.tasks import _generate, encode_pair, model_parts  # _generate: the sampler seam
+from a3jax.eval.tasks import (_generate, encode_pair, model_parts, rolling_log_likelihoods,  # _generate: the
+                              rolling_windows)  # sampler seam
 
 try:  # optional dependency
     from lm_eval.api.model import LM as _Base
@@ -89,24 +96,14 @@ class A3JaxLM(_Base):
         return self._loglikelihood_tokens(pairs)
 
     def rolling_windows(self, tokens: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(context, continuation) windows that score every token once, left to right: each window
-        predicts up to rolling_stride new tokens after as much preceding text as fits."""
-        windows = []
-        for start in range(0, tokens.size, self.rolling_stride):
-            windows.append((tokens[:start], tokens[start:start + self.rolling_stride]))
-        return windows
+        """(context, continuation) windows that score every token once, left to right."""
+        return rolling_windows(tokens, self.rolling_stride)
 
     def loglikelihood_rolling(self, requests: Sequence[Any]) -> list[float]:
-        pairs, owner = [], []
-        for index, request in enumerate(requests):
-            tokens = np.asarray(self.tokenizer.encode(request.args[0]), np.int32)
-            for window in self.rolling_windows(tokens):
-                pairs.append(window)
-                owner.append(index)
-        totals = np.zeros(len(requests), np.float64)
-        for index, (log_prob, _) in zip(owner, self._loglikelihood_tokens(pairs) if pairs else []):
-            totals[index] += log_prob
-        return [float(t) for t in totals]
+        """log P(text), left to right in windows of rolling_stride new tokens (what `a3jax eval
+        --task rolling` computes)."""
+        return rolling_log_likelihoods(self.parts, [r.args[0] for r in requests], stride=self.rolling_stride,
+                                       batch_size=self.batch_size, context_order=self.context_order)
 
     def generate_until(self, requests: Sequence[Any]) -> list[str]:
         """Greedy left-to-right continuation (plan "ar" on a trailing gap), cut at the first `until`

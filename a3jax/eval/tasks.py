@@ -8,6 +8,7 @@ A task takes the model as a `a3jax.inference.LoadedModel`, a `ModelParts`, or a 
 from __future__ import annotations
 
 import dataclasses
+import re
 import json
 import math
 import pathlib
@@ -188,6 +189,56 @@ def multiple_choice(model, items: Sequence[dict], *, batch_size: int = 8, seq_le
             "requests": len(requests)}
 
 
+# Rolling log-likelihood (lm-eval's loglikelihood_rolling) ------------------------------------------
+
+def rolling_windows(tokens: np.ndarray, stride: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(context, continuation) windows that score every token of a text once, left to right: each
+    predicts up to `stride` new tokens after the text before it (left-truncated to fit the row)."""
+    return [(tokens[:start], tokens[start:start + stride]) for start in range(0, tokens.size, stride)]
+
+
+def rolling_log_likelihoods(parts: ModelParts, texts: Sequence[str], *, stride: int | None = None,
+                            batch_size: int = 8, context_order: str | None = None,
+                            progress: bool = False) -> list[float]:
+    """log P(text) of each text, left to right, in windows of `stride` new tokens (default seq_len
+    - 1): lm-eval's loglikelihood_rolling."""
+    stride = parts.seq_len - 1 if stride is None else stride
+    if not 1 <= stride <= parts.seq_len - 1:
+        raise ValueError(f"rolling stride {stride} must be in 1..{parts.seq_len - 1} (seq_len - 1)")
+    pairs, owner = [], []
+    for index, text in enumerate(texts):
+        tokens = np.asarray(parts.tokenizer.encode(text), np.int32)
+        for window in rolling_windows(tokens, stride):
+            pairs.append(window)
+            owner.append(index)
+    totals = np.zeros(len(texts), np.float64)
+    if pairs:
+        results = score_lib.loglikelihood(parts.model_def, parts.params, pairs, seq_len=parts.seq_len,
+                                          bos_id=parts.tokenizer.bos_id, pad_id=parts.tokenizer.pad_id,
+                                          batch_size=batch_size, context_order=context_order,
+                                          progress=progress)
+        for index, (log_prob, _) in zip(owner, results):
+            totals[index] += log_prob
+    return [float(t) for t in totals]
+
+
+def rolling(model, texts: Sequence[str], *, batch_size: int = 8, seq_len: int | None = None,
+            context_order: str | None = None, progress: bool = False) -> dict:
+    """Bits per byte, byte and word perplexity of texts scored left to right (lm-eval's
+    loglikelihood_rolling metrics: words split at whitespace, bytes of UTF-8, EOS not scored)."""
+    parts = model_parts(model, seq_len)
+    if not texts:
+        raise ValueError("no texts to score")
+    log_probs = rolling_log_likelihoods(parts, texts, batch_size=batch_size, context_order=context_order,
+                                        progress=progress)
+    total = sum(log_probs)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    n_words = sum(len(re.split(r"\s+", t)) for t in texts)
+    return {"bits_per_byte": -total / math.log(2) / n_bytes, "byte_perplexity": math.exp(-total / n_bytes),
+            "word_perplexity": math.exp(-total / n_words), "log_likelihood": total, "texts": len(texts),
+            "bytes": n_bytes}
+
+
 # LAMBADA ------------------------------------------------------------------------------------------
 
 def load_lambada(path: str | pathlib.Path) -> list[str]:
@@ -321,6 +372,41 @@ def _generate():  # the sampler, looked up at call time (tests substitute a stan
     return SampleConfig, generate
 
 
+def fill_windows(parts: ModelParts, windows, *, plan: str = "ar", temperature: float = 0.0, seed: int = 0,
+                 batch_size: int = 8, mode: str = "cached", bar=None) -> dict:
+    """Fills window[start:stop] of each (window, start, stop) given the rest of its window.
+    Returns the decoded predictions and references, and per-window token hits."""
+    SampleConfig, generate = _generate()
+    tokenizer = parts.tokenizer
+    predictions, references, hits = [], [], []
+    for first in range(0, len(windows), batch_size):
+        chunk = windows[first:first + batch_size]
+        documents, known = [], []
+        for window, start, stop in chunk:
+            mask = np.ones(window.size, bool)
+            mask[start:stop] = False
+            hidden = window.copy()
+            hidden[start:stop] = tokenizer.pad_id  # nothing of the answer reaches the sampler
+            documents.append(hidden)
+            known.append(mask)
+        # eos_id=None: the span has a fixed length, so an EOS inside it is a wrong token, not
+        # the end of the document.
+        result = generate(parts.model_def, parts.params, documents, known, bos_id=tokenizer.bos_id,
+                          pad_id=tokenizer.pad_id, eos_id=None,
+                          sampling=SampleConfig(plan=plan, temperature=temperature, seed=seed + first,
+                                                mode=mode))
+        for (window, start, stop), filled in zip(chunk, result.tokens):
+            guess = np.full(stop - start, -1, np.int64)  # a shorter result leaves -1 (wrong)
+            got = np.asarray(filled)[start:stop]
+            guess[:got.size] = got
+            predictions.append(tokenizer.decode(got))
+            references.append(tokenizer.decode(window[start:stop]))
+            hits.append(int(np.sum(guess == window[start:stop])))
+        if bar is not None:
+            bar.update(len(chunk))
+    return {"predictions": predictions, "references": references, "hits": hits}
+
+
 def infill(model, corpus, *, span: int = 32, num_examples: int = 8, seed: int = 0, plan: str = "ar",
            temperature: float = 0.0, batch_size: int = 8, seq_len: int | None = None,
            progress: bool = False, mode: str = "cached") -> dict:
@@ -334,47 +420,47 @@ def infill(model, corpus, *, span: int = 32, num_examples: int = 8, seed: int = 
         raise ValueError(f"num_examples must be >= 1, got {num_examples}")
     if span < 1:
         raise ValueError(f"span must be >= 1 token, got {span}")
-    SampleConfig, generate = _generate()
-    tokenizer = parts.tokenizer
-    windows = infill_windows(corpus, tokenizer, parts.seq_len, span, range(seed, seed + num_examples))
-    predictions, references, token_hits, token_total = [], [], 0, 0
+    windows = infill_windows(corpus, parts.tokenizer, parts.seq_len, span, range(seed, seed + num_examples))
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(windows), desc="infill", unit="window", file=sys.stderr, dynamic_ncols=True)
     try:
-        for first in range(0, len(windows), batch_size):
-            chunk = windows[first:first + batch_size]
-            documents, known = [], []
-            for window, start, stop in chunk:
-                mask = np.ones(window.size, bool)
-                mask[start:stop] = False
-                hidden = window.copy()
-                hidden[start:stop] = tokenizer.pad_id  # nothing of the answer reaches the sampler
-                documents.append(hidden)
-                known.append(mask)
-            # eos_id=None: the span has a fixed length, so an EOS inside it is a wrong token, not
-            # the end of the document.
-            result = generate(parts.model_def, parts.params, documents, known, bos_id=tokenizer.bos_id,
-                              pad_id=tokenizer.pad_id, eos_id=None,
-                              sampling=SampleConfig(plan=plan, temperature=temperature, seed=seed + first,
-                                                    mode=mode))
-            for (window, start, stop), filled in zip(chunk, result.tokens):
-                guess = np.full(stop - start, -1, np.int64)  # a shorter result leaves -1 (wrong)
-                got = np.asarray(filled)[start:stop]
-                guess[:got.size] = got
-                predictions.append(tokenizer.decode(got))
-                references.append(tokenizer.decode(window[start:stop]))
-                token_hits += int(np.sum(guess == window[start:stop]))
-                token_total += stop - start
-            if bar is not None:
-                bar.update(len(chunk))
+        filled = fill_windows(parts, windows, plan=plan, temperature=temperature, seed=seed,
+                              batch_size=batch_size, mode=mode, bar=bar)
     finally:
         if bar is not None:
             bar.close()
+    predictions, references = filled["predictions"], filled["references"]
+    token_total = sum(stop - start for _, start, stop in windows)
     out = {"exact_match": metrics_lib.mean_exact_match(predictions, references)}
     out.update(metrics_lib.rouge(predictions, references))
-    out.update({"token_acc": token_hits / max(token_total, 1), "examples": len(windows),
+    out.update({"token_acc": sum(filled["hits"]) / max(token_total, 1), "examples": len(windows),
                 "span_tokens": int(token_total), "plan": plan})
+    return out
+
+
+def infill_spans(model, spans, *, plan: str = "ar", temperature: float = 0.0, seed: int = 0,
+                 batch_size: int = 8, mode: str = "cached") -> dict:
+    """Infilling of natural spans (a3jax.eval.spans): token accuracy and exact match (whitespace-
+    stripped) over all spans and by kind, and each span's fill."""
+    parts = model_parts(model)
+    windows = [(s.window, s.start, s.stop) for s in spans]
+    filled = fill_windows(parts, windows, plan=plan, temperature=temperature, seed=seed,
+                          batch_size=batch_size, mode=mode)
+
+    def summary(indices):
+        tokens = sum(spans[i].stop - spans[i].start for i in indices)
+        return {"spans": len(indices), "tokens": tokens,
+                "token_acc": sum(filled["hits"][i] for i in indices) / max(tokens, 1),
+                "exact_match": metrics_lib.mean_exact_match([filled["predictions"][i] for i in indices],
+                                                            [filled["references"][i] for i in indices])}
+
+    out = summary(range(len(spans)))
+    out["by_kind"] = {kind: summary([i for i, s in enumerate(spans) if s.kind == kind])
+                      for kind in dict.fromkeys(s.kind for s in spans)}
+    out["fills"] = filled["predictions"]
+    out["plan"] = plan
+    return out
     return out

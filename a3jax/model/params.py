@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import math
+
 import jax
+import numpy as np
 from flax import nnx
 
 from a3jax.model.config import ModelConfig
@@ -40,3 +43,43 @@ def abstract_params(model_config: ModelConfig) -> tuple[ModelDef, dict]:
     model = nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model, nnx.Param)
     return ModelDef(graphdef), nnx.to_pure_dict(state)
+
+
+QUERY_INITS = ("normal", "mean")
+
+
+def initial_query_vector(embed, seed: int, how: str = "normal") -> tuple[np.ndarray, str]:
+    """The query stream's vector for a model converted from a causal one, and a note of how it
+    was made: "normal" draws N(0, std^2) with the embedding matrix's std (the scale of a token
+    embedding); "mean" is the mean token embedding (the query stream starts as an average token)."""
+    embed = np.asarray(embed)
+    if how == "mean":
+        total = np.zeros(embed.shape[1], np.float64)
+        for start in range(0, embed.shape[0], 8192):
+            total += embed[start:start + 8192].astype(np.float64).sum(0)
+        return (total / embed.shape[0]).astype(np.float32), "the mean token embedding"
+    if how != "normal":
+        raise ValueError(f"query init {how!r} is not one of {QUERY_INITS}")
+    std = _embedding_std(embed)
+    query = (np.random.default_rng(seed).standard_normal(embed.shape[1]) * std).astype(np.float32)
+    return query, f"initialised N(0, {std:.4g}^2) (the embedding matrix's std), seed {seed}"
+
+
+def causal_to_a3(params: dict, seed: int = 0, how: str = "normal") -> tuple[dict, str]:
+    """A causal model's params as an A3 model's: every weight copied, plus the query vector
+    (initial_query_vector; what `a3jax convert --variant a3` does from HF files)."""
+    if "query_embed" in params:
+        raise ValueError("these params already hold a query vector: they are an a3 model's")
+    query, note = initial_query_vector(params["embed"], seed, how)
+    return {**params, "query_embed": query}, note
+
+
+def _embedding_std(embed: np.ndarray) -> float:
+    """Standard deviation of all entries, in float64 over row blocks (no full-size temporary)."""
+    total = squares = 0.0
+    for start in range(0, embed.shape[0], 8192):
+        block = embed[start:start + 8192].astype(np.float64)
+        total += float(block.sum())
+        squares += float(np.square(block).sum())
+    mean = total / embed.size
+    return math.sqrt(max(squares / embed.size - mean * mean, 0.0))

@@ -48,9 +48,10 @@ def commands(config_path, root, *, overrides: Sequence[str] = (), only=None) -> 
     sweep = load_sweep(config_path)
     lines = []
     for point in select(sweep.points, only):
-        point_config(sweep, point, overrides)  # a bad point fails here, not in the job
+        point_config(sweep, point, overrides, root)  # a bad point fails here, not in the job
+        items = [i.replace("{root}", str(pathlib.Path(root).absolute())) for i in point.override_items()]
         train = ["a3jax", "train", "--config", str(config_path), "--workdir", str(pathlib.Path(root) / point.name),
-                 "--no-progress"] + [f"--config.{o}" for o in normal_overrides(overrides) + point.override_items()]
+                 "--no-progress"] + [f"--config.{o}" for o in normal_overrides(overrides) + items]
         evaluate = sweep_command(config_path, root, overrides, point.name) + " --no-progress"
         lines.append(f"{shlex.join(train)} && {evaluate}")
     return lines
@@ -61,7 +62,7 @@ def commands(config_path, root, *, overrides: Sequence[str] = (), only=None) -> 
 def _status_entry(sweep, point, root, overrides, previous: dict) -> dict:
     entry = {"name": point.name, "group": point.group, "overrides": point.overrides, "workdir": point.name}
     try:
-        exp = point_config(sweep, point, overrides)
+        exp = point_config(sweep, point, overrides, root)
     except ValueError as error:
         entry.update(status="invalid", error=str(error))
         return entry
@@ -104,7 +105,7 @@ def run_sweep(config_path, root, *, overrides: Sequence[str] = (), only=None, pr
     sweep = load_sweep(config_path)
     root = pathlib.Path(root)
     chosen = select(sweep.points, only)
-    experiments = {p.name: point_config(sweep, p, overrides) for p in chosen}  # fail fast, name the point
+    experiments = {p.name: point_config(sweep, p, overrides, root) for p in chosen}  # fail fast, name the point
     owner = (read_json(root / SWEEP_FILE) or {}).get("config")
     if owner and pathlib.Path(owner).resolve() != sweep.path.resolve():
         raise ValueError(f"--root {root} holds the sweep of {owner} ({root / SWEEP_FILE}); use another --root "

@@ -170,15 +170,20 @@ def select(points: Sequence[Point], only) -> list[Point]:
     return [p for p in points if p in chosen]  # in sweep order
 
 
-def point_config(sweep: Sweep, point: Point, overrides: Sequence[str] = ()):
+def point_config(sweep: Sweep, point: Point, overrides: Sequence[str] = (), root=None):
     """The point's config, parsed once (a3jax.configs.Experiment; `.raw` is its ConfigDict): the
     file's get_config(), the command line's overrides, then the point's own (the point wins: it
-    defines the grid). A bad value raises ValueError naming the point."""
+    defines the grid). `{root}` in a point's value is the sweep's root, e.g.
+    "train.init_from": "{root}/pretrain-s0" starts a point from another point's weights.
+    A bad value raises ValueError naming the point."""
     from a3jax.configs import apply_overrides, load_config_file, parse
 
+    items = point.override_items()
+    if root is not None:
+        items = [item.replace("{root}", str(pathlib.Path(root).absolute())) for item in items]
     try:
         config = load_config_file(sweep.path)
-        apply_overrides(config, normal_overrides(overrides) + point.override_items())
+        apply_overrides(config, normal_overrides(overrides) + items)
         return parse(config)
     except ValueError as error:
         raise ValueError(f"point {point.name}: {error}") from None

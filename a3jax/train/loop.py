@@ -13,12 +13,13 @@ import numpy as np
 from tqdm import tqdm
 
 from a3jax import flops, parallel
-from a3jax.checkpoint import Checkpointer
+from a3jax.checkpoint import Checkpointer, load_params
 from a3jax.configs import Experiment, parse
 from a3jax.data import load_corpus, load_tokenizer, train_batches
 from a3jax.data.corpus import Corpus
 from a3jax.layout import grid_violations
-from a3jax.model.params import abstract_params, init_model
+from a3jax.model.config import EXECUTION_FIELDS
+from a3jax.model.params import abstract_params, causal_to_a3, init_model
 from a3jax.model.sharding import axis_rules
 from a3jax.train.evaluation import Evaluator, evaluate, stage_summary  # noqa: F401  (evaluate: public)
 from a3jax.train.metrics import MetricWriter, NullWriter
@@ -81,6 +82,8 @@ def _initial_state(exp: Experiment, checkpointer, mesh):
     shardings = (params_sh, jax.tree.map(lambda x: x.sharding, opt_state), parallel.batch_sharding(mesh))
     start, skipped = 0, 0
     latest = checkpointer.latest_step()
+    if latest is None and exp.train.init_from:
+        params = jax.device_put(_weights_from(exp), params_sh)
     if latest is not None:
         target = {"params": params, "opt_state": opt_state}
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
@@ -89,6 +92,28 @@ def _initial_state(exp: Experiment, checkpointer, mesh):
         skipped = int(meta.get("skipped_total", 0))  # absent in checkpoints of older versions
         _log(f"resumed from {checkpointer.directory / str(latest)} at step {start}")
     return model_def, params, opt_state, shardings, tx, start, skipped
+
+
+def _weights_from(exp: Experiment) -> dict:
+    """The latest weights of the train.init_from workdir for this run's model: the same
+    architecture; a causal model's become an a3 model's (plus the query vector)."""
+    step, source, _, params = load_params(exp.train.init_from)
+    here = exp.model.to_dict()
+    differs = {k: (v, here[k]) for k, v in source.to_dict().items()
+               if k not in ("variant", "dtype", "init_std") + EXECUTION_FIELDS and v != here[k]}
+    if differs:
+        raise ValueError(f"train.init_from={exp.train.init_from} holds a different model: "
+                         + ", ".join(f"model.{k}={a!r} there, {b!r} here" for k, (a, b) in differs.items()))
+    if source.variant == exp.model.variant:
+        _log(f"starting from the weights of {exp.train.init_from} (step {step})")
+        return params
+    if (source.variant, exp.model.variant) != ("causal", "a3"):
+        raise ValueError(f"train.init_from={exp.train.init_from} holds a {source.variant} model; a "
+                         f"{exp.model.variant} run can start from a {exp.model.variant} or (for a3) a causal one")
+    params, note = causal_to_a3(params, exp.seed, exp.train.query_init)
+    _log(f"starting from the causal model of {exp.train.init_from} (step {step}) as a3: every weight "
+         f"copied; query vector {note}")
+    return params
 
 
 def _checked_group_size(exp: Experiment, step: int, local) -> int:

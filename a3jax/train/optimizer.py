@@ -37,8 +37,21 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def _scale_query_vector(factor: float) -> optax.GradientTransformation:
+    """Multiplies the update of `query_embed` (the query stream's one vector) by `factor`: its
+    learning rate is factor x train.lr (it has no weight decay). Identity for other params."""
+
+    def update(updates, state, params=None):
+        del params
+        if "query_embed" in updates:
+            updates = dict(updates, query_embed=updates["query_embed"] * factor)
+        return updates, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(train_config: TrainConfig) -> optax.GradientTransformation:
-    return optax.chain(
+    parts = [
         optax.clip_by_global_norm(train_config.clip_norm),
         optax.adamw(
             learning_rate_schedule(train_config),
@@ -48,4 +61,17 @@ def make_optimizer(train_config: TrainConfig) -> optax.GradientTransformation:
             weight_decay=train_config.weight_decay,
             mask=_decay_mask,
         ),
-    )
+    ]
+    if train_config.query_lr_scale != 1.0:  # the default chain (and its state) stays as it was
+        parts.append(_scale_query_vector(train_config.query_lr_scale))
+    return optax.chain(*parts)
+
+
+def fresh_state(train_config: TrainConfig, param_shapes) -> optax.OptState:
+    """The optimizer state of step 0 for params of these shapes, as numpy zeros (what a
+    converted or adapted checkpoint starts from)."""
+    import numpy as np
+
+    opt_shapes = jax.eval_shape(make_optimizer(train_config).init, param_shapes)
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), opt_shapes)
+

@@ -84,6 +84,11 @@ def get_config() -> ConfigDict:
     config.train.b2 = 0.95
     config.train.eps = 1e-8
     config.train.clip_norm = 1.0
+    config.train.query_lr_scale = 1.0  # learning rate of the query stream's vector, x train.lr
+    # Start a fresh run from the latest weights of another workdir (e.g. a causal model, adapted to
+    # a3: every weight copied, the query vector made by query_init: "normal" or "mean").
+    config.train.init_from = ""
+    config.train.query_init = "normal"
     config.train.peak_flops = 0.0  # peak FLOP/s per device for MFU; 0 = from flops.PEAK_FLOPS
     config.train.log_every = 20
     config.train.eval_every = 300

@@ -1,0 +1,88 @@
+"""Natural infilling spans in held-out Python source: what a person would mask in code.
+
+  identifier  the name assigned on a line (`    total = ...` -> `total`)
+  return      the expression of a return statement (`    return a + b` -> `a + b`)
+  arguments   the parameter list of a def (`def f(a, b=2):` -> `a, b=2`)
+  docstring   the first line of a docstring (`    \"\"\"Return the sum.` -> `Return the sum.`)
+
+Each span comes with a window of at most seq_len - 1 tokens of its file around it (context before
+and after), so a model can fill it with the rest of the window given. Spans are found in byte
+space: the byte tokenizer's token i is byte i.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Sequence
+
+import numpy as np
+
+from a3jax.data.tokenizer import ByteTokenizer
+
+KINDS = ("identifier", "return", "arguments", "docstring")
+_PATTERNS = {
+    "identifier": re.compile(rb"^[ \t]+([A-Za-z_][A-Za-z0-9_]{2,24})[ \t]*=[^=]", re.M),
+    "return": re.compile(rb"^[ \t]+return[ \t]+([^\n#]{3,40}?)[ \t]*$", re.M),
+    "arguments": re.compile(rb"^[ \t]*def[ \t]+\w+\(([^()\n]{3,50})\)[^\n]*:[ \t]*$", re.M),
+    "docstring": re.compile(rb'^[ \t]+(?:r?"""|r?\'\'\')([^\n"\']{10,60}?)[ \t]*(?:"""|\'\'\')?[ \t]*$', re.M),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    kind: str
+    window: np.ndarray  # int32 tokens of the window (no BOS)
+    start: int  # the span is window[start:stop]
+    stop: int
+    document: int  # index of the held-out document
+
+
+def _window(doc_len: int, start: int, stop: int, width: int) -> tuple[int, int]:
+    """[a, b) of at most `width` tokens around [start, stop): 60% of the room before the span."""
+    room = max(width - (stop - start), 0)
+    a = max(0, start - int(room * 0.6))
+    b = min(doc_len, a + width)
+    a = max(0, b - width)
+    return a, b
+
+
+def find_spans(documents: Sequence[np.ndarray], tokenizer, seq_len: int, per_kind: int, *,
+               seed: int = 0, kinds: Sequence[str] = KINDS) -> list[Span]:
+    """Up to `per_kind` spans of each kind from the documents (byte tokenizer), spread over the
+    documents: candidates are shuffled by `seed` and at most one span per document and kind is
+    taken while other documents have candidates left."""
+    if not isinstance(tokenizer, ByteTokenizer):
+        raise ValueError(f"natural spans are found in byte space; the {tokenizer.name} tokenizer is not "
+                         "the byte tokenizer (data.tokenizer='bytes')")
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"span kinds {unknown} are not among {KINDS}")
+    width = seq_len - 1
+    rng = np.random.default_rng(seed)
+    spans = []
+    for kind in kinds:
+        candidates = []
+        for index, doc in enumerate(documents):
+            doc = np.asarray(doc)
+            special = np.flatnonzero(doc >= 256)  # EOS: the text ends there
+            text = doc[: special[0] if special.size else doc.size].astype(np.uint8).tobytes()
+            for match in _PATTERNS[kind].finditer(text):
+                candidates.append((index, match.start(1), match.end(1)))
+        order = rng.permutation(len(candidates))
+        taken, documents_used, chosen = [], set(), set()
+        for first_round in (True, False):  # first one per document, then any
+            for i in order:
+                index, start, stop = candidates[i]
+                if len(taken) == per_kind:
+                    break
+                if (first_round and index in documents_used) or i in chosen:
+                    continue
+                taken.append(candidates[i])
+                documents_used.add(index)
+                chosen.add(i)
+        for index, start, stop in taken:
+            doc = np.asarray(documents[index], np.int32)
+            a, b = _window(doc.size, start, stop, width)
+            spans.append(Span(kind, doc[a:b].copy(), start - a, stop - a, index))
+    return spans

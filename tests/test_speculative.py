@@ -1,0 +1,165 @@
+"""Exact parallel decoding (plan speculative(k), decode/speculative.py): its samples follow the
+model's one-position-at-a-time joint along the order exactly, in fewer model calls."""
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from a3jax.decode import SampleConfig, generate
+from a3jax.decode.speculative import shaped_probs
+from a3jax.layout import build_layout, unsort
+from a3jax.model import ModelConfig
+from a3jax.model.params import init_model
+
+CONTEXT = 1  # the known token at position 1; positions 2..5 are generated
+ORDERS = {"ar": None, "scrambled": np.array([0, 3, 1, 4, 2])}  # group ids rank positions 2..5: 4, 2, 5, 3
+
+
+def _model(vocab=3, seed=4, init_std=1.0):
+    cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                      dtype="float32", init_std=init_std)
+    return init_model(cfg, seed)
+
+
+def _sample(model_def, params, plan, n, order, temperature=1.0, top_p=1.0, seed=11):
+    docs = [np.array([CONTEXT, 0, 0, 0, 0], np.int32)] * n
+    known = [np.array([1, 0, 0, 0, 0], bool)] * n
+    groups = None if ORDERS[order] is None else [ORDERS[order]] * n
+    if ORDERS[order] is not None and not plan.startswith("speculative"):
+        plan = "groups"
+    result = generate(model_def, params, docs, known, bos_id=0, pad_id=0, eos_id=None, groups=groups,
+                      sampling=SampleConfig(plan=plan, seed=seed, temperature=temperature, top_p=top_p))
+    return result
+
+
+def _joint(model_def, params, groups, temperature=1.0, top_p=1.0):
+    """P of all 3^4 continuations under one singleton grouping (the one-at-a-time joint of its
+    order), with each conditional shaped like the sampler's: one forward pass per sequence."""
+    model = model_def.bind(params)
+    sequences = np.array(list(itertools.product(range(3), repeat=4)), np.int32)
+    layouts = [build_layout([np.concatenate([[CONTEXT], s])], [groups], 6, bos_id=0, pad_id=0) for s in sequences]
+    batch = {k: jnp.asarray(np.stack([lay[k] for lay in layouts])) for k in layouts[0]}
+    logits = np.asarray(model(batch))  # query-stream logits in generation order
+    probs = np.ones(len(sequences))
+    for i, lay in enumerate(layouts):
+        shaped = np.asarray(shaped_probs(jnp.asarray(unsort(logits[i], lay, 1)), temperature, 0, top_p))
+        tokens = unsort(lay["tokens"], lay, 1)
+        for pos in range(2, 6):  # original positions of the generated tokens (BOS = 0, context = 1)
+            probs[i] *= shaped[pos, tokens[pos]]
+    return sequences, probs
+
+
+def _chi_square(samples, expected):
+    codes = samples @ (3 ** np.arange(3, -1, -1))
+    observed = np.bincount(codes, minlength=81)
+    if observed[expected == 0].sum():  # a sequence the joint gives probability 0 was drawn
+        return 0.0
+    keep = expected >= 5  # pool rare sequences into one bin
+    obs, exp = observed[keep], expected[keep]
+    if expected[~keep].sum() > 0:
+        obs, exp = np.append(obs, observed[~keep].sum()), np.append(exp, expected[~keep].sum())
+    return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+
+
+@pytest.mark.parametrize("order", ["ar", "scrambled"])
+@pytest.mark.parametrize("k", [2, 4])
+def test_samples_follow_the_one_at_a_time_joint_exactly(order, k):
+    model_def, params = _model()
+    n = 12_000
+    result = _sample(model_def, params, f"speculative({k}, order={'ar' if order == 'ar' else 'groups'})", n, order)
+    groupings = np.unique(np.stack(result.groups), axis=0)
+    assert len(groupings) == 1  # one order for every sample: singletons in it, context first
+    grouping = groupings[0]
+    assert sorted(grouping[1:]) == [2, 3, 4, 5]
+    sequences, probs = _joint(model_def, params, grouping)
+    assert abs(probs.sum() - 1) < 1e-5 and probs.max() / probs.min() > 20  # normalised, far from uniform
+    samples = np.stack(result.tokens)[:, 1:]
+    expected = np.zeros(81)
+    expected[sequences @ (3 ** np.arange(3, -1, -1))] = probs * n
+    assert _chi_square(samples, expected) > 1e-3
+    # fewer calls than one per position (5 per row for 'ar' incl. the prefill)
+    assert result.stats["calls"] < 5
+    assert result.stats["accepted"][0] == result.stats["offered"][0]  # the first draft is always accepted
+    # the same test rejects independent sampling within groups of k (blocks(k) / k-wide groups)
+    if order == "ar":
+        blocky = _sample(model_def, params, f"blocks({k})", n, order)
+    else:  # groups of k in the same order: the caller's ranks, k per group
+        blocky = generate(model_def, params, [np.array([CONTEXT, 0, 0, 0, 0], np.int32)] * n,
+                          [np.array([1, 0, 0, 0, 0], bool)] * n, bos_id=0, pad_id=0, eos_id=None,
+                          groups=[np.array([0, 2, 1, 2, 1]) if k == 2 else np.array([0, 1, 1, 1, 1])] * n,
+                          sampling=SampleConfig(plan="groups", seed=11, temperature=1.0))
+    assert _chi_square(np.stack(blocky.tokens)[:, 1:], expected) < 1e-6
+
+
+def test_shaped_sampling_follows_the_shaped_joint():
+    """Temperature and top-p shape p and q alike: the samples follow the joint of the shaped
+    one-at-a-time conditionals (and not the unshaped one)."""
+    model_def, params = _model(init_std=0.6)
+    n = 12_000
+    result = _sample(model_def, params, "speculative(4)", n, "ar", temperature=1.5, top_p=0.95)
+    grouping = np.stack(result.groups)[0]
+    sequences, shaped = _joint(model_def, params, grouping, temperature=1.5, top_p=0.95)
+    assert (shaped > 0).sum() > 10 and (shaped == 0).sum() > 10  # the nucleus cut some, kept many
+    expected = np.zeros(81)
+    expected[sequences @ (3 ** np.arange(3, -1, -1))] = shaped * n
+    samples = np.stack(result.tokens)[:, 1:]
+    assert _chi_square(samples, expected) > 1e-3
+    _, plain = _joint(model_def, params, grouping)
+    expected[sequences @ (3 ** np.arange(3, -1, -1))] = plain * n
+    assert _chi_square(samples, expected) < 1e-6
+
+
+@pytest.mark.parametrize("plan", ["speculative(3)", "speculative(4, adaptive)", "speculative(2, order=random)"])
+def test_log_probs_equal_a_full_forward_under_the_singletons_used(plan):
+    from a3jax.loss import target_log_probs
+
+    model_def, params = _model(vocab=12, init_std=0.3)
+    rng = np.random.default_rng(2)
+    docs = [rng.integers(1, 9, 10).astype(np.int32), rng.integers(1, 9, 7).astype(np.int32)]
+    known = [np.array([1, 0, 0, 1, 0, 0, 0, 1, 0, 0], bool), np.array([0, 1, 0, 0, 1, 0, 0], bool)]
+    result = generate(model_def, params, docs, known, bos_id=10, pad_id=11, eos_id=None,
+                      sampling=SampleConfig(plan=plan, seed=5))
+    model = model_def.bind(params)
+    for b in range(2):
+        groups, scored = result.groupings(b)[0]
+        assert len(np.unique(groups)) == groups.size  # singletons
+        layout = build_layout([result.tokens[b]], [groups], 12, bos_id=10, pad_id=11)
+        log_probs, _ = target_log_probs(model, {k: jnp.asarray(v)[None] for k, v in layout.items()})
+        full = unsort(np.asarray(log_probs[0]), layout, 1)[1:result.tokens[b].size + 1]
+        np.testing.assert_allclose(result.log_probs[b][scored], full[scored], atol=1e-4)
+
+
+@pytest.mark.parametrize("order", ["ar", "random"])
+@pytest.mark.parametrize("plan", ["speculative(1)", "speculative(2)", "speculative(4)", "speculative(4, adaptive)"])
+def test_greedy_speculative_equals_greedy_one_at_a_time(order, plan):
+    model_def, params = _model(vocab=12, init_std=0.5)
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 9, 12).astype(np.int32), rng.integers(0, 9, 9).astype(np.int32)]
+    known = [np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0], bool), np.array([0, 1, 0, 0, 0, 0, 1, 0, 0], bool)]
+    ref = generate(model_def, params, docs, known, bos_id=10, pad_id=11,
+                   sampling=SampleConfig(plan=order, temperature=0, seed=3))
+    spec = plan[:-1] + f", order={order})"
+    res = generate(model_def, params, docs, known, bos_id=10, pad_id=11,
+                   sampling=SampleConfig(plan=spec, temperature=0, seed=3))
+    for a, b in zip(ref.tokens, res.tokens):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(ref.log_probs, res.log_probs):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_bad_uses_are_refused():
+    model_def, params = _model(vocab=12, init_std=0.3)
+    docs, known = [np.arange(6, dtype=np.int32)], [np.array([1, 0, 0, 1, 0, 0], bool)]
+    kwargs = dict(bos_id=10, pad_id=11)
+    with pytest.raises(ValueError, match="mode='cached'"):
+        generate(model_def, params, docs, known, sampling=SampleConfig(plan="speculative(2)", mode="recompute"),
+                 **kwargs)
+    with pytest.raises(ValueError, match="pass groups="):
+        generate(model_def, params, docs, known, sampling=SampleConfig(plan="speculative(2, order=groups)"),
+                 **kwargs)
+    with pytest.raises(ValueError, match="forced= and keep_cache="):
+        generate(model_def, params, docs, known, forced=[np.zeros(6, np.int32)],
+                 sampling=SampleConfig(plan="speculative(2)"), **kwargs)
