@@ -6,7 +6,16 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_STAMP := $(VENV)/.installed-torch-stamp
 WORKDIR ?= runs/demo
 
-.PHONY: demo test install clean
+# Second lane: Python 3.13 with the newest jax/flax/orbax/grain pip gives (Python 3.11 stops at
+# jax 0.10.2). Its interpreter: PYTHON313 if set, else python3.13 on PATH, else the one
+# ../shared/tools/python313.sh builds (once per machine, about 4 minutes; its log in TMPDIR).
+# No torch extra there (a multi-GB CUDA download on 3.13): the HF conversion tests skip.
+VENV313 := .venv313
+BIN313 := $(VENV313)/bin
+STAMP313 := $(VENV313)/.installed-stamp
+PYTHON313 ?=
+
+.PHONY: demo test test-py313 lint install install-py313 clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "a3jax needs Python 3.11+, found " + sys.version'
@@ -20,7 +29,24 @@ $(TORCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,torch]'
 	touch $(TORCH_STAMP)
 
+# setuptools: tests/test_packaging.py builds the wheel without build isolation, and 3.12+ venvs
+# have none (on 3.11 the torch extra brings it).
+$(STAMP313): pyproject.toml
+	test -x $(BIN313)/python || { \
+	  py="$(PYTHON313)"; [ -n "$$py" ] || py=$$(python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null) || { \
+	    test -f ../shared/tools/python313.sh || { echo "no python3.13 found: make test-py313 PYTHON313=/path/to/python3.13"; exit 1; }; \
+	    log=$${TMPDIR:-/tmp}/a3jax-python313-build.log; \
+	    echo "building CPython 3.13 with ../shared/tools/python313.sh (log: $$log)"; \
+	    py=$$(bash ../shared/tools/python313.sh 2>"$$log") || { tail -n 40 "$$log"; exit 1; }; }; \
+	  "$$py" -m venv $(VENV313); }
+	$(BIN313)/python -c 'import sys; assert sys.version_info[:2] == (3, 13), "$(VENV313) needs Python 3.13, found " + sys.version'
+	$(BIN313)/python -m pip install --quiet --upgrade pip 'setuptools>=77'
+	$(BIN313)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	touch $(STAMP313)
+
 install: $(STAMP)
+
+install-py313: $(STAMP313)
 
 demo: $(STAMP)
 	$(BIN)/a3jax demo --workdir=$(WORKDIR)
@@ -28,5 +54,12 @@ demo: $(STAMP)
 test: $(TORCH_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test-py313: $(STAMP313)
+	$(BIN313)/python -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|flax|orbax-checkpoint|grain|numpy|tokamax) '
+	$(BIN313)/python -m pytest -q -n 2 --dist loadfile tests
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VENV313) runs

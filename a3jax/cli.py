@@ -48,7 +48,8 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a3jax", description=__doc__,
-                                     epilog="Config overrides: --config.SECTION.KEY=VALUE, e.g. --config.train.steps=100")
+                                     epilog="Config overrides: --config.SECTION.KEY=VALUE, "
+                                            "e.g. --config.train.steps=100")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         add = getattr(importlib.import_module(command.module), command.add)

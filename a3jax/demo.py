@@ -103,7 +103,8 @@ def main(args, overrides=()) -> int:
     workdir = pathlib.Path(args.workdir)
     pretrain = parse(apply_overrides(module.pretrain_config(), overrides))
     # the adaptation starts from the pretrained causal model (train.init_from: converted in-process)
-    adapt = parse(apply_overrides(module.get_config(), [*overrides, f"train.init_from={(workdir / 'pretrain').absolute()}"]))
+    start_from = f"train.init_from={(workdir / 'pretrain').absolute()}"
+    adapt = parse(apply_overrides(module.get_config(), [*overrides, start_from]))
     tokenizer = load_tokenizer(adapt.data)
     corpus = load_corpus(adapt.data, tokenizer)
     _say(f"demo: {len(corpus.train_docs)} train / {len(corpus.eval_docs)} held-out files of the Python "

@@ -27,7 +27,7 @@ with a static mask (TPU splash attention) needs. Up to g - 1 padding slots go be
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

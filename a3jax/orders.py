@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -339,7 +340,7 @@ class Curriculum:
 
     @classmethod
     def parse(cls, text: str, group_size_scope: str = "example", *,
-              tokens_per_step: int | None = None) -> "Curriculum":
+              tokens_per_step: int | None = None) -> Curriculum:
         """Parses 'ar until 100; blocks(2) until 200; random(4)' (a bare spec = one stage).
 
         Boundaries are steps ('until 100', 'until 100 steps', 'until 2k steps') or tokens ('until

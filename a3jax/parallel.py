@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from a3jax.model.sharding import (DEFAULT_RULES, MESH_AXES, MeshError, logical_to_mesh,  # noqa: F401
-                                  parse_rules)
+from a3jax.model.sharding import DEFAULT_RULES, MESH_AXES, MeshError, logical_to_mesh, parse_rules  # noqa: F401
 from a3jax.model.transformer import param_logical_axes
 
 _log = logging.getLogger("a3jax")

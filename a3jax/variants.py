@@ -17,9 +17,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from a3jax.orders import MDLM, parse_sampler, uses_mdlm
-
 from a3jax.model.config import VARIANTS  # noqa: F401  (re-exported: the policy covers every variant)
+from a3jax.orders import MDLM, parse_sampler, uses_mdlm
 
 
 def _normal(spec: str) -> str:

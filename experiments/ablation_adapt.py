@@ -12,6 +12,9 @@ and, to make A3 learn faster (each a change that keeps the model's probabilities
   (d) *_qlr10      the query stream's vector learns at 10x the learning rate (train.query_lr_scale)
   (e) a3_adapted_qmean  the converted model's query vector starts as the mean token embedding
                    instead of a random vector at embedding scale (train.query_init)
+  (f) a3_adapted_lr3e3  adaptation at the pretraining's learning rate (3e-3, not 1e-3)
+  (g) a3_adapted_ar50   half of the adaptation in the AR stage, the other four stages sharing the rest
+  (h) a3_scratch_ar75   from scratch with 75% `ar` in the mixture (not 50%)
 each with seeds 0 and 1 (seed 0 first; a pretrain point runs before the points adapted from it).
 
 Post-training eval: held-out NLL under ar and random(4) (64 rows), infilling of 16-byte spans in
@@ -31,6 +34,9 @@ ADAPT = STEPS - PRETRAIN
 SEEDS = (0, 1)
 ORDERS = ("ar", "random(4)")
 SCRATCH = {"model.variant": "a3", "orders.curriculum": curricula.curriculum("mixture", STEPS)}
+# the paper's five stages with half of the adaptation in stage 0 (AR), the rest shared equally
+AR50 = "; ".join(f"{spec} until {ADAPT // 2 + i * (ADAPT // 2) // 4}" for i, spec in
+                 enumerate(("ar", "blocks(2)", "blocks(4)", "random(4)"))) + "; random(8)"
 ADAPTED = {"model.variant": "a3", "train.steps": ADAPT, "train.lr": 1e-3, "train.warmup_steps": 30,
            "train.weight_decay": 0.01, "orders.curriculum": curricula.curriculum("paper_5_stage", ADAPT)}
 
@@ -45,6 +51,12 @@ def points(seed: int):
         ("a3_scratch_qlr10", {**SCRATCH, "train.query_lr_scale": 10.0}),
         ("a3_adapted_qlr10", {**ADAPTED, **pretrained, "train.query_lr_scale": 10.0}),
         ("a3_adapted_qmean", {**ADAPTED, **pretrained, "train.query_init": "mean"}),
+        # added after the first seven: the adaptation's learning rate, the share of its AR stage,
+        # and (from scratch) the share of `ar` in the mixture
+        ("a3_adapted_lr3e3", {**ADAPTED, **pretrained, "train.lr": 3e-3}),
+        ("a3_adapted_ar50", {**ADAPTED, **pretrained, "orders.curriculum": AR50}),
+        ("a3_scratch_ar75", {**SCRATCH, "orders.curriculum": "0.75*ar + 0.125*span(0.05,0.3) + "
+                                                            "0.125*random_sizes(1,8)"}),
     ]
 
 

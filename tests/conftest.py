@@ -1,5 +1,6 @@
 """Shared fixtures: a micro config and a small in-memory corpus (tests never need the network)."""
 
+import functools
 import os
 import pathlib
 import tempfile
@@ -8,10 +9,11 @@ import tempfile
 # (XLA's fast-compile flags -- no backend optimisations -- halved the suite's time, but one CI run
 # with them set globally lost a worker to an abort inside a train step that did not reproduce;
 # until that is understood they are used only per compile, in test_splash.py and
-# test_prefix_chunks.py.)
+# test_prefix_chunks.py, through `fast_compile_options`.)
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax
+import numpy as np
 import pytest
 
 from a3jax.configs import load_config
@@ -22,6 +24,32 @@ from a3jax.data import ByteTokenizer, corpus_from_texts
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="a3jax-test-xla-cache-"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# XLA's CPU options for a fast compile (no backend optimisations) of the big interpret-mode kernel
+# graphs. XLA adds and drops options between releases (jaxlib 0.12 has no
+# xla_cpu_use_fusion_emitters) and an unknown one is an error, so each is probed once and only
+# those this jaxlib knows are passed.
+FAST_COMPILE_CANDIDATES = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+                           "xla_cpu_parallel_codegen_split_count": 1}
+
+
+@functools.cache
+def fast_compile_options() -> dict | None:
+    """The FAST_COMPILE_CANDIDATES this jaxlib accepts (None off CPU: other backends compile as usual)."""
+    if jax.default_backend() != "cpu":
+        return None
+    lowered = jax.jit(lambda x: x + 1).lower(np.zeros(2, np.float32))
+    supported = {}
+    for name, value in FAST_COMPILE_CANDIDATES.items():
+        try:
+            lowered.compile(compiler_options={name: value})
+        except jax.errors.JaxRuntimeError as error:
+            if "no such compile option" not in str(error).lower():
+                raise
+        else:
+            supported[name] = value
+    return supported
+
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "tiny.py"

@@ -7,12 +7,13 @@ import math
 import jax
 import jax.numpy as jnp
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from a3jax import parallel
 from a3jax.configs import load_config, model_config
-from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
 from a3jax.model.params import abstract_params
+from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
 from a3jax.train.step import make_train_step
 
 from conftest import ROOT

@@ -16,17 +16,17 @@ pytest.importorskip("safetensors", reason="needs the torch extra: pip install -e
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from conftest import micro_config  # noqa: E402
 
 from a3jax import orders  # noqa: E402
-from a3jax.checkpoint import Checkpointer  # noqa: E402
+from a3jax.checkpoint import Checkpointer, load_params  # noqa: E402
 from a3jax.configs import load_config  # noqa: E402
 from a3jax.convert import ConversionError, convert_hf, export_hf  # noqa: E402
 from a3jax.convert.cli import add_convert_arguments, add_export_arguments, convert_main, export_main  # noqa: E402
-from a3jax.checkpoint import load_params  # noqa: E402
 from a3jax.layout import build_layout, stack_layouts  # noqa: E402
 from a3jax.model import ModelConfig, rope  # noqa: E402
 from a3jax.model.params import abstract_params, init_model  # noqa: E402
+
+from conftest import micro_config  # noqa: E402
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16}
@@ -140,7 +140,8 @@ def test_rope_layout_is_rotate_half(hf_models, tmp_path):
         "kind": "llama3", "factor": 8.0, "original_max_position": 16}})
     inv = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     np.testing.assert_allclose(inv, hf_model.model.rotary_emb.inv_freq.numpy(), rtol=1e-6)
-    ours = rope.apply_rope(jnp.asarray(x.numpy().transpose(0, 2, 1, 3)), *rope.rope_tables(jnp.asarray(positions.numpy()), inv))
+    tables = rope.rope_tables(jnp.asarray(positions.numpy()), inv)
+    ours = rope.apply_rope(jnp.asarray(x.numpy().transpose(0, 2, 1, 3)), *tables)
     np.testing.assert_allclose(np.asarray(ours).transpose(0, 2, 1, 3), hf_q.numpy(), atol=1e-5)
 
     tokens = np.random.default_rng(2).integers(0, VOCAB, size=(1, N))
@@ -158,7 +159,8 @@ def test_bfloat16_checkpoint_converts_exactly(tmp_path):
     _, _, _, raw = load_converted(convert(tmp_path / "hf", tmp_path / "out", "causal"))
     sd = hf_model.state_dict()
     np.testing.assert_array_equal(raw["embed"], sd["model.embed_tokens.weight"].float().numpy())
-    np.testing.assert_array_equal(raw["layers"]["wk"][1], sd["model.layers.1.self_attn.k_proj.weight"].float().numpy().T)
+    wk = sd["model.layers.1.self_attn.k_proj.weight"].float().numpy().T
+    np.testing.assert_array_equal(raw["layers"]["wk"][1], wk)
     np.testing.assert_array_equal(raw["layers"]["mlp_norm"][0],
                                   sd["model.layers.0.post_attention_layernorm.weight"].float().numpy())
     assert "lm_head" not in raw and "query_embed" not in raw

@@ -4,9 +4,8 @@ steps at train.batch_size * data.seq_len tokens per step, errors, and step bound
 import numpy as np
 import pytest
 
-from a3jax.configs import ConfigError, tokens_per_step
+from a3jax.configs import ConfigError, parse, tokens_per_step
 from a3jax.data import ByteTokenizer
-from a3jax.configs import parse
 from a3jax.data.pipeline import train_dataset
 from a3jax.orders import Curriculum, Stage, parse_boundary
 

@@ -15,8 +15,8 @@ from a3jax.decode.sampling import filter_logits
 from a3jax.layout import build_layout
 from a3jax.loss import target_log_probs
 from a3jax.model import ModelConfig, rope
-from a3jax.model.transformer import LAYER_PARAMS, _layer, dense, rms_norm
 from a3jax.model.params import init_model
+from a3jax.model.transformer import LAYER_PARAMS, _layer, dense, rms_norm
 
 BOS, PAD, EOS = 10, 11, 9
 

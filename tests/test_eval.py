@@ -21,8 +21,8 @@ from a3jax.inference import load_model
 from a3jax.layout import build_layout, stack_layouts
 from a3jax.loss import target_log_probs
 from a3jax.model import ModelConfig
-from a3jax.train.loop import train
 from a3jax.model.params import abstract_params
+from a3jax.train.loop import train
 
 from conftest import micro_config
 
@@ -33,7 +33,7 @@ V, BOS, PAD = 6, 4, 5  # tiny models: ids 0..3 are text, but every id may appear
 SEQ = 24
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model(variant="a3"):
     """A random tiny model with large weights (sharp, varied predictions); numpy init, no compile."""
     cfg = ModelConfig(variant=variant, vocab_size=V, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1,
@@ -51,7 +51,7 @@ def tiny_model(variant="a3"):
     return model_def, jax.tree_util.tree_map_with_path(init, shapes)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def forward(model_def):
     """The model's prediction logits, jitted once per model (and batch shape)."""
     return jax.jit(lambda params, batch: model_def.bind(params)(batch))
@@ -271,7 +271,8 @@ def test_piqa_loader_and_bad_files(tmp_path):
         copy = tmp_path / "piqa"
         copy.mkdir()
         (copy / "valid.jsonl").write_text("".join(real.read_text().splitlines(True)[:20]))
-        (copy / "valid-labels.lst").write_text("".join(real.with_name("valid-labels.lst").read_text().splitlines(True)[:20]))
+        labels = real.with_name("valid-labels.lst").read_text().splitlines(True)[:20]
+        (copy / "valid-labels.lst").write_text("".join(labels))
         real_items = tasks.load_mc_jsonl(copy / "valid.jsonl")
         assert len(real_items) == 20 and all(len(i["choices"]) == 2 for i in real_items)
 
@@ -375,7 +376,7 @@ def test_infill_scores_the_filled_span(oracle, monkeypatch):
     perfect = tasks.infill(oracle.loaded, oracle.corpus, span=8, num_examples=3, batch_size=2)
     assert perfect["exact_match"] == 1.0 and perfect["rouge1"] == 1.0 and perfect["token_acc"] == 1.0
     assert perfect["examples"] == 3 and perfect["span_tokens"] == 24
-    for (doc, mask), (window, start, stop) in zip(seen, windows):  # the answer never reaches the sampler
+    for (doc, mask), (_, start, stop) in zip(seen, windows):  # the answer never reaches the sampler
         assert np.all(doc[~mask] == TOK.pad_id) and np.flatnonzero(~mask).tolist() == list(range(start, stop))
 
     def blank_generate(model_def, params, documents, known, **_):

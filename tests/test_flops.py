@@ -40,7 +40,7 @@ def dot_flops(jaxpr) -> float:
             (contract, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
             total += 2 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
-        for name, sub in eqn.params.items():
+        for sub in eqn.params.values():
             subs = sub if isinstance(sub, (list, tuple)) else [sub]
             for item in subs:
                 inner = getattr(item, "jaxpr", None)

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 
 from a3jax import orders
-from a3jax.configs import ConfigError
+from a3jax.configs import ConfigError, parse
 from a3jax.data import ByteTokenizer
 from a3jax.data.packing import pack_rows
-from a3jax.configs import parse
 from a3jax.data.pipeline import fast_layout, train_batches
 from a3jax.layout import bos_slots, build_layout, grid_violations, stack_layouts
 from a3jax.model.attention import visibility_masks

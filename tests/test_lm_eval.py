@@ -89,7 +89,8 @@ def test_the_harness_command_matches_a3jax_eval(trained, tmp_path, capsys):
     out = tmp_path / "harness"
     result = subprocess.run(
         [sys.executable, "-m", "a3jax.cli", "lm-eval", "--tasks", "a3_mc,a3_rolling,a3_gen", "--include_path",
-         str(tasks), "--model_args", f"workdir={trained}", "--batch_size", "4", "--output_path", str(out), "--log_samples"],
+         str(tasks), "--model_args", f"workdir={trained}", "--batch_size", "4", "--output_path", str(out),
+         "--log_samples"],
         capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     (results_file,) = out.rglob("results_*.json")

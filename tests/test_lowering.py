@@ -16,13 +16,14 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from a3jax import parallel
 from a3jax.configs import load_config, model_config
 from a3jax.kernels.platform import kernel_platform, lowering_for
-from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
 from a3jax.model.params import abstract_params
+from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
 from a3jax.train.step import make_train_step
 
 from conftest import TINY
@@ -47,7 +48,8 @@ def tokamax_for_hopper():
     `cross_compile` option lifts the first; the compute-capability probes are told 'sm90' here
     (and only here) so that the real Mosaic GPU lowering runs on this CPU."""
     pytest.importorskip("tokamax")
-    from tokamax._src import config as tokamax_config, gpu_utils
+    from tokamax._src import config as tokamax_config
+    from tokamax._src import gpu_utils
 
     with tokamax_config.cross_compile(True), \
             mock.patch.object(gpu_utils, "_compute_capability", return_value=9.0), \

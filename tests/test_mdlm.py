@@ -326,7 +326,7 @@ def test_recompute_decoding_fills_a_gap_and_cached_mode_errors():
 
     model_def, params = init_model(ModelConfig(variant="mdlm", vocab_size=12, d_model=16, n_layers=1, n_heads=2,
                                                n_kv_heads=1, ffn_dim=32, dtype="float32", init_std=0.5), 0)
-    bos, pad, eos = 10, 9, 8  # MASK = 11
+    bos, pad = 10, 9  # EOS = 8, MASK = 11
     doc = np.array([1, 2, 0, 0, 0, 0, 3, 4], np.int32)
     known = np.array([1, 1, 0, 0, 0, 0, 1, 1], bool)
     model = model_def.bind(params)

@@ -58,7 +58,7 @@ def test_shapes_of_each_sampler(length):
         order = np.argsort(groups)  # generation order
         lo, hi = (max(1, min(length, round(f * length))) for f in (0.05, 0.3))
 
-        def is_span_layout(s):  # outside left to right, then a contiguous span of s
+        def is_span_layout(s, order=order):  # outside left to right, then a contiguous span of s
             head, tail = order[: length - s], order[length - s :]
             return np.all(np.diff(head) > 0) and np.all(np.diff(tail) == 1)
 

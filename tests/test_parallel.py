@@ -57,7 +57,8 @@ def test_bad_meshes_and_batches_are_refused_before_compiling():
     with pytest.raises(parallel.MeshError, match="does not divide the 8 devices"):
         parallel.make_mesh(micro_config("mesh.data=-1", "mesh.tensor=3").mesh)
     mesh = parallel.make_mesh(micro_config("mesh.data=4", "mesh.fsdp=2").mesh)
-    with pytest.raises(parallel.MeshError, match="train.batch_size=12 is not divisible by the batch axes data x fsdp = 8"):
+    message = "train.batch_size=12 is not divisible by the batch axes data x fsdp = 8"
+    with pytest.raises(parallel.MeshError, match=message):
         parallel.check_batch(12, mesh)
 
 
@@ -65,8 +66,8 @@ def test_checkpoint_from_one_mesh_restores_on_others(tmp_path, small_corpus):
     import shutil
 
     from a3jax.checkpoint import Checkpointer
-    from a3jax.model.params import init_model
     from a3jax.configs import model_config
+    from a3jax.model.params import init_model
 
     overrides = lambda shape, devices=0: mesh_overrides(shape, devices)[:-3] + [  # noqa: E731
         "train.steps=10", "train.eval_every=1000", "train.checkpoint_every=5"]

@@ -12,6 +12,8 @@ from a3jax import orders
 from a3jax.model.attention import _masked_attention, visibility_masks
 from a3jax.model.prefix_chunks import chunk_boundaries, prefix_chunked_streams
 
+from conftest import fast_compile_options
+
 N = 61  # not a multiple of any chunk count tested
 CHUNKS = (1, 2, 3, 4, 7)
 STREAMS = ((True, True), (True, False), (False, True))
@@ -81,16 +83,11 @@ def inputs(streams, dtype, seed=0, batch=2, seq_len=N, heads=4, kv_heads=2, head
     return q, k, v, rng.standard_normal(shapes[0], np.float32)
 
 
-# These graphs are tiny and compiling them dominates the test time: compile without the backend
-# optimisations (about 3x faster on CPU; the numbers are checked against a reference compiled alike).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-                "xla_cpu_parallel_codegen_split_count": 1}
-
-
 def compiled(fn, *args):
-    """jax.jit(fn) compiled for args with FAST_COMPILE (CPU only; other backends compile as usual)."""
-    options = FAST_COMPILE if jax.default_backend() == "cpu" else None
-    return jax.jit(fn).lower(*args).compile(compiler_options=options)
+    """jax.jit(fn) compiled for args. These graphs are tiny and compiling them dominates the test
+    time: on CPU, compile without the backend optimisations (conftest.fast_compile_options; about
+    3x faster; the numbers are checked against a reference compiled alike)."""
+    return jax.jit(fn).lower(*args).compile(compiler_options=fast_compile_options())
 
 
 def reference(streams, q, k, v, segment_ids, groups):
@@ -138,8 +135,9 @@ def check(layout, cases, group_size=None, real_rows_only=False):
             stream_cotangent[:, rows] = cotangent[:, rows]
             want = [np.asarray(x) for x in ref(q, k, v, stream_cotangent)]
             want[:2] = want[0][:, rows], want[1][:, rows]
-            fn = functools.partial(value_and_grads, lambda q, k, v: prefix_chunked_streams(
-                _masked_attention, streams, q, k, v, seg, grp, chunks=chunks, group_size=group_size))
+            attend = functools.partial(prefix_chunked_streams, _masked_attention, streams,
+                                       chunks=chunks, group_size=group_size)
+            fn = functools.partial(value_and_grads, lambda q, k, v, attend=attend: attend(q, k, v, seg, grp))
             q_rows, cotangent_rows = q[:, rows], cotangent[:, rows]
             got = [np.asarray(x) for x in compiled(fn, q_rows, k, v, cotangent_rows)(q_rows, k, v, cotangent_rows)]
             assert got[0].shape == want[0].shape and got[0].dtype == dtype

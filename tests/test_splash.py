@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_group_grid import aligned_rows
 
 from a3jax.kernels.splash import TwoStreamBlockMask, splash_two_stream
 from a3jax.layout import grid_violations
@@ -13,21 +14,17 @@ from a3jax.model.attention import resolve_backend, two_stream_attention
 from a3jax.train.loop import train
 from a3jax.train.metrics import read_metrics
 
-from conftest import micro_config
-from test_group_grid import aligned_rows
+from conftest import fast_compile_options, micro_config
 
 TOL = {jnp.float32: 1e-4, jnp.bfloat16: 2e-2}
-# Interpret-mode kernels make big graphs whose compile dominates the test time: compile without
-# the backend optimisations on CPU (reference and kernel alike).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-                "xla_cpu_parallel_codegen_split_count": 1}
 
 
 def fast_jit(fn):
-    """jax.jit(fn), compiled with FAST_COMPILE on CPU when first called."""
+    """jax.jit(fn), compiled when first called. Interpret-mode kernels make big graphs whose
+    compile dominates the test time: on CPU they (reference and kernel alike) compile without the
+    backend optimisations (conftest.fast_compile_options)."""
     def call(*args):
-        options = FAST_COMPILE if jax.default_backend() == "cpu" else None
-        return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
+        return jax.jit(fn).lower(*args).compile(compiler_options=fast_compile_options())(*args)
 
     return call
 

@@ -19,7 +19,6 @@ from a3jax.decode import SampleConfig, generate, parse_plan
 from a3jax.flops import layer_terms
 
 
-
 def decode_flops(cfg, mode: str, known: int, groups: list[int]) -> float:
     """Model FLOPs of decoding one row: `known` given tokens (BOS included), then groups of the
     given sizes committed one per step (each step predicts its group)."""
@@ -107,8 +106,10 @@ def speculative_rows(model_def, params, cfg, docs, known, args, special) -> list
         generated = sum(int((~m).sum()) for m in known)
         stats = result.stats or {}
         calls = stats.get("calls", result.n_steps)
+        row_calls = int(stats["row_calls"].sum()) if "row_calls" in stats else calls * len(docs)
         offered = stats.get("offered")
-        rows.append({"plan": plan, "ms": ms, "calls": calls, "calls_per_token": calls * len(docs) / generated,
+        # per row: the calls a row took part in (rows of a batch finish at different calls)
+        rows.append({"plan": plan, "ms": ms, "calls": calls, "calls_per_token": row_calls / generated,
                      "acceptance": None if offered is None else
                      [a / o if o else float("nan") for a, o in zip(stats["accepted"], offered)]})
     return rows

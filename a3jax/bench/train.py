@@ -17,12 +17,11 @@ from a3jax import flops, parallel
 from a3jax.bench.attention import sorted_layout
 from a3jax.bench.timing import median_ms
 from a3jax.configs import load_config, parse
-from a3jax.model.sharding import axis_rules
 from a3jax.model.attention import resolve_backend
-from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
 from a3jax.model.params import abstract_params, init_model
+from a3jax.model.sharding import axis_rules
+from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
 from a3jax.train.step import make_train_step
-
 
 
 def _memory_plan_bytes(compiled) -> int | None:
@@ -185,10 +184,13 @@ def main(args, overrides=()) -> int:
         ratio = f"{r['step_ms'] / causal_ms[r['batch']]:.2f}" if r["batch"] in causal_ms else "n/a"
         print(f"{head}{r['step_ms']:>10.1f}{r['tokens_per_s']:>11,.0f}{r['tflops_per_device']:>12.2f}{mfu:>7}"
               f"{ratio:>9}{_gib(r['plan_bytes']):>9}")
+    flop_ratio = (flops.train_flops_per_token(cfg, exp.data.seq_len)
+                  / flops.causal_equivalent_flops_per_token(cfg, exp.data.seq_len))
     print(f"FLOP ratio A3 / causal (docs/flops.md): "
-          f"{flops.train_flops_per_token(cfg, exp.data.seq_len) / flops.causal_equivalent_flops_per_token(cfg, exp.data.seq_len):.2f}x")
+          f"{flop_ratio:.2f}x")
     ok = [r for r in rows if "step_ms" in r]
-    print(f"peak device memory of the process after all steps: {_gib(max([r['peak_bytes'] or 0 for r in ok] or [0]))} GiB "
+    peak_bytes = max([r["peak_bytes"] or 0 for r in ok] or [0])
+    print(f"peak device memory of the process after all steps: {_gib(peak_bytes)} GiB "
           f"(device limit {_gib(device_bytes_limit())} GiB)")
     if args.max_batch:
         limit = device_bytes_limit()

@@ -1,10 +1,18 @@
 """Experiment configs: presets inside the package, config files, overrides, and the typed,
 validated sections (`parse`) the rest of a3jax takes."""
 
-from a3jax.configs.loading import (apply_override, apply_overrides, load_config, load_config_file,
-                                   load_config_module)
-from a3jax.configs.sections import (SCHEDULES, ConfigError, DataConfig, Experiment, MeshConfig,
-                                    OrdersConfig, TrainConfig, model_config, parse)
+from a3jax.configs.loading import apply_override, apply_overrides, load_config, load_config_file, load_config_module
+from a3jax.configs.sections import (
+    SCHEDULES,
+    ConfigError,
+    DataConfig,
+    Experiment,
+    MeshConfig,
+    OrdersConfig,
+    TrainConfig,
+    model_config,
+    parse,
+)
 
 
 def validate(config) -> None:

@@ -8,7 +8,7 @@ import ast
 import difflib
 import importlib.util
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from ml_collections import ConfigDict
 

@@ -16,7 +16,8 @@ import collections.abc
 import dataclasses
 import difflib
 import typing
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ml_collections import ConfigDict
 

@@ -10,7 +10,7 @@ Reading and writing safetensors needs the `safetensors` package, torch_ref needs
 `pip install -e '.[torch]'`.
 """
 
-from a3jax.convert.hf_import import ConversionError, convert_hf, load_hf_params, model_config_from_hf
 from a3jax.convert.hf_export import export_hf, hf_state_dict
+from a3jax.convert.hf_import import ConversionError, convert_hf, load_hf_params, model_config_from_hf
 
 __all__ = ["ConversionError", "convert_hf", "export_hf", "hf_state_dict", "load_hf_params", "model_config_from_hf"]

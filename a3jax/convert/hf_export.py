@@ -20,16 +20,22 @@ import pathlib
 import re
 import shutil
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from a3jax.checkpoint import load_params
 from a3jax.configs.sections import DataConfig, parse_section
-from a3jax.data import load_tokenizer
 from a3jax.convert.hf_import import (
-    LAYER_KEYS, QUERY_KEY, TOKENIZER_FILES, TOP_KEYS, ConversionError, finish_out, prepare_out,
+    LAYER_KEYS,
+    QUERY_KEY,
+    TOKENIZER_FILES,
+    TOP_KEYS,
+    ConversionError,
+    finish_out,
+    prepare_out,
 )
+from a3jax.data import load_tokenizer
 from a3jax.model.config import ModelConfig
 from a3jax.variants import policy_of
 

@@ -41,20 +41,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import pprint
 import re
 import shutil
 import sys
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-from a3jax.variants import policy_of
 from a3jax.model.config import ModelConfig, RopeScaling
 from a3jax.model.params import abstract_params, initial_query_vector
+from a3jax.variants import policy_of
 
 # a3jax layer param -> (HF name inside model.layers.<i>., stored transposed in HF)
 LAYER_KEYS = {

@@ -90,7 +90,7 @@ class A3Reference(nn.Module):
         self.register_buffer("inv_freq", torch.from_numpy(inv), persistent=False)
 
     @classmethod
-    def from_pretrained(cls, folder, dtype=torch.float32) -> "A3Reference":
+    def from_pretrained(cls, folder, dtype=torch.float32) -> A3Reference:
         folder = pathlib.Path(folder)
         config = json.loads((folder / "config.json").read_text())
         return cls(config, _load_tensors(folder, dtype)).eval()
@@ -139,7 +139,8 @@ class A3Reference(nn.Module):
     def hidden_states(self, tokens, positions, groups, segment_ids=None):
         """Final-normed (content [B, N, D], query [B, N, D] or None)."""
         tokens, positions, groups = (torch.as_tensor(np.asarray(x)).long() for x in (tokens, positions, groups))
-        segment_ids = torch.ones_like(tokens) if segment_ids is None else torch.as_tensor(np.asarray(segment_ids)).long()
+        segment_ids = (torch.ones_like(tokens) if segment_ids is None
+                       else torch.as_tensor(np.asarray(segment_ids)).long())
         embed = self.w("model.embed_tokens.weight")
         content = embed[tokens]
         query = self.w(QUERY_KEY).expand_as(content).contiguous() if self.has_query else None

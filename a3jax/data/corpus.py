@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import pathlib
 import sysconfig
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

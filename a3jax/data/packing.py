@@ -3,14 +3,14 @@
 Each document is cut into pieces of at most seq_len - 1 tokens; every piece becomes its own
 document in the layout (BOS first, positions restarting at 0), so it needs len + 1 slots.
 Pieces are placed best-fit decreasing: full pieces fill a row alone, the rest go to the open row
-with the least room that still fits. Rows are tuples of (doc_id, start, stop) pieces; `PackedRows` holds the same rows as two flat
-arrays (compact to pickle into worker processes, fast to index).
+with the least room that still fits. Rows are tuples of (doc_id, start, stop) pieces; `PackedRows`
+holds the same rows as two flat arrays (compact to pickle into worker processes, fast to index).
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class PackedRows:
         self.offsets = np.asarray(offsets, np.int64)
 
     @classmethod
-    def from_rows(cls, rows: Sequence[Row]) -> "PackedRows":
+    def from_rows(cls, rows: Sequence[Row]) -> PackedRows:
         sizes = [len(row) for row in rows]
         flat = [piece for row in rows for piece in row]
         return cls(np.array(flat, np.int64).reshape(-1, 3), np.concatenate([[0], np.cumsum(sizes)]))

@@ -16,11 +16,11 @@ attention backend (`splash`) needs. Packing then keeps max group size - 1 slots 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import grain
-from absl import flags
 import numpy as np
+from absl import flags
 
 from a3jax.configs import parse
 from a3jax.data.corpus import Corpus, doc_lengths

@@ -9,8 +9,8 @@ row groups; a text file without separator is one document and one unit). Unit i 
 appended (BOS is added later by the layout); a document longer than --record-tokens continues in
 the next records, so training reads at most two records per packed piece however long the
 document. `shard-{i:05d}.lengths.npy` holds the tokens per document. Records are stored
-uncompressed, one per chunk, for cheap random access. The plan depends only on the inputs and options, never on --workers, so shards are the
-same for any worker count.
+uncompressed, one per chunk, for cheap random access. The plan depends only on the inputs and
+options, never on --workers, so shards are the same for any worker count.
 
 Resume: each shard is written under a temporary name and renamed when complete (lengths file
 first, shard last; a shard counts as done when both exist). `plan.json` records the settings; a
@@ -29,7 +29,7 @@ import multiprocessing
 import os
 import pathlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -18,7 +18,7 @@ import glob
 import json
 import os
 import pathlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -259,7 +259,7 @@ class ShardedDocs:
 
     @classmethod
     def from_manifest(cls, directory, manifest: dict, shard_lengths: Sequence[np.ndarray],
-                      select: np.ndarray | None = None) -> "ShardedDocs":
+                      select: np.ndarray | None = None) -> ShardedDocs:
         """The documents of a prepared folder (all, or those where `select` is True)."""
         record_tokens = int(manifest["record_tokens"])
         firsts = []
@@ -352,8 +352,8 @@ def load_shards(directory: str | pathlib.Path, *, fingerprint: str | None = None
         raise ValueError(
             f"{directory} was tokenized with {manifest['tokenizer'].get('spec')!r} (fingerprint "
             f"{recorded}) but data.tokenizer"
-            f"{'' if tokenizer_name is None else f'={tokenizer_name!r}'} gives fingerprint {fingerprint}; set data.tokenizer to "
-            "the tokenizer used by `a3jax prepare`, or prepare the corpus again"
+            f"{'' if tokenizer_name is None else f'={tokenizer_name!r}'} gives fingerprint {fingerprint}; "
+            "set data.tokenizer to the tokenizer used by `a3jax prepare`, or prepare the corpus again"
         )
     lengths = []
     for shard in manifest["shards"]:

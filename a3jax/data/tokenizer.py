@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -273,9 +274,10 @@ def load_tokenizer(spec="bytes", *, bos_token: str | None = None, eos_token: str
     if not isinstance(spec, (str, pathlib.Path)):
         data = spec
         spec = data.tokenizer or "bytes"
-        bos_token = bos_token or data.bos_token or None
-        eos_token = eos_token or data.eos_token or None
-        pad_token = pad_token or data.pad_token or None
+        # A plain ConfigDict section may omit the optional special-token names.
+        bos_token = bos_token or getattr(data, "bos_token", None) or None
+        eos_token = eos_token or getattr(data, "eos_token", None) or None
+        pad_token = pad_token or getattr(data, "pad_token", None) or None
     if str(spec) == "bytes":
         return ByteTokenizer()
     path = _resolve(pathlib.Path(spec).expanduser())

@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
 from a3jax.decode.plans import parse_plan, static_groups
-from a3jax.variants import policy_of
 from a3jax.decode.sampling import check_settings, choose_tokens, position_scores
 from a3jax.decode.speculative import generate_speculative
+from a3jax.variants import policy_of
 
 MODES = ("cached", "recompute")
 CONTEXTS = ("ar", "group")

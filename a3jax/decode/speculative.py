@@ -137,7 +137,8 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
     def upcoming(width):
         """[B, width] positions of the next `width` entries of each order (0 beyond its end)."""
         cols = done[:, None] + np.arange(width)[None, :]
-        return np.where(cols < stop[:, None], order_mat[np.arange(batch)[:, None], np.minimum(cols, order_mat.shape[1] - 1)], 0)
+        picked = order_mat[np.arange(batch)[:, None], np.minimum(cols, order_mat.shape[1] - 1)]
+        return np.where(cols < stop[:, None], picked, 0)
 
     # round 0: the prefill commit and the first drafts in one call
     pending = (tokens0, positions0, valid0, groups0)
@@ -149,10 +150,17 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
         key, draft_key, verify_key = jax.random.split(key, 3)
         if pending is not None:  # commit what the cache lacks; draft the next k_max positions
             query = upcoming(k_max)
-            cache, q, drafts = draft(params, cache, *(jnp.asarray(x) for x in pending), jnp.asarray(query),
-                                     draft_key)
+            needs = pending[2][:, 0] if step > 1 else (done < stop)  # rows with a token to commit
+            cache, new_q, new_drafts = draft(params, cache, *(jnp.asarray(x) for x in pending),
+                                             jnp.asarray(query), draft_key)
+            if step == 1:
+                q, drafts = new_q, new_drafts
+            else:  # rows whose drafts were all accepted keep the proposals they already had
+                keep_old = jnp.asarray(~needs)[:, None]
+                q = jnp.where(keep_old[..., None], q, new_q)
+                drafts = jnp.where(keep_old, drafts, new_drafts)
             stats["calls"] += 1
-            stats["row_calls"] += done < stop
+            stats["row_calls"] += needs & (done < stop)
             pending = None
         # verify the first k drafts; ask for the next k_max positions given all k
         positions = upcoming(k + k_max)
@@ -198,12 +206,12 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
         if not keep.all():
             cache = invalidate(cache, jnp.asarray(keep))
         bar.update(int(accepted.sum() + rejected.sum()))
-        if rows.size:  # the resampled tokens are committed by the next (draft) call
+        # rows whose drafts were all accepted: the next block is drafted already (given all k)
+        q, drafts = next_q, next_drafts
+        if rows.size:  # rejected rows: their resampled token is committed, and they draft, next call
             pending = (np.where(rejected, resampled, pad_id)[:, None].astype(np.int32),
                        np.where(rejected, positions[np.arange(batch), np.minimum(accepted, k - 1)], 0)[:, None]
                        .astype(np.int32), rejected[:, None], pending_groups[:, None].astype(np.int32))
-        else:
-            q, drafts = next_q, next_drafts  # every draft accepted: the next block is drafted already
         if plan.adaptive:
             rate = float(accepted.sum()) / max(int(offered.sum()), 1)
             k = min(k_max, 2 * k) if rate >= 0.8 and all_accepted else (max(1, k // 2) if rate < 0.4 else k)

@@ -17,7 +17,7 @@ import json
 import pathlib
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 TASKS = ("nll", "infill", "mc", "lambada", "rolling")
 DEFAULT_INFILL_EXAMPLES = 16
@@ -77,7 +77,8 @@ def _check(args) -> None:
     if args.span < 1:
         raise ValueError(f"--span {args.span} must be >= 1")
     if args.task in ("mc", "lambada", "rolling") and not args.data:
-        raise ValueError(f"--task {args.task} needs --data PATH (a local JSONL{' or text' if args.task == 'lambada' else ''} file)")
+        kind = "JSONL or text" if args.task in ("lambada", "rolling") else "JSONL"
+        raise ValueError(f"--task {args.task} needs --data PATH (a local {kind} file)")
     if args.data and not pathlib.Path(args.data).is_file():
         raise ValueError(f"--data {args.data} does not exist")
     if args.context not in ("group", "ar"):

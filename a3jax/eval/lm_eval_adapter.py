@@ -21,13 +21,19 @@ Each request has `.args` like lm-eval's Instance:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from a3jax.eval import score as score_lib
-from a3jax.eval.tasks import (_generate, encode_pair, model_parts, rolling_log_likelihoods,  # _generate: the
-                              rolling_windows)  # sampler seam
+from a3jax.eval.tasks import (  # _generate: the
+    _generate,
+    encode_pair,
+    model_parts,
+    rolling_log_likelihoods,
+    rolling_windows,  # sampler seam
+)
 
 try:  # optional dependency
     from lm_eval.api.model import LM as _Base

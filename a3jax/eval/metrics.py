@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 

@@ -8,12 +8,13 @@ A task takes the model as a `a3jax.inference.LoadedModel`, a `ModelParts`, or a 
 from __future__ import annotations
 
 import dataclasses
-import re
 import json
 import math
 import pathlib
+import re
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -33,8 +33,17 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from a3jax.kernels.range_attention_bwd import backward
-from a3jax.kernels.tiles import (MASK_VALUE, _cdiv, _is_pow2, compiler_params, dot_nn, dot_nt,  # noqa: F401
-                                 range_mask, resolve_interpret)
+from a3jax.kernels.tiles import (  # noqa: F401
+    MASK_VALUE,
+    _cdiv,
+    _is_pow2,
+    compiler_params,
+    dot_nn,
+    dot_nt,
+    range_mask,
+    resolve_interpret,
+)
+
 
 def _row_block_bounds(key_start, key_end, block_q, block_k):
     """Per q block key-block loop bounds lo, hi: int32 [B, S // block_q] (hi - lo >= 0)."""

@@ -23,7 +23,6 @@ from a3jax.kernels.tiles import (
     range_mask,
 )
 
-
 # ----------------------------------------------------------------------------- dq
 
 def _dq_kernel(lo_ref, hi_ref, start_ref, end_ref, q_ref, do_ref, lse_ref, delta_ref, k_ref,

@@ -33,7 +33,7 @@ def compiler_params(interpret: bool, head_dim: int):
         return None
     from jax.experimental.pallas import triton as plgpu
 
-    cls = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
+    cls = getattr(plgpu, "CompilerParams", None) or plgpu.TritonCompilerParams
     return cls(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
 
 

@@ -38,7 +38,7 @@ class TokamaxUnavailable(ImportError):
     pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def require_tokamax():
     """tokamax's attention base module (Mask, the XLA reference op); a clear error if missing."""
     try:
@@ -66,7 +66,7 @@ def tokamax_available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _op(implementation: str):
     base = require_tokamax()
     if implementation == "xla":

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 
 from a3jax.kernels.platform import kernel_platform
 from a3jax.model.config import ATTENTION_BACKENDS as BACKENDS
-from a3jax.model.dense_attention import (_cudnn_attention, _masked_attention, key_ranges,  # noqa: F401
-                                         visibility_masks)
+from a3jax.model.dense_attention import _cudnn_attention, _masked_attention, key_ranges, visibility_masks  # noqa: F401
 from a3jax.model.prefix_chunks import prefix_chunked_streams
 from a3jax.model.sharding import batch_axes, logical_to_mesh
+
 _log = logging.getLogger("a3jax")
 
 
@@ -30,7 +30,7 @@ _log = logging.getLogger("a3jax")
 HALF_PRECISION_ONLY = ("cudnn", "tokamax")  # their GPU kernels take bfloat16/float16 inputs only
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resolve_backend(name: str, platform: str, static_groups: bool = False, dtype: str = "bfloat16") -> str:
     """The backend that `name` means on `platform`; `auto` picks per platform and logs it.
 

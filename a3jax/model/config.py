@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # a3: two streams (content + query); causal: plain LLaMA, next token; mdlm: the masked-diffusion
 # control, one bidirectional stream whose masked inputs are the MASK token (`mask_token_id`).
@@ -74,7 +75,7 @@ class ModelConfig:
                 raise ValueError(message)
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any]) -> "ModelConfig":
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> ModelConfig:
         values = dict(mapping)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)

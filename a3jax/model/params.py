@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
 import math
+from typing import Any
 
 import jax
 import numpy as np

@@ -11,7 +11,7 @@ import numpy as np
 from a3jax.model.config import RopeScaling
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling) -> np.ndarray:
     """Per-pair inverse frequencies [head_dim // 2], with the llama3 frequency-band rescaling."""
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))

@@ -5,7 +5,7 @@ number of decoding steps. One colour per group (a point without its seed); matpl
 from __future__ import annotations
 
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from a3jax.study.runs import finite, infill_entry, run_values
 

@@ -18,7 +18,7 @@ import math
 import pathlib
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from a3jax.study.plots import PLOTS, write_plots
 from a3jax.study.runs import INFILL_COLUMNS, Run, collect, columns, dig, finite, number, run_values
@@ -111,7 +111,7 @@ def _seeds_table(runs: Sequence[Run], groups, values: dict, orders, bounds, plan
         if not members:
             continue
         n = len(members)
-        pick = lambda key: _aggregate([values[r.label][key] for r in members])  # noqa: E731
+        pick = lambda key, members=members: _aggregate([values[r.label][key] for r in members])  # noqa: E731
         row = [group, "/".join(sorted({r.variant for r in members})), str(n),
                _tokens(max((values[r.label]["tokens"] or 0) for r in members)), _fmt_agg(pick("train_loss"), n)]
         row += [_fmt_agg(pick(f"nll/{o}"), n) for o in orders]

@@ -21,7 +21,7 @@ import pathlib
 import shlex
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from a3jax.study.disk import EVAL_FILE, SWEEP_FILE, disk_status, read_json, write_json
 from a3jax.study.evaluate import evaluate_point, one_line

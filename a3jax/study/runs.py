@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from a3jax.study.disk import EVAL_FILE, SWEEP_FILE
 from a3jax.study.spec import group_of

@@ -20,7 +20,7 @@ import fnmatch
 import importlib.util
 import pathlib
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 POINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 SEED_SUFFIX = re.compile(r"[-_](?:s|seed)\d+$")

@@ -132,7 +132,7 @@ class Harness:
         return subprocess.run(list(prefix) + self.command(workdir, *extra, args=args), env=self.env(), cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout)
 
-    def start(self, workdir: pathlib.Path, *extra, args=()) -> "Child":
+    def start(self, workdir: pathlib.Path, *extra, args=()) -> Child:
         """Starts the command in the background (output to files next to the workdir)."""
         workdir.parent.mkdir(parents=True, exist_ok=True)
         out_path = workdir.parent / f"{workdir.name}.{time.monotonic_ns()}.out"

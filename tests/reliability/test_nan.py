@@ -44,8 +44,8 @@ def skipping_run(overrides: list[str], skip: set[int], compiled_with: tuple, out
     from a3jax import parallel
     from a3jax.configs import load_config, model_config
     from a3jax.data import load_corpus, load_tokenizer, train_batches
-    from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
     from a3jax.model.params import abstract_params, init_model
+    from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
     from a3jax.train.step import make_train_step
 
     config = load_config(TINY, overrides)
