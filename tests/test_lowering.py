@@ -51,37 +51,62 @@ def tokamax_for_hopper():
     from tokamax._src import config as tokamax_config
     from tokamax._src import gpu_utils
 
-    with tokamax_config.cross_compile(True), \
-            mock.patch.object(gpu_utils, "_compute_capability", return_value=9.0), \
-            mock.patch.object(gpu_utils, "is_sm90", return_value=True):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(tokamax_config.cross_compile(True))
+        stack.enter_context(mock.patch.object(gpu_utils, "_compute_capability", return_value=9.0))
+        stack.enter_context(mock.patch.object(gpu_utils, "is_sm90", return_value=True))
+        # newer tokamax (0.0.17) sizes its persistent grid by the default device's SM count
+        try:
+            mosaic_gpu = importlib.import_module("tokamax._src.mosaic_gpu")
+        except ImportError:
+            mosaic_gpu = None
+        if mosaic_gpu is not None and hasattr(mosaic_gpu, "backend"):
+            stack.enter_context(mock.patch.object(mosaic_gpu, "backend", _HopperBackend(mosaic_gpu.backend)))
         yield
+
+
+class _HopperBackend:
+    """jax.extend.backend whose default device reports an H100's 132 SMs (`core_count`)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def get_default_device(self):
+        device = self._backend.get_default_device()
+        return type("HopperDevice", (), {"core_count": 132, "__getattr__": lambda _, n: getattr(device, n)})()
 
 
 def _abstract(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-# The TPU lowering asks the mesh's device for its kind (VMEM size, generation): an abstract mesh
-# with an abstract TPU device stands in for a pod slice this machine does not have.
-ABSTRACT_TPU = jax.sharding.AbstractDevice(device_kind="TPU v5p", num_cores=1, platform="tpu")
+# The TPU lowering asks the mesh's device for its kind (VMEM size, generation), and from jax 0.12
+# the Triton lowering asks it for the GPU's compute capability: an abstract mesh with an abstract
+# device stands in for a pod slice or a GPU node this machine does not have.
+ABSTRACT_DEVICES = {
+    "tpu": jax.sharding.AbstractDevice(device_kind="TPU v5p", num_cores=1, platform="tpu"),
+    "cuda": jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu"),
+}
 
 
-def abstract_mesh(platform: str):
-    if platform != "tpu":
-        return None
-    return jax.sharding.AbstractMesh((2, 2, 2), parallel.MESH_AXES, (jax.sharding.AxisType.Auto,) * 3,
-                                     abstract_device=ABSTRACT_TPU)
+def abstract_mesh(platform: str, shape=(2, 2, 2), axes=parallel.MESH_AXES):
+    return jax.sharding.AbstractMesh(shape, axes, (jax.sharding.AxisType.Auto,) * len(shape),
+                                     abstract_device=ABSTRACT_DEVICES[platform])
+
+
+def on_abstract_gpu():
+    """A one-device abstract mesh on an H100, for lowering a program without a mesh for cuda."""
+    return jax.sharding.use_abstract_mesh(abstract_mesh("cuda", (1,), ("x",)))
 
 
 def export_train_step(platform: str, attention: str, extra=(), group_size=None):
     config = load_config(TINY, SMALL + [f"model.attention={attention}"] + list(extra))
     cfg = model_config(config)
     mesh = abstract_mesh(platform)
-    use_mesh = jax.sharding.use_abstract_mesh(mesh) if mesh is not None else None
-    if mesh is None:
-        mesh = parallel.make_mesh(config.mesh)
-        use_mesh = jax.set_mesh(mesh)
-    with use_mesh, lowering_for(platform):
+    with jax.sharding.use_abstract_mesh(mesh), lowering_for(platform):
         model_def, shapes = abstract_params(cfg)
         params_sh = parallel.param_shardings(mesh, shapes, config.mesh.rules)
         tx = make_optimizer(config.train)
@@ -161,7 +186,7 @@ def test_without_the_lowering_target_the_kernels_stay_references():
 
     exported = jax.export.export(jax.jit(loss), platforms=["cuda"], disabled_checks=UNCHECKED)(params)
     assert KERNEL_TARGETS["triton"] not in custom_calls(exported.mlir_module())
-    with lowering_for("cuda"):
+    with on_abstract_gpu(), lowering_for("cuda"):
         exported = jax.export.export(jax.jit(loss), platforms=["cuda"], disabled_checks=UNCHECKED)(params)
     assert KERNEL_TARGETS["triton"] in custom_calls(exported.mlir_module())
 
@@ -207,7 +232,7 @@ def test_a_kernel_configuration_the_lowering_rejects_fails(monkeypatch):
         fn = jax.jit(lambda *a: ra.range_attention(*a, block_q=block, block_k=block))
         return jax.export.export(fn, platforms=["cuda"], disabled_checks=UNCHECKED)(q, kv, kv, rng, rng)
 
-    with lowering_for("cuda"):
+    with on_abstract_gpu(), lowering_for("cuda"):
         assert KERNEL_TARGETS["triton"] in custom_calls(export(32).mlir_module())
         with pytest.raises(ValueError, match="power of two"):  # our validation, first
             export(48)
