@@ -49,7 +49,10 @@ def load_params(workdir, step: int | None = None):
     for reading only (sampling, evaluation, export): restored on the CPU, nothing written."""
     workdir = pathlib.Path(workdir)
     if not (workdir / "checkpoints").is_dir():
-        raise MissingCheckpointError(f"--workdir {workdir} has no checkpoints/ folder; pass a training workdir")
+        inside = sorted(p.parent.name for p in workdir.glob("*/checkpoints") if p.is_dir())
+        hint = (f" it holds the training workdirs {', '.join(d + '/' for d in inside)}: pass one of them "
+                f"(--workdir {workdir / inside[0]})" if inside else " pass a training workdir")
+        raise MissingCheckpointError(f"--workdir {workdir} has no checkpoints/ folder;{hint}")
     checkpointer = Checkpointer(workdir, async_save=False)
     try:
         steps = sorted(checkpointer.manager.all_steps())

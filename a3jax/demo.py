@@ -78,18 +78,44 @@ def likelihoods(parts, span, seed: int) -> None:
     from a3jax.eval.score import score_documents
 
     tokenizer, window = parts.tokenizer, span.window
-    print(f"\n==== exact log-likelihood of one held-out snippet ({window.size} bytes) ====")
+    n_bytes = len(tokenizer.decode(window).encode("utf-8"))
+    print(f"\n==== exact log-likelihood of one held-out snippet ({n_bytes} bytes, {window.size} tokens) ====")
     for spec in ("ar", "random(4)"):
         groups = orders.parse_sampler(spec)(window.size, orders.example_rng(seed, 0, 0))
         scores = score_documents(parts.model_def, parts.params, [window], [groups], seq_len=parts.seq_len,
                                  bos_id=tokenizer.bos_id, pad_id=tokenizer.pad_id)
         log_p = float(scores.log_prob[0])
-        print(f"   order {spec:<10} log P = {log_p:9.1f} nats = {-log_p / np.log(2) / window.size:.3f} bits/byte")
+        print(f"   order {spec:<10} log P = {log_p:9.1f} nats = {-log_p / np.log(2) / n_bytes:.3f} bits/byte")
+
+
+def _tokenizer_overrides(module, workdir: pathlib.Path, overrides) -> list[str]:
+    """A preset with BPE_VOCAB > 0 trains on subword tokens: a byte-level BPE of that size is trained
+    once on the training files (never the held-out ones) into WORKDIR/tokenizer.json and named
+    in both stages' configs. A --config.data.tokenizer override keeps the tokenizer it names."""
+    from a3jax.configs import apply_overrides, parse
+    from a3jax.data import load_corpus, load_tokenizer, train_bpe
+
+    vocab = int(getattr(module, "BPE_VOCAB", 0))
+    if not vocab or any(o.split("=", 1)[0].strip().lstrip("-") in ("data.tokenizer", "config.data.tokenizer")
+                        for o in overrides):
+        return []
+    path = workdir / "tokenizer.json"
+    if not path.is_file():
+        started = time.perf_counter()
+        data = parse(apply_overrides(module.pretrain_config(), [*overrides, "data.tokenizer=bytes"])).data
+        byte_tokenizer = load_tokenizer("bytes")
+        texts = [byte_tokenizer.decode(doc) for doc in load_corpus(data, byte_tokenizer).train_docs]
+        tokenizer = train_bpe(texts, vocab, path)
+        sample = texts[: 50]
+        ratio = sum(len(t.encode()) for t in sample) / max(sum(len(tokenizer.encode(t)) for t in sample), 1)
+        _say(f"0/3 trained a byte-level BPE tokenizer of {vocab} tokens on the {len(texts)} training files "
+             f"in {time.perf_counter() - started:.0f} s ({ratio:.1f} bytes per token) -> {path}")
+    return [f"data.tokenizer={path.absolute()}", f"model.vocab_size={vocab}"]
 
 
 def main(args, overrides=()) -> int:
     from a3jax.configs import apply_overrides, load_config_module, parse
-    from a3jax.data import load_corpus, load_tokenizer
+    from a3jax.data import ByteTokenizer, load_corpus, load_tokenizer
     from a3jax.eval import tasks
     from a3jax.eval.spans import find_spans
     from a3jax.model.params import abstract_params
@@ -101,6 +127,7 @@ def main(args, overrides=()) -> int:
         raise ValueError(f"--config {args.config} has no pretrain_config(); the demo needs both stages "
                          "(see a3jax/configs/presets/demo.py)")
     workdir = pathlib.Path(args.workdir)
+    overrides = [*overrides, *_tokenizer_overrides(module, workdir, overrides)]
     pretrain = parse(apply_overrides(module.pretrain_config(), overrides))
     # the adaptation starts from the pretrained causal model (train.init_from: converted in-process)
     start_from = f"train.init_from={(workdir / 'pretrain').absolute()}"
@@ -109,8 +136,9 @@ def main(args, overrides=()) -> int:
     corpus = load_corpus(adapt.data, tokenizer)
     _say(f"demo: {len(corpus.train_docs)} train / {len(corpus.eval_docs)} held-out files of the Python "
          f"standard library, {sum(d.size for d in corpus.train_docs):,} training bytes")
+    unit = "bytes" if isinstance(tokenizer, ByteTokenizer) else "tokens"
     _say(f"1/3 pretraining a causal LLaMA ({pretrain.model.n_layers} layers, d_model {pretrain.model.d_model}, "
-         f"rows of {pretrain.data.seq_len} bytes) for {pretrain.train.steps} steps -> {workdir / 'pretrain'}")
+         f"rows of {pretrain.data.seq_len} {unit}) for {pretrain.train.steps} steps -> {workdir / 'pretrain'}")
     causal = train(pretrain, workdir / "pretrain", corpus=corpus, progress=not args.no_progress)
     a3_dir = workdir / "a3"
     _say(f"2/3 adapting to any order for {adapt.train.steps} steps: {adapt.orders.curriculum} -> {a3_dir}")
@@ -124,7 +152,7 @@ def main(args, overrides=()) -> int:
         measured = tasks.infill_spans(parts, spans, plan="ar")
         showcase(parts, spans)
         likelihoods(parts, spans[0], args.seed)
-        print(f"\n==== greedy infilling of {measured['spans']} held-out spans ({measured['tokens']} bytes), "
+        print(f"\n==== greedy infilling of {measured['spans']} held-out spans ({measured['tokens']} tokens), "
               "order ar ====")
         for kind, row in measured["by_kind"].items():
             print(f"   {kind:<11} token accuracy {row['token_acc']:6.1%}   exact match {row['exact_match']:6.1%}")

@@ -16,7 +16,8 @@ and, to make A3 learn faster (each a change that keeps the model's probabilities
   (g) a3_adapted_ar50   half of the adaptation in the AR stage, the other four stages sharing the rest
   (h) a3_scratch_ar75   from scratch with 75% `ar` in the mixture (not 50%)
 each with seeds 0 and 1 (except (e), dropped after seed 0; seed 0 first; a pretrain point runs
-before the points adapted from it).
+before the points adapted from it); a3_scratch and a3_scratch_qlr10 also with seed 2, added
+after their two seeds disagreed.
 
 Post-training eval: held-out NLL under ar and random(4) (64 rows), infilling of 16-byte spans in
 16 held-out windows (greedy, plans ar and blocks(4)).
@@ -27,7 +28,7 @@ Post-training eval: held-out NLL under ar and random(4) (64 rows), infilling of 
 Budget: about an hour on 2 CPU cores.
 """
 
-from a3jax.configs.presets import curricula, demo
+from a3jax.configs.presets import curricula, tiny
 
 STEPS = 600  # x 8 x 256 = 1,228,800 training tokens per arm
 PRETRAIN = 420
@@ -63,7 +64,12 @@ def points(seed: int):
 
 
 def get_config():
-    config = demo.pretrain_config()  # the demo's shape and rows; the points set variant and orders
+    # the shape and byte rows of the demo when the study ran (a3jax/configs/presets/demo.py has
+    # since moved to BPE tokens); the points set variant and orders
+    config = tiny.get_config()
+    config.data.seq_len = 256
+    config.model.variant, config.orders.curriculum = "causal", "ar"
+    config.train.batch_size = 8
     config.orders.eval = ORDERS
     t = config.train
     t.steps, t.lr, t.warmup_steps = STEPS, 3e-3, 50
@@ -72,9 +78,14 @@ def get_config():
     return config
 
 
+# a third seed where two seeds disagreed (from scratch, the query learning rate)
+THIRD_SEED = ("a3_scratch", "a3_scratch_qlr10")
+
+
 def get_sweep():
-    return [{"name": f"{name}-s{seed}", "overrides": {**overrides, "seed": seed}}
-            for seed in SEEDS for name, overrides in points(seed)]
+    runs = [(seed, name, overrides) for seed in SEEDS for name, overrides in points(seed)]
+    runs += [(2, name, overrides) for name, overrides in points(2) if name in THIRD_SEED]
+    return [{"name": f"{name}-s{seed}", "overrides": {**overrides, "seed": seed}} for seed, name, overrides in runs]
 
 
 def get_eval():

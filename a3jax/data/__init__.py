@@ -23,6 +23,8 @@ _EXPORTS = {
     "split_documents": "packing",
     "eval_batch": "pipeline",
     "infill_example": "pipeline",
+    "target_bytes": "pipeline",
+    "train_bpe": "tokenizer",
     "train_batches": "pipeline",
     "train_dataset": "pipeline",
 }

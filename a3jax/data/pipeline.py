@@ -205,6 +205,23 @@ def eval_batch(config, corpus: Corpus, tokenizer: Tokenizer, spec: str, num_rows
     return stack_layouts(layouts)
 
 
+def target_bytes(batch: dict[str, np.ndarray], tokenizer: Tokenizer) -> int:
+    """UTF-8 bytes of the text a batch's targets spell, for bits per byte under any tokenizer: per
+    row and document piece, the target tokens (special tokens excluded) put back in their original
+    order (`positions`; the layout is sorted by group) and decoded together. Exact except where a
+    piece boundary splits a multi-byte character."""
+    special = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
+    total = 0
+    for tokens, positions, segments, mask in zip(batch["tokens"], batch["positions"], batch["segment_ids"],
+                                                 batch["loss_mask"]):
+        keep = (mask > 0) & (segments > 0) & ~np.isin(tokens, list(special))
+        for segment in np.unique(segments[keep]):
+            chosen = keep & (segments == segment)
+            piece = tokens[chosen][np.argsort(positions[chosen], kind="stable")]
+            total += len(tokenizer.decode(piece).encode("utf-8"))
+    return total
+
+
 def _line_starts(tokens: np.ndarray, newline_id: int) -> np.ndarray:
     """Indices that begin a line (0 and every index after a newline)."""
     return np.concatenate([[0], np.flatnonzero(tokens[:-1] == newline_id) + 1])

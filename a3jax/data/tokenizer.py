@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
 from collections.abc import Sequence
 from typing import Protocol
@@ -178,6 +179,30 @@ class HFTokenizer(_Base):
 
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.path)!r})"
+
+
+def train_bpe(texts: Sequence[str], vocab_size: int, path: str | pathlib.Path) -> HFTokenizer:
+    """Trains a byte-level BPE tokenizer (GPT-2 style: any text encodes, nothing is unknown) on
+    `texts`, with <s>, </s> and <pad> as ids 0, 1, 2, and writes it to `path` (a tokenizer.json,
+    written whole or not at all). The same texts give the same file."""
+    from tokenizers import Tokenizer as _HF
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 256 + 3:
+        raise ValueError(f"vocab_size={vocab_size} is below the 256 bytes plus 3 special tokens a byte-level "
+                         "BPE needs")
+    tokenizer = _HF(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    tokenizer.save(str(partial))
+    os.replace(partial, path)
+    return HFTokenizer(path)
 
 
 class SentencePieceTokenizer(_Base):

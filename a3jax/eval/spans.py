@@ -6,8 +6,9 @@
   docstring   the first line of a docstring (`    \"\"\"Return the sum.` -> `Return the sum.`)
 
 Each span comes with a window of at most seq_len - 1 tokens of its file around it (context before
-and after), so a model can fill it with the rest of the window given. Spans are found in byte
-space: the byte tokenizer's token i is byte i.
+and after), so a model can fill it with the rest of the window given. Spans are found in the text
+and widened to whole tokens: with the byte tokenizer token i is byte i; with a subword tokenizer
+the span is the tokens the matched text touches (`lock` after an indent may be the token ` lock`).
 """
 
 from __future__ import annotations
@@ -47,14 +48,24 @@ def _window(doc_len: int, start: int, stop: int, width: int) -> tuple[int, int]:
     return a, b
 
 
+def _text_of(doc: np.ndarray, tokenizer) -> tuple[bytes, np.ndarray]:
+    """(UTF-8 text of the document up to its first special token, [T + 1] byte offset of each of its
+    T tokens and of the end)."""
+    special = np.flatnonzero(np.isin(doc, [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id]))
+    doc = doc[: special[0] if special.size else doc.size]
+    if isinstance(tokenizer, ByteTokenizer):
+        pieces = [bytes([int(t)]) for t in doc]
+    else:
+        pieces = [tokenizer.decode(np.asarray([t])).encode("utf-8") for t in doc]
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
+    return b"".join(pieces), offsets
+
+
 def find_spans(documents: Sequence[np.ndarray], tokenizer, seq_len: int, per_kind: int, *,
                seed: int = 0, kinds: Sequence[str] = KINDS) -> list[Span]:
     """Up to `per_kind` spans of each kind from the documents (byte tokenizer), spread over the
     documents: candidates are shuffled by `seed` and at most one span per document and kind is
     taken while other documents have candidates left."""
-    if not isinstance(tokenizer, ByteTokenizer):
-        raise ValueError(f"natural spans are found in byte space; the {tokenizer.name} tokenizer is not "
-                         "the byte tokenizer (data.tokenizer='bytes')")
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"span kinds {unknown} are not among {KINDS}")
@@ -64,11 +75,12 @@ def find_spans(documents: Sequence[np.ndarray], tokenizer, seq_len: int, per_kin
     for kind in kinds:
         candidates = []
         for index, doc in enumerate(documents):
-            doc = np.asarray(doc)
-            special = np.flatnonzero(doc >= 256)  # EOS: the text ends there
-            text = doc[: special[0] if special.size else doc.size].astype(np.uint8).tobytes()
+            text, offsets = _text_of(np.asarray(doc), tokenizer)
             for match in _PATTERNS[kind].finditer(text):
-                candidates.append((index, match.start(1), match.end(1)))
+                # the tokens whose bytes overlap the match
+                first = int(np.searchsorted(offsets, match.start(1), side="right")) - 1
+                stop = int(np.searchsorted(offsets, match.end(1), side="left"))
+                candidates.append((index, first, stop))
         order = rng.permutation(len(candidates))
         taken, documents_used, chosen = [], set(), set()
         for first_round in (True, False):  # first one per document, then any

@@ -298,9 +298,9 @@ def nll_under_orders(config, corpus, tokenizer, model_def, params, specs: Sequen
     training loop logs as eval/SPEC/...). Rows are evaluated batch_size at a time."""
     import jax
 
-    from a3jax.data import ByteTokenizer, eval_batch
+    from a3jax.data import eval_batch
     from a3jax.orders import parse_sampler
-    from a3jax.train.evaluation import evaluate
+    from a3jax.train.evaluation import byte_counts, evaluate
     from a3jax.train.step import make_eval_step
 
     if num_rows < 1:
@@ -338,8 +338,7 @@ def nll_under_orders(config, corpus, tokenizer, model_def, params, specs: Sequen
 
     batches = {spec: eval_batch(config, corpus, tokenizer, spec, int(num_rows)) for spec in specs}
     try:
-        unit = "byte" if isinstance(tokenizer, ByteTokenizer) else "token"
-        results = evaluate(chunked_step, params, batches, unit)
+        results = evaluate(chunked_step, params, batches, byte_counts(batches, tokenizer))
     finally:
         if bar is not None:
             bar.close()

@@ -177,7 +177,7 @@ def evaluate_point(workdir: str | pathlib.Path, settings: dict, *, point: Point 
 
     settings: spec.eval_settings(...) of the point; corpus: the point's corpus when the caller
     already loaded it (else it is loaded from the checkpoint's config)."""
-    from a3jax.data import ByteTokenizer, load_corpus
+    from a3jax.data import load_corpus
     from a3jax.inference import load_model
     from a3jax.variants import policy_of
 
@@ -197,8 +197,7 @@ def evaluate_point(workdir: str | pathlib.Path, settings: dict, *, point: Point 
         "settings": settings, "nll": dict.fromkeys(settings["orders"]), "nll_bound": {}, "infill": [],
         "unavailable": {},
     }
-    unit = "byte" if isinstance(tokenizer, ByteTokenizer) else "token"
-    _nll(record, policy, corpus, loaded, settings, unit)
+    _nll(record, policy, corpus, loaded, settings, "byte")
     if not policy.exact_likelihood:  # no order likelihoods (mdlm): its own eval orders give a bound
         record["nll_bound"] = _bounds(corpus, loaded, settings, workdir)
     _infill(record, policy, corpus, loaded, settings["infill"])

@@ -7,23 +7,33 @@ import math
 
 import jax
 
-from a3jax.data import ByteTokenizer, eval_batch
+from a3jax.data import ByteTokenizer, eval_batch, target_bytes
 from a3jax.orders import is_bound_order
 from a3jax.train.metrics import read_metrics
 from a3jax.variants import policy_of
 
 
-def evaluate(eval_step, params, eval_batches: dict, unit: str = "byte") -> dict[str, float]:
-    """Held-out NLL per target token and bits per byte (per token for subword tokenizers). Under an
-    order whose NLL is only an upper bound (the masked-diffusion control's 'mdlm', its ELBO) the
-    keys say so: SPEC/nll_bound and SPEC/bits_per_byte_bound."""
+def byte_counts(eval_batches: dict, tokenizer) -> dict[str, int] | None:
+    """Bytes of held-out text per eval batch for a subword tokenizer (data.target_bytes); None for
+    the byte tokenizer, whose eval step counts its byte targets itself."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return None
+    return {spec: target_bytes(batch, tokenizer) for spec, batch in eval_batches.items()}
+
+
+def evaluate(eval_step, params, eval_batches: dict, n_bytes: dict[str, int] | None = None) -> dict[str, float]:
+    """Held-out NLL per target token and bits per byte of text (bytes counted by the eval step for
+    the byte tokenizer, else given by `n_bytes`, see byte_counts). Under an order whose NLL is only
+    an upper bound (the masked-diffusion control's 'mdlm', its ELBO) the keys say so:
+    SPEC/nll_bound and SPEC/bits_per_byte_bound."""
     results = {}
     for spec, batch in eval_batches.items():
         totals = jax.device_get(eval_step(params, batch))
         nll = float(totals["nll_sum"])
         tag = "_bound" if is_bound_order(spec) else ""
+        count = float(totals["n_bytes"]) if n_bytes is None else float(n_bytes[spec])
         results[f"{spec}/nll{tag}"] = nll / max(float(totals["n_targets"]), 1.0)
-        results[f"{spec}/bits_per_{unit}{tag}"] = nll / math.log(2) / max(float(totals["n_bytes"]), 1.0)
+        results[f"{spec}/bits_per_byte{tag}"] = nll / math.log(2) / max(count, 1.0)
     return results
 
 
@@ -37,12 +47,12 @@ class Evaluator:
             log(f"{exp.model.variant} model: evaluating under the orders {allowed} only")
         self.batches = {s: eval_batch(exp, corpus, tokenizer, s, exp.train.eval_rows) for s in allowed}
         self.eval_step = eval_step
-        self.unit = "byte" if isinstance(tokenizer, ByteTokenizer) else "token"  # EOS excluded
+        self.n_bytes = byte_counts(self.batches, tokenizer)
         self.last: dict[str, float] = {}
         self.last_step: int | None = None
 
     def __call__(self, params, step: int) -> dict[str, float]:
-        self.last = evaluate(self.eval_step, params, self.batches, self.unit)
+        self.last = evaluate(self.eval_step, params, self.batches, self.n_bytes)
         self.last_step = step
         return self.last
 
@@ -50,7 +60,7 @@ class Evaluator:
         """The results at `step`: reused when already evaluated there (without becoming `last`)."""
         if self.last_step == step:
             return self.last
-        return evaluate(self.eval_step, params, self.batches, self.unit)
+        return evaluate(self.eval_step, params, self.batches, self.n_bytes)
 
 
 def stage_summary(exp, workdir, done: int, results: dict, is_chief: bool) -> dict:

@@ -3,16 +3,20 @@ a laptop CPU. A causal LLaMA (the AR model the paper starts from) is pretrained 
 converted to A3 in-process (every weight copied, plus the query vector), then adapted through the
 paper's five stages (ar -> blocks(2) -> blocks(4) -> random(4) -> random(8)).
 
-Rows of 256 bytes, so a short function fits in one row; the shape and the schedule were chosen by
-measurement (BENCHMARKS.md, "make demo"). `pretrain_config()` and `get_config()` (the adaptation)
-are the two stages; --config=demo resolves to the adaptation.
+Tokens: a byte-level BPE of BPE_VOCAB tokens that `a3jax demo` trains once on the training files
+(about 3.2 bytes per token on the stdlib), so rows of SEQ_LEN tokens hold about 300 bytes (a
+short function) and identifiers are one or two tokens. Without the demo command (`a3jax train
+--config=demo`) data.tokenizer is 'bytes'. The shape, tokenizer and schedule were chosen by
+measurement (BENCHMARKS.md, "make demo"). `pretrain_config()` and `get_config()` (the
+adaptation) are the two stages; --config=demo resolves to the adaptation.
 """
 
 from a3jax.configs.presets import curricula, tiny
 
-SEQ_LEN = 256
-PRETRAIN_STEPS = 700
-ADAPT_STEPS = 300
+BPE_VOCAB = 2048
+SEQ_LEN = 96
+PRETRAIN_STEPS = 1200
+ADAPT_STEPS = 600
 
 
 def _base():
@@ -41,6 +45,6 @@ def get_config():
     config.orders.curriculum = curricula.curriculum("paper_5_stage", ADAPT_STEPS)
     config.orders.eval = ("ar", "random(4)")
     t = config.train
-    t.steps, t.lr, t.warmup_steps, t.weight_decay = ADAPT_STEPS, 1e-3, 30, 0.01
+    t.steps, t.lr, t.warmup_steps, t.weight_decay = ADAPT_STEPS, 3e-3, 30, 0.01
     t.eval_every = t.checkpoint_every = ADAPT_STEPS // 3
     return config
