@@ -134,9 +134,9 @@ def main(args, overrides=()) -> int:
     adapt = parse(apply_overrides(module.get_config(), [*overrides, start_from]))
     tokenizer = load_tokenizer(adapt.data)
     corpus = load_corpus(adapt.data, tokenizer)
-    _say(f"demo: {len(corpus.train_docs)} train / {len(corpus.eval_docs)} held-out files of the Python "
-         f"standard library, {sum(d.size for d in corpus.train_docs):,} training bytes")
     unit = "bytes" if isinstance(tokenizer, ByteTokenizer) else "tokens"
+    _say(f"demo: {len(corpus.train_docs)} train / {len(corpus.eval_docs)} held-out files of the Python "
+         f"standard library, {sum(d.size for d in corpus.train_docs):,} training {unit}")
     _say(f"1/3 pretraining a causal LLaMA ({pretrain.model.n_layers} layers, d_model {pretrain.model.d_model}, "
          f"rows of {pretrain.data.seq_len} {unit}) for {pretrain.train.steps} steps -> {workdir / 'pretrain'}")
     causal = train(pretrain, workdir / "pretrain", corpus=corpus, progress=not args.no_progress)

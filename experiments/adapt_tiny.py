@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default="runs/adapt_tiny")
     parser.add_argument("--causal-steps", type=int, default=1200, help="AR pretraining steps")
     parser.add_argument("--adapt-steps", type=int, default=400, help="adaptation steps (all five stages)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="adaptation peak lr")
+    parser.add_argument("--lr", type=float, default=3e-3, help="adaptation peak lr")
     parser.add_argument("--fresh", action="store_true", help="delete WORKDIR first")
     args = parser.parse_args(argv)
     root = pathlib.Path(args.workdir)

@@ -78,7 +78,8 @@ def _documents(args, cfg, tokenizer=None, corpus=None):
     if corpus is None:
         docs = [rng.integers(0, min(cfg.vocab_size, 256), length).astype(np.int32) for _ in range(args.batch)]
     else:
-        text = np.concatenate([d[d < 256] if tokenizer.name == "bytes" else d for d in corpus.eval_docs])
+        special = [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id]
+        text = np.concatenate([d[~np.isin(d, special)] for d in corpus.eval_docs])
         offsets = rng.integers(0, max(text.size - length, 1), args.batch)
         docs = [text[o:o + length].astype(np.int32) for o in offsets]
     known = [np.ones(d.size, bool) for d in docs]

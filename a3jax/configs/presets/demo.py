@@ -23,7 +23,7 @@ def _base():
     config = tiny.get_config()
     config.data.seq_len = SEQ_LEN
     t = config.train
-    t.batch_size, t.log_every, t.eval_rows = 8, 25, 64
+    t.batch_size, t.log_every, t.eval_rows = 16, 25, 64
     return config
 
 
