@@ -113,6 +113,16 @@ def _tokenizer_overrides(module, workdir: pathlib.Path, overrides) -> list[str]:
     return [f"data.tokenizer={path.absolute()}", f"model.vocab_size={vocab}"]
 
 
+def _write_prompt(tokenizer, spans, path: pathlib.Path) -> pathlib.Path:
+    """A held-out snippet (the first `return` span, else the first span) as an `a3jax sample`
+    prompt: its window's text with the span replaced by [gap:N] (N tokens)."""
+    span = next((s for s in spans if s.kind == "return"), spans[0])
+    text = (tokenizer.decode(span.window[:span.start]) + f"[gap:{span.stop - span.start}]"
+            + tokenizer.decode(span.window[span.stop:]))
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def main(args, overrides=()) -> int:
     from a3jax.configs import apply_overrides, load_config_module, parse
     from a3jax.data import ByteTokenizer, load_corpus, load_tokenizer
@@ -167,7 +177,11 @@ def main(args, overrides=()) -> int:
     for name, value in summary["eval"].items():
         if name.endswith("bits_per_byte"):
             print(f"   A3 model, order {name.split('/')[0]}: {value:.3f}")
-    print(f"\n(more: a3jax sample --workdir {a3_dir} --prompt 'def add(a, b):\\n    return [gap:5]' --plan ar)")
+    if spans:
+        prompt = _write_prompt(tokenizer, spans, workdir / "prompt.txt")
+        print(f"\n(more: {prompt} holds a held-out snippet with its [gap:N]; sample it exactly in fewer calls with\n"
+              f"  a3jax sample --workdir {a3_dir} --prompt-file {prompt} --plan 'speculative(4)' "
+              "--temperature 0.8 --num-samples 3)")
     _say(f"demo done in {time.perf_counter() - started:.0f} s; workdir {workdir} "
          f"(pretrain/ and a3/: metrics.jsonl, tensorboard/, checkpoints/)")
     sys.stdout.flush()

@@ -23,6 +23,10 @@ def test_demo_runs_both_stages_and_prints_its_ending(tmp_path, capsys):
         assert re.search(rf"^   {re.escape(plan)}\s+'", out, re.M), plan
     assert re.search(r"order ar\s+log P =\s+-[\d.]+ nats = [\d.]+ bits/byte", out)
     assert re.search(r"all\s+token accuracy\s+[\d.]+%\s+exact match\s+[\d.]+%", out)
+    # the suggested next command samples a held-out snippet the demo wrote, with its gap
+    prompt = workdir / "prompt.txt"
+    assert re.search(r"\[gap:\d+\]", prompt.read_text()) and f"--prompt-file {prompt}" in out
+    assert (workdir / "tokenizer.json").is_file() and "0/3 trained a byte-level BPE tokenizer" in out
     # a second run resumes: nothing retrains, the ending is printed again
     assert cli.main(args) == 0
     assert "==== greedy infilling of" in capsys.readouterr().out

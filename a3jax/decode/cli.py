@@ -1,6 +1,6 @@
 """`a3jax sample`: fill the gaps of a prompt with a trained model.
 
-    a3jax sample --workdir runs/demo --prompt "def add(a, b):[gap:24]" --plan ar --temperature 0.7
+    a3jax sample --workdir runs/demo/a3 --prompt "def add(a, b):[gap:24]" --plan ar --temperature 0.7
 """
 
 from __future__ import annotations
