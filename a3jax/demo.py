@@ -170,7 +170,7 @@ def main(args, overrides=()) -> int:
               f"exact match {measured['exact_match']:6.1%}")
     else:
         _say(f"no span to infill: the {len(corpus.eval_docs)} held-out file(s) "
-             f"({sum(d.size for d in corpus.eval_docs):,} bytes) hold no assignment, return, def or docstring "
+             f"({sum(d.size for d in corpus.eval_docs):,} {unit}) hold no assignment, return, def or docstring "
              f"line; a larger data.max_files (now {adapt.data.max_files}) gives more held-out files")
     print("\n==== held-out bits per byte (lower is better) ====")
     print(f"   causal model, order ar: {causal['eval']['ar/bits_per_byte']:.3f}")
