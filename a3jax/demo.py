@@ -92,12 +92,11 @@ def _tokenizer_overrides(module, workdir: pathlib.Path, overrides) -> list[str]:
     """A preset with BPE_VOCAB > 0 trains on subword tokens: a byte-level BPE of that size is trained
     once on the training files (never the held-out ones) into WORKDIR/tokenizer.json and named
     in both stages' configs. A --config.data.tokenizer override keeps the tokenizer it names."""
-    from a3jax.configs import apply_overrides, parse
+    from a3jax.configs import apply_overrides, override_key, parse
     from a3jax.data import load_corpus, load_tokenizer, train_bpe
 
     vocab = int(getattr(module, "BPE_VOCAB", 0))
-    if not vocab or any(o.split("=", 1)[0].strip().lstrip("-") in ("data.tokenizer", "config.data.tokenizer")
-                        for o in overrides):
+    if not vocab or any(override_key(o) == "data.tokenizer" for o in overrides):
         return []
     path = workdir / "tokenizer.json"
     if not path.is_file():

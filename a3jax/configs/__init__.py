@@ -1,7 +1,14 @@
 """Experiment configs: presets inside the package, config files, overrides, and the typed,
 validated sections (`parse`) the rest of a3jax takes."""
 
-from a3jax.configs.loading import apply_override, apply_overrides, load_config, load_config_file, load_config_module
+from a3jax.configs.loading import (
+    apply_override,
+    apply_overrides,
+    load_config,
+    load_config_file,
+    load_config_module,
+    override_key,
+)
 from a3jax.configs.sections import (
     SCHEDULES,
     ConfigError,
@@ -26,5 +33,5 @@ def tokens_per_step(config) -> int:
 
 
 __all__ = ["SCHEDULES", "ConfigError", "DataConfig", "Experiment", "MeshConfig", "OrdersConfig",
-           "TrainConfig", "apply_override", "apply_overrides", "load_config", "load_config_file",
+           "TrainConfig", "apply_override", "apply_overrides", "override_key", "load_config", "load_config_file",
            "load_config_module", "model_config", "parse", "tokens_per_step", "validate"]

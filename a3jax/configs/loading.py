@@ -88,10 +88,15 @@ def load_config(name_or_path: str | pathlib.Path, overrides: Sequence[str] = ())
     return config
 
 
+def override_key(item: str) -> str:
+    """The dotted key an override sets: 'data.seq_len' for '--config.data.seq_len=96' or 'data.seq_len=96'."""
+    return item.partition("=")[0].strip().removeprefix("--").removeprefix("config.")
+
+
 def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
     for item in overrides:
-        key, sep, text = item.partition("=")
+        _, sep, text = item.partition("=")
         if not sep:
-            raise ConfigError(f"override {item!r} has no '='; write it as --config.{key}=VALUE")
-        apply_override(config, key.removeprefix("--").removeprefix("config."), text)
+            raise ConfigError(f"override {item!r} has no '='; write it as --config.{item.partition('=')[0]}=VALUE")
+        apply_override(config, override_key(item), text)
     return config

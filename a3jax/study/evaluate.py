@@ -116,7 +116,7 @@ def _bounds(corpus, loaded, settings: dict, workdir: pathlib.Path) -> dict:
     return bounds
 
 
-def _nll(record: dict, policy, corpus, loaded, settings: dict, unit: str) -> None:
+def _nll(record: dict, policy, corpus, loaded, settings: dict) -> None:
     """Fills record["nll"] (and "unavailable") for the orders the variant is scored under."""
     from a3jax.eval import tasks
 
@@ -135,8 +135,8 @@ def _nll(record: dict, policy, corpus, loaded, settings: dict, unit: str) -> Non
                                      loaded.params, usable, settings["nll_rows"],
                                      batch_size=settings["nll_batch_size"])
         for order in usable:
-            record["nll"][order] = {"nll": out[f"{order}/nll"], "bits": out[f"{order}/bits_per_{unit}"],
-                                    "unit": unit, "targets": out[f"{order}/targets"], "rows": out["rows"]}
+            record["nll"][order] = {"nll": out[f"{order}/nll"], "bits": out[f"{order}/bits_per_byte"],
+                                    "unit": "byte", "targets": out[f"{order}/targets"], "rows": out["rows"]}
     except Exception as error:  # noqa: BLE001 - recorded, the sweep goes on
         if os.environ.get("A3JAX_DEBUG"):
             raise
@@ -197,7 +197,7 @@ def evaluate_point(workdir: str | pathlib.Path, settings: dict, *, point: Point 
         "settings": settings, "nll": dict.fromkeys(settings["orders"]), "nll_bound": {}, "infill": [],
         "unavailable": {},
     }
-    _nll(record, policy, corpus, loaded, settings, "byte")
+    _nll(record, policy, corpus, loaded, settings)
     if not policy.exact_likelihood:  # no order likelihoods (mdlm): its own eval orders give a bound
         record["nll_bound"] = _bounds(corpus, loaded, settings, workdir)
     _infill(record, policy, corpus, loaded, settings["infill"])
