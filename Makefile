@@ -16,7 +16,7 @@ BIN313 := $(VENV313)/bin
 STAMP313 := $(VENV313)/.installed-stamp
 PYTHON313 ?=
 
-.PHONY: demo test test-py313 lint install install-py313 clean
+.PHONY: demo test test-fast test-py313 lint install install-py313 clean
 
 # The demo needs the package alone; the tests add the test extra (harness, tokamax, ruff, ...).
 $(BASE_STAMP): pyproject.toml
@@ -59,6 +59,10 @@ demo: $(BASE_STAMP)
 
 test: $(TORCH_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+# The inner loop: everything but the `slow` and `e2e` tests (a couple of minutes on 2 cores).
+test-fast: $(TORCH_STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not e2e" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

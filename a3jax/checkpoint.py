@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from a3jax.errors import UserError
 from a3jax.model.config import EXECUTION_FIELDS, ModelConfig
 from a3jax.model.params import abstract_params
 
@@ -36,11 +37,11 @@ def _register_array_handler() -> None:
 _register_array_handler()
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(UserError):
     """The workdir holds a checkpoint of a different model."""
 
 
-class MissingCheckpointError(ValueError):
+class MissingCheckpointError(UserError):
     """The workdir has no (complete) checkpoint at the asked step."""
 
 

@@ -10,16 +10,21 @@ import inspect
 import os
 import sys
 
+from a3jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    """One subcommand: its module provides `add` (argparse setup) and `run` (args, overrides) -> code."""
+    """One subcommand: its module provides `add` (argparse setup) and `run` (args, overrides) -> code;
+    or a group of subcommands (`sub`, chosen by the argument `dest`), such as `a3jax bench NAME`."""
 
     help: str
-    module: str
+    module: str = ""
     add: str = "add_arguments"
     run: str = "main"
     raw: bool = False  # the arguments are another program's: passed to `main_raw(argv)` unparsed
+    sub: dict = dataclasses.field(default_factory=dict)  # name -> Command
+    dest: str = ""  # the args attribute naming the chosen subcommand (groups only)
 
 
 # The one table of commands: parser and dispatch both read it.
@@ -35,7 +40,14 @@ COMMANDS = {
                        "add_convert_arguments", "convert_main"),
     "export": Command("a3jax checkpoint -> HF safetensors + config.json", "a3jax.convert.cli",
                       "add_export_arguments", "export_main"),
-    "bench": Command("benchmarks that print a table of side-by-side measurements", "a3jax.bench.cli"),
+    "bench": Command("benchmarks that print a table of side-by-side measurements", dest="name", sub={
+        "parity": Command("every attention backend here vs the xla reference (values and gradients)",
+                          "a3jax.bench.parity"),
+        "attention": Command("attention backends vs 2 causal calls", "a3jax.bench.attention"),
+        "train": Command("A3 vs causal train step: tokens/s, TFLOP/s, MFU, memory", "a3jax.bench.train"),
+        "decode": Command("infilling with the KV cache vs recompute", "a3jax.bench.decode"),
+        "data": Command("tokens/s of the data pipeline by source and workers", "a3jax.bench.data"),
+    }),
     "lm-eval": Command("lm-evaluation-harness's command line with the a3jax model (pip install 'a3jax[eval]')",
                        "a3jax.eval.lm_eval_cli", raw=True),
 }
@@ -46,23 +58,38 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return [a for a in argv if not a.startswith("--config.")], overrides
 
 
+def _add_commands(parser, table: dict, dest: str) -> None:
+    sub = parser.add_subparsers(dest=dest, required=True)
+    for name, command in table.items():
+        child = sub.add_parser(name, help=command.help, add_help=not command.raw)
+        if command.sub:
+            _add_commands(child, command.sub, command.dest)
+        else:
+            getattr(importlib.import_module(command.module), command.add)(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a3jax", description=__doc__,
                                      epilog="Config overrides: --config.SECTION.KEY=VALUE, "
                                             "e.g. --config.train.steps=100")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, command in COMMANDS.items():
-        add = getattr(importlib.import_module(command.module), command.add)
-        add(sub.add_parser(name, help=command.help, add_help=not command.raw))
+    _add_commands(parser, COMMANDS, "command")
     return parser
 
 
-def run_command(args, overrides) -> int:
+def chosen_command(args) -> Command:
+    """The leaf of the command table that args chose (a3jax bench train -> bench's 'train')."""
     command = COMMANDS[args.command]
+    while command.sub:
+        command = command.sub[getattr(args, command.dest)]
+    return command
+
+
+def run_command(args, overrides) -> int:
+    command = chosen_command(args)
     run = getattr(importlib.import_module(command.module), command.run)
     if len(inspect.signature(run).parameters) == 1:  # a command without config overrides
         if overrides:
-            raise ValueError(f"a3jax {args.command} takes no --config overrides (got {list(overrides)})")
+            raise UserError(f"a3jax {args.command} takes no --config overrides (got {list(overrides)})")
         return run(args)
     return run(args, overrides)
 
@@ -91,24 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS and COMMANDS[argv[0]].raw:
         try:
             return importlib.import_module(COMMANDS[argv[0]].module).main_raw(argv[1:])
-        except ValueError as error:
+        except UserError as error:
             print(f"a3jax {argv[0]}: error: {error}", file=sys.stderr)
             return 2
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
     if not os.environ.get("A3JAX_DEBUG"):
         _quiet_background_failures()
-    from a3jax.checkpoint import IncompatibleCheckpointError
-    from a3jax.configs import ConfigError
-    from a3jax.data.sources import CorruptShardError
-    from a3jax.distributed import DistributedError
-    from a3jax.parallel import MeshError
-    from a3jax.train.loop import CheckpointWriteError, TrainingDivergedError
+    from a3jax.train.window import TrainingDivergedError
 
     try:
         return run_command(args, overrides)
-    except (ConfigError, IncompatibleCheckpointError, MeshError, CorruptShardError, FileNotFoundError,
-            DistributedError, ValueError, CheckpointWriteError) as error:
+    except (UserError, FileNotFoundError) as error:  # what the user can fix: one line, no traceback
         if os.environ.get("A3JAX_DEBUG"):
             raise
         print(f"a3jax {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from a3jax.errors import UserError
+
 SHOWCASE_PLANS = ("ar", "blocks(4)", "confidence(2)")
 SPANS_PER_KIND = 16
 
@@ -133,7 +135,7 @@ def main(args, overrides=()) -> int:
     started = time.perf_counter()
     module = load_config_module(args.config)
     if not hasattr(module, "pretrain_config"):
-        raise ValueError(f"--config {args.config} has no pretrain_config(); the demo needs both stages "
+        raise UserError(f"--config {args.config} has no pretrain_config(); the demo needs both stages "
                          "(see a3jax/configs/presets/demo.py)")
     workdir = pathlib.Path(args.workdir)
     overrides = [*overrides, *_tokenizer_overrides(module, workdir, overrides)]

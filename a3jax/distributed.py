@@ -19,10 +19,12 @@ import time
 
 import jax
 
+from a3jax.errors import UserError
+
 _log = logging.getLogger("a3jax")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
     """The processes of a job could not find each other."""
 
 

@@ -46,12 +46,11 @@ def layer_terms(cfg: ModelConfig, seq_len: int) -> tuple[float, float, float, fl
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     stream, kv, attn, logits = layer_terms(cfg, seq_len)
-    layers = cfg.n_layers
-    if cfg.variant == "causal":
-        return layers * (stream + kv + attn) + logits
-    if cfg.variant == "mdlm":  # one stream, every row attends to its whole document (2x the keys)
-        return layers * (stream + kv + 2 * attn) + logits
-    return layers * (2 * stream + kv) - stream + layers * 2 * attn - attn + logits
+    layers, facts = cfg.n_layers, cfg.facts
+    if facts.query_stream:  # two streams; the last layer's content rows are skipped
+        return layers * (2 * stream + kv) - stream + layers * 2 * attn - attn + logits
+    keys = 2 * attn if facts.bidirectional else attn  # a row attending its whole document sees 2x the keys
+    return layers * (stream + kv + keys) + logits
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

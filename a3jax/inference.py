@@ -12,6 +12,7 @@ from ml_collections import ConfigDict
 from a3jax.checkpoint import load_params
 from a3jax.configs import Experiment, parse
 from a3jax.data import load_tokenizer
+from a3jax.errors import UserError
 from a3jax.model import ModelConfig
 from a3jax.model.params import ModelDef, abstract_params
 
@@ -34,11 +35,11 @@ def load_model(workdir: str | pathlib.Path, step: int | None = None) -> LoadedMo
     """
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
-        raise ValueError(f"--workdir {workdir} does not exist; pass the folder `a3jax train` wrote")
+        raise UserError(f"--workdir {workdir} does not exist; pass the folder `a3jax train` wrote")
     step, cfg, meta, params = load_params(workdir, step)  # MissingCheckpointError names the problem
     config = ConfigDict(meta.get("config", {}))
     if "data" not in config:
-        raise ValueError(f"checkpoint {workdir}/checkpoints/{step} has no experiment config in its "
+        raise UserError(f"checkpoint {workdir}/checkpoints/{step} has no experiment config in its "
                          "metadata; it was not written by `a3jax train` or `a3jax convert`")
     experiment = parse(config)
     tokenizer = load_tokenizer(experiment.data)

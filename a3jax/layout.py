@@ -15,7 +15,7 @@ Fields (all int32 numpy arrays of shape [N]):
 Visibility (what the model implements, see model/attention.py):
   content row i sees key j  iff  segment(j) == segment(i) and group(j) <= group(i)
   query   row i sees key j  iff  segment(j) == segment(i) and group(j) <  group(i)
-Because the row is sorted, both are one contiguous key range per row (see `key_ranges`).
+Because the row is sorted, both are one contiguous key range per row (`key_ranges`, jittable).
 
 Grid alignment (`align=g`, for documents whose groups all have g tokens except maybe the last):
 each document's BOS sits at a slot = g - 1 (mod g), so its group k fills the aligned block of
@@ -28,8 +28,13 @@ with a static mask (TPU splash attention) needs. Up to g - 1 padding slots go be
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from a3jax.errors import UserError
 
 FIELDS = ("tokens", "positions", "groups", "segment_ids", "loss_mask")
 PAD_SEGMENT = 0
@@ -50,50 +55,58 @@ def build_layout(
     documents[d] holds the tokens of document d at original positions 1..L_d (BOS is added at
     position 0); groups[d] holds one group id per token (>= 0; 0 = context, not a target).
     align=g > 1 puts each BOS at a slot = g - 1 (mod g) (see the module doc); it does not check
-    that the groups have g tokens (`grid_violations` does).
+    that the groups have g tokens (`grid_violations` does). The data pipeline builds every
+    training row with this function: the checks cost O(L) and the sort is a radix sort for
+    group ids < 2**16.
     """
     if len(documents) != len(groups):
-        raise ValueError(
+        raise UserError(
             f"got {len(documents)} documents but {len(groups)} group arrays; pass one group "
             "array per document"
         )
     if align < 1:
-        raise ValueError(f"align must be >= 1, got {align}")
+        raise UserError(f"align must be >= 1, got {align}")
     starts = bos_slots([len(doc) for doc in documents], align)
     total = (starts[-1] + len(documents[-1]) + 1) if len(documents) else 0
     if total > seq_len:
-        raise ValueError(
+        raise UserError(
             f"documents need {total} slots (tokens + one BOS each"
             f"{f', BOS aligned to {align}' if align > 1 else ''}) but seq_len={seq_len}; "
             "split long documents or raise seq_len"
         )
-    fields = {name: np.zeros(seq_len, np.int32) for name in FIELDS}
-    fields["tokens"][:] = pad_id
-    cursor = 0
+    tokens = np.full(seq_len, pad_id, np.int32)
+    positions = np.zeros(seq_len, np.int32)
+    group_ids = np.zeros(seq_len, np.int32)
+    segments = np.zeros(seq_len, np.int32)
     for doc_index, (doc, doc_groups) in enumerate(zip(documents, groups)):
         doc = np.asarray(doc, np.int32)
         doc_groups = np.asarray(doc_groups)
         if doc.ndim != 1 or doc_groups.shape != doc.shape:
-            raise ValueError(
+            raise UserError(
                 f"document {doc_index}: group ids have shape {doc_groups.shape} but the document "
                 f"has shape {doc.shape}; give exactly one group id per token"
             )
-        if doc_groups.size and (doc_groups.min() < 0 or not np.issubdtype(doc_groups.dtype, np.integer)):
-            raise ValueError(
+        if doc_groups.size and (not np.issubdtype(doc_groups.dtype, np.integer) or doc_groups.min() < 0):
+            raise UserError(
                 f"document {doc_index}: group ids must be integers >= 0 (0 = context), got "
                 f"min {doc_groups.min()} dtype {doc_groups.dtype}"
             )
-        all_groups = np.concatenate([[CONTEXT_GROUP], doc_groups]).astype(np.int32)
-        order = np.argsort(all_groups, kind="stable")  # generation order inside the document
         length = doc.size + 1
+        keys = np.empty(length, np.int32)
+        keys[0] = CONTEXT_GROUP
+        keys[1:] = doc_groups
+        small = length < 2**16 and (doc_groups.size == 0 or doc_groups.max() < 2**16)
+        order = np.argsort(keys.astype(np.uint16) if small else keys, kind="stable").astype(np.int32)
         cursor = starts[doc_index]
         span = slice(cursor, cursor + length)
-        fields["tokens"][span] = np.concatenate([[bos_id], doc])[order]
-        fields["positions"][span] = order
-        fields["groups"][span] = all_groups[order]
-        fields["segment_ids"][span] = doc_index + 1
-        fields["loss_mask"][span] = all_groups[order] > CONTEXT_GROUP
-    return fields
+        tokens[cursor] = bos_id
+        tokens[cursor + 1 : cursor + length] = doc
+        tokens[span] = tokens[span][order]  # generation order inside the document
+        positions[span] = order
+        group_ids[span] = keys[order]
+        segments[span] = doc_index + 1
+    return {"tokens": tokens, "positions": positions, "groups": group_ids, "segment_ids": segments,
+            "loss_mask": (group_ids > CONTEXT_GROUP).astype(np.int32)}
 
 
 def bos_slots(lengths: Sequence[int], align: int = 1) -> list[int]:
@@ -111,8 +124,10 @@ def grid_violations(segment_ids: np.ndarray, groups: np.ndarray, align: int) -> 
     """Bool [..., N]: real slots whose visibility differs from the static block-causal mask of
     block size `align` and-ed with segment equality (see the module doc). All False means a
     static-mask kernel computes exactly the layout's attention. Padding (segment 0) is ignored."""
-    segment_ids = np.asarray(segment_ids)
-    ranges = key_ranges(segment_ids, groups)
+    segment_ids = np.asarray(segment_ids).reshape(-1, np.shape(segment_ids)[-1])
+    groups = np.asarray(groups).reshape(segment_ids.shape)
+    ranges = [np.asarray(r) for r in key_ranges(segment_ids, groups)]
+    key_start, content_end, query_end = ranges
     n = segment_ids.shape[-1]
     idx = np.arange(n)
     seg_change = np.ones(segment_ids.shape, bool)
@@ -120,9 +135,9 @@ def grid_violations(segment_ids: np.ndarray, groups: np.ndarray, align: int) -> 
     seg_end = _stretch_ends(seg_change)
     block = idx // align
     static_content_end = np.minimum(seg_end, (block + 1) * align)
-    static_query_end = np.maximum(ranges["key_start"], block * align)
-    wrong = (ranges["content_end"] != static_content_end) | (ranges["query_end"] != static_query_end)
-    return wrong & (segment_ids != PAD_SEGMENT)
+    static_query_end = np.maximum(key_start, block * align)
+    wrong = (content_end != static_content_end) | (query_end != static_query_end)
+    return (wrong & (segment_ids != PAD_SEGMENT)).reshape(np.shape(segment_ids))
 
 
 def stack_layouts(layouts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -130,29 +145,33 @@ def stack_layouts(layouts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndar
     return {name: np.stack([layout[name] for layout in layouts]) for name in FIELDS}
 
 
-def key_ranges(segment_ids: np.ndarray, groups: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-row contiguous key ranges [key_start, content_end) and [key_start, query_end).
+class KeyRanges(NamedTuple):
+    """Per-row key ranges of a sorted layout, int32 [B, N]: content row i sees keys
+    [key_start, content_end), query row i sees [key_start, query_end)."""
 
-    Valid for sorted rows (groups non-decreasing inside each segment, segments contiguous).
-    Works on [..., N] arrays.
-    """
-    segment_ids = np.asarray(segment_ids)
-    groups = np.asarray(groups)
-    n = segment_ids.shape[-1]
-    idx = np.arange(n)
+    key_start: jax.Array
+    content_end: jax.Array
+    query_end: jax.Array
+
+
+def key_ranges(segment_ids_BxN, groups_BxN) -> KeyRanges:
+    """The contiguous key range of every row of a SORTED layout (groups non-decreasing inside each
+    segment, segments contiguous): what the block-skipping kernels take. Jittable; numpy input works
+    (np.asarray the fields)."""
+    segment_ids_BxN = jnp.asarray(segment_ids_BxN)
+    groups_BxN = jnp.asarray(groups_BxN)
+    n = segment_ids_BxN.shape[-1]
+    idx = jnp.arange(n, dtype=jnp.int32)
     # A run is a maximal stretch of equal (segment, group); segments start where segment changes.
-    seg_change = np.ones(segment_ids.shape, bool)
-    seg_change[..., 1:] = segment_ids[..., 1:] != segment_ids[..., :-1]
-    run_change = seg_change.copy()
-    run_change[..., 1:] |= groups[..., 1:] != groups[..., :-1]
-    key_start = np.maximum.accumulate(np.where(seg_change, idx, 0), axis=-1)
-    query_end = np.maximum.accumulate(np.where(run_change, idx, 0), axis=-1)
-    content_end = _stretch_ends(run_change)
-    return {
-        "key_start": key_start.astype(np.int32),
-        "content_end": content_end.astype(np.int32),
-        "query_end": query_end.astype(np.int32),
-    }
+    new_segment = jnp.concatenate(
+        [jnp.ones_like(segment_ids_BxN[:, :1], bool), segment_ids_BxN[:, 1:] != segment_ids_BxN[:, :-1]], 1)
+    new_run = new_segment | jnp.concatenate(
+        [jnp.zeros_like(groups_BxN[:, :1], bool), groups_BxN[:, 1:] != groups_BxN[:, :-1]], 1)
+    key_start = jax.lax.cummax(jnp.where(new_segment, idx, 0), axis=1)
+    query_end = jax.lax.cummax(jnp.where(new_run, idx, 0), axis=1)
+    run_ends_here = jnp.concatenate([new_run[:, 1:], jnp.ones_like(new_run[:, :1])], 1)
+    content_end = jax.lax.cummin(jnp.where(run_ends_here, idx + 1, n), axis=1, reverse=True)
+    return KeyRanges(key_start, content_end, query_end)
 
 
 def _stretch_ends(starts: np.ndarray) -> np.ndarray:
@@ -177,7 +196,7 @@ def unsort(values: np.ndarray, layout: dict[str, np.ndarray], segment: int) -> n
     values_NxD = np.asarray(values)
     n = layout["segment_ids"].shape[-1]
     if values_NxD.ndim == 0 or values_NxD.shape[0] != n:
-        raise ValueError(f"values have shape {values_NxD.shape} but the layout row has {n} slots; pass "
+        raise UserError(f"values have shape {values_NxD.shape} but the layout row has {n} slots; pass "
                          f"one entry per slot along the first axis (shape [{n}, ...])")
     rows = np.flatnonzero(layout["segment_ids"] == segment)
     out_LxD = np.empty((rows.size,) + values_NxD.shape[1:], dtype=values_NxD.dtype)

@@ -1,9 +1,10 @@
 """Cross-entropy of the prediction logits on target tokens only (all variants).
 
-Per-token values are aligned with the TARGET row: for `a3`, row i's query-stream logits score
-token i; for `causal`, row i - 1's logits score token i (same document only); for `mdlm`, row i's
-content-stream logits (its input is MASK) score token i. Context (BOS, prompt) and padding rows
-carry zero weight.
+The loss takes the model's prediction logits [B, N, V] and the variant's facts
+(a3jax/variants.py), never the model. Per-token values are aligned with the TARGET row: row i's
+logits score token i (a3: the query stream; mdlm: the content stream, whose input is MASK), or
+for a next-token variant (causal) row i - 1's logits score token i (same document only). Context
+(BOS, prompt) and padding rows carry zero weight.
 
 `mdlm` weights: a target of document d weighs L_d / m_d, where L_d counts the document's tokens
 except BOS (its target-eligible tokens) and m_d its targets (masked tokens), both counted per
@@ -35,50 +36,55 @@ def mdlm_weights(batch):
     return targets * length / jnp.maximum(masked, 1.0)
 
 
-def target_log_probs(model, batch, *, inputs_embeds=None, group_size=None):
-    """(log p(token) [B, N] float32, weight [B, N] float32) aligned with target rows.
+def target_log_probs(logits_BxNxV, batch, facts):
+    """(log p(token) [B, N] float32, weight [B, N] float32) aligned with target rows, from the
+    prediction logits of a model whose variant has these `facts` (a3jax/variants.py).
 
-    The weight is 1 on targets for a3 and causal, L_d / m_d for mdlm (see the module doc)."""
-    extra = {} if group_size is None else {"group_size": group_size}  # stand-ins need not take it
-    logits = model(batch, inputs_embeds=inputs_embeds, **extra)
-    tokens = batch["tokens"]
-    weights = batch["loss_mask"].astype(jnp.float32)
-    if model.cfg.variant == "causal":
-        logits = logits[:, :-1]
-        same_doc = batch["segment_ids"][:, 1:] == batch["segment_ids"][:, :-1]
+    The weight is 1 on targets, L_d / m_d with masked inputs (mdlm; see the module doc)."""
+    log_probs, weights, _ = target_predictions(logits_BxNxV, batch, facts)
+    return log_probs, weights
+
+
+def target_predictions(logits_BxNxV, batch, facts):
+    """target_log_probs plus whether each target is the argmax of its logits (bool [B, N])."""
+    tokens_BxN = batch["tokens"]
+    weights_BxN = batch["loss_mask"].astype(jnp.float32)
+    log_probs_BxNxV = jax.nn.log_softmax(logits_BxNxV, axis=-1)
+    predicted_BxN = jnp.argmax(logits_BxNxV, axis=-1).astype(tokens_BxN.dtype)
+    if facts.next_token:  # row i - 1 predicts token i, inside one document
         pad = ((0, 0), (1, 0))
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        picked = jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
-        picked = jnp.pad(picked, pad)
-        weights = weights * jnp.pad(same_doc, pad).astype(jnp.float32)
+        picked_BxN = jnp.take_along_axis(log_probs_BxNxV[:, :-1], tokens_BxN[:, 1:, None], axis=-1)[..., 0]
+        picked_BxN = jnp.pad(picked_BxN, pad)
+        predicted_BxN = jnp.pad(predicted_BxN[:, :-1], pad, constant_values=-1)
+        same_doc = batch["segment_ids"][:, 1:] == batch["segment_ids"][:, :-1]
+        weights_BxN = weights_BxN * jnp.pad(same_doc, pad).astype(jnp.float32)
     else:
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        picked = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
-        if model.cfg.variant == "mdlm":
-            weights = mdlm_weights(batch)
-    return jnp.where(weights > 0, picked, 0.0), weights
+        picked_BxN = jnp.take_along_axis(log_probs_BxNxV, tokens_BxN[..., None], axis=-1)[..., 0]
+        if facts.masked_inputs:
+            weights_BxN = mdlm_weights(batch)
+    return jnp.where(weights_BxN > 0, picked_BxN, 0.0), weights_BxN, predicted_BxN == tokens_BxN
 
 
-def loss_fn(model, batch, group_size=None):
-    """Mean (weighted) negative log-likelihood per target token, and metrics.
+def mean_loss(logits_BxNxV, batch, facts):
+    """Mean (weighted) negative log-likelihood per target token, and its sums.
 
-    n_targets is the sum of the weights: the number of targets for a3 and causal, the number of
-    non-BOS document tokens for mdlm (so the loss is the bound per token). group_size: the
-    batch's one group size when its rows are grid-aligned (static; see Transformer.hidden_states)."""
-    log_probs, weights = target_log_probs(model, batch, group_size=group_size)
+    n_targets is the sum of the weights: the number of targets, or with masked inputs (mdlm) the
+    number of non-BOS document tokens (so the loss is the bound per token)."""
+    log_probs, weights = target_log_probs(logits_BxNxV, batch, facts)
     n_targets = jnp.sum(weights)
     nll_sum = -jnp.sum(log_probs * weights)
     loss = nll_sum / jnp.maximum(n_targets, 1.0)
     return loss, {"nll_sum": nll_sum, "n_targets": n_targets}
 
 
-def eval_totals(model, batch, eos_id: int):
+def eval_totals(logits_BxNxV, batch, facts, eos_id: int):
     """Held-out sums of one batch: nll_sum, n_targets (the weight sum) and n_bytes (targets other
-    than EOS; for mdlm every non-BOS, non-EOS document token, counted exactly rather than through
-    the L/m weights). nll_sum / n_targets is the NLL per token (mdlm: the bound per token)."""
-    log_probs, weights = target_log_probs(model, batch)
+    than EOS; with masked inputs (mdlm) every non-BOS, non-EOS document token, counted exactly
+    rather than through the L/m weights). nll_sum / n_targets is the NLL per token (mdlm: the
+    bound per token)."""
+    log_probs, weights = target_log_probs(logits_BxNxV, batch, facts)
     counted = weights
-    if model.cfg.variant == "mdlm":
+    if facts.masked_inputs:
         counted = ((batch["segment_ids"] > 0) & (batch["positions"] > 0)).astype(jnp.float32)
     is_byte = (batch["tokens"] != eos_id).astype(jnp.float32) * counted
     return {"nll_sum": -jnp.sum(log_probs * weights), "n_targets": jnp.sum(weights),

@@ -24,6 +24,8 @@ from typing import Protocol
 
 import numpy as np
 
+from a3jax.errors import UserError
+
 VALID_FORMS = (
     "ar, blocks(s), random(s), random_sizes(lo,hi), two_group(lo,hi), span(lo,hi), mdlm, "
     "and mixtures like '0.5*ar + 0.5*random(4)'"
@@ -38,7 +40,7 @@ class Sampler(Protocol):
 
 def _check_length(length: int) -> None:
     if length < 0:
-        raise ValueError(f"document length must be >= 0, got {length}")
+        raise UserError(f"document length must be >= 0, got {length}")
 
 
 def _chunk(order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -148,9 +150,14 @@ def uses_mdlm(sampler: Sampler) -> bool:
     return isinstance(sampler, MaskedDiffusion)
 
 
+def normal_spec(spec: str) -> str:
+    """An order, plan or curriculum string without whitespace: the one form specs are compared in."""
+    return re.sub(r"\s+", "", str(spec))
+
+
 def is_bound_order(spec: str) -> bool:
     """True for orders whose held-out NLL is an upper bound (ELBO), not an exact NLL: `mdlm`."""
-    return re.sub(r"\s+", "", spec) == MDLM
+    return normal_spec(spec) == MDLM
 
 
 def span_groups(length: int, start: int, stop: int) -> np.ndarray:
@@ -226,16 +233,16 @@ def _parse_term(term: str, spec: str) -> tuple[float, Sampler]:
 
 def parse_sampler(spec: str) -> Sampler:
     """Parses a sampler spec such as 'random(4)' or '0.4*ar + 0.6*blocks(2)'."""
-    compact = re.sub(r"\s+", "", spec)
+    compact = normal_spec(spec)
     if not compact:
-        raise ValueError(f"empty sampler spec {spec!r}; valid: {VALID_FORMS}")
+        raise UserError(f"empty sampler spec {spec!r}; valid: {VALID_FORMS}")
     terms = re.split(r"(?<![0-9][eE])\+", compact)
     parsed = [_parse_term(term, compact) for term in terms]
     if len(parsed) == 1:
         return parsed[0][1]
     weights = np.array([w for w, _ in parsed], np.float64)
     if weights.sum() <= 0:
-        raise ValueError(f"mixture weights sum to 0 in {spec!r}; valid: {VALID_FORMS}")
+        raise UserError(f"mixture weights sum to 0 in {spec!r}; valid: {VALID_FORMS}")
     return Mixture(tuple((weights / weights.sum()).tolist()), tuple(s for _, s in parsed))
 
 
@@ -308,20 +315,20 @@ def parse_boundary(text: str, tokens_per_step: int | None = None) -> tuple[int, 
     tokens is None for a boundary given in steps. Raises ValueError on anything else."""
     match = _BOUNDARY.match(text.strip())
     if match is None:
-        raise ValueError(f"bad 'until' boundary {text.strip()!r}; write e.g. {BOUNDARY_FORMS}")
+        raise UserError(f"bad 'until' boundary {text.strip()!r}; write e.g. {BOUNDARY_FORMS}")
     number, mult = match["number"], _MULTIPLIERS[match["mult"]]
     whole, _, frac = number.partition(".")
     value = int(whole) * mult + (int(frac) * mult) // 10 ** len(frac) if frac else int(whole) * mult
     if frac and (int(frac) * mult) % 10 ** len(frac):
-        raise ValueError(f"'until' boundary {text.strip()!r} is not a whole number of "
+        raise UserError(f"'until' boundary {text.strip()!r} is not a whole number of "
                          f"{'tokens' if (match['unit'] or '').startswith('tok') else 'steps'}")
     if not (match["unit"] or "").startswith("tok"):
         return value, None
     if tokens_per_step is None:
-        raise ValueError(f"'until' boundary {text.strip()!r} is in tokens but no tokens_per_step was "
+        raise UserError(f"'until' boundary {text.strip()!r} is in tokens but no tokens_per_step was "
                          "given to convert it to steps (tokens_per_step = train.batch_size * data.seq_len)")
     if int(tokens_per_step) < 1:
-        raise ValueError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
+        raise UserError(f"tokens_per_step must be >= 1, got {tokens_per_step}")
     return -(-value // int(tokens_per_step)), value
 
 
@@ -333,9 +340,9 @@ class Curriculum:
 
     def __post_init__(self) -> None:
         if not self.stages:
-            raise ValueError("a curriculum needs at least one stage")
+            raise UserError("a curriculum needs at least one stage")
         if self.group_size_scope not in SCOPES:
-            raise ValueError(f"group_size_scope must be one of {SCOPES}, got {self.group_size_scope!r}")
+            raise UserError(f"group_size_scope must be one of {SCOPES}, got {self.group_size_scope!r}")
         object.__setattr__(self, "_samplers", tuple(parse_sampler(s.spec) for s in self.stages))
 
     @classmethod
@@ -352,43 +359,43 @@ class Curriculum:
         if pieces and not pieces[-1]:
             pieces.pop()  # allow a trailing ';'
         if not pieces:
-            raise ValueError(f"empty curriculum {text!r}; write e.g. 'ar until 100; random(4)'")
+            raise UserError(f"empty curriculum {text!r}; write e.g. 'ar until 100; random(4)'")
         stages, previous = [], 0
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
             parts = re.split(r"\buntil\b", piece)
             if len(parts) > 2 or not parts[0].strip():
-                raise ValueError(f"bad curriculum stage {piece!r}; write '<sampler> until <step>'")
+                raise UserError(f"bad curriculum stage {piece!r}; write '<sampler> until <step>'")
             until, until_tokens = None, None
             if len(parts) == 2:
                 if last:
-                    raise ValueError(f"the last curriculum stage {piece!r} must not have 'until'")
+                    raise UserError(f"the last curriculum stage {piece!r} must not have 'until'")
                 try:
                     until, until_tokens = parse_boundary(parts[1], tokens_per_step)
                 except ValueError as err:
-                    raise ValueError(f"bad 'until' step in curriculum stage {piece!r}: {err}") from None
+                    raise UserError(f"bad 'until' step in curriculum stage {piece!r}: {err}") from None
                 if until <= previous:
                     converted = (f" ({until_tokens:,} tokens = step {until} at {int(tokens_per_step):,} "
                                  "tokens per step)" if until_tokens is not None else "")
-                    raise ValueError(
+                    raise UserError(
                         f"curriculum stage {piece!r}: until steps must be positive and strictly "
                         f"increasing (previous {previous}){converted}"
                     )
                 previous = until
             elif not last:
-                raise ValueError(
+                raise UserError(
                     f"curriculum stage {piece!r} needs 'until <step>' (only the last may omit it)"
                 )
             try:
                 parse_sampler(parts[0])
             except ValueError as err:
-                raise ValueError(f"curriculum stage {piece!r}: {err}") from None
+                raise UserError(f"curriculum stage {piece!r}: {err}") from None
             stages.append(Stage(parts[0].strip(), until, until_tokens))
         return cls(tuple(stages), group_size_scope)
 
     def stage_of_step(self, step: int) -> int:
         if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
+            raise UserError(f"step must be >= 0, got {step}")
         for index, stage in enumerate(self.stages):
             if stage.until_step is None or step < stage.until_step:
                 return index
@@ -399,7 +406,7 @@ class Curriculum:
 
     def stage_of_example(self, example_index: int, global_batch_size: int) -> int:
         if global_batch_size < 1:
-            raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
+            raise UserError(f"global_batch_size must be >= 1, got {global_batch_size}")
         return self.stage_of_step(example_index // global_batch_size)
 
     def sample_groups(
@@ -418,7 +425,7 @@ class Curriculum:
         for stage, sampler in zip(self.stages, self._samplers):
             size = max_fixable_group_size(sampler)
             if size is None:
-                raise ValueError(
+                raise UserError(
                     f"curriculum stage {stage.spec!r} has no constant group size per batch; "
                     "grid-aligned groups (data.align_groups, model.attention='splash') need every "
                     "stage built from ar, blocks(s), random(s) and random_sizes(lo,hi)")
@@ -428,12 +435,12 @@ class Curriculum:
     def step_group_size(self, seed: int, step: int, global_batch_size: int) -> int:
         """The one group size of every example of `step` (orders.group_size_scope='batch')."""
         if self.group_size_scope != "batch":
-            raise ValueError("one group size per step needs orders.group_size_scope='batch', got "
+            raise UserError("one group size per step needs orders.group_size_scope='batch', got "
                              f"{self.group_size_scope!r}")
         sampler = self.example_sampler(seed, step * global_batch_size, global_batch_size)
         size = constant_group_size(sampler)
         if size is None:
-            raise ValueError(f"step {step}: its sampler {sampler} has no constant group size")
+            raise UserError(f"step {step}: its sampler {sampler} has no constant group size")
         return size
 
     def example_sampler(self, seed: int, example_index: int, global_batch_size: int,

@@ -51,6 +51,19 @@ def fast_compile_options() -> dict | None:
     return supported
 
 
+# Markers (`make test-fast` runs neither): `slow` on tests that take more than ~6 s on 2 cores
+# (decorated where they are defined); `e2e` on whole modules that run whole programs: CLI
+# subprocesses, training runs to completion, the demo, several processes, a built wheel.
+E2E_MODULES = ("tests/reliability/", "tests/test_multiprocess.py", "tests/test_demo.py",
+               "tests/test_packaging.py", "tests/test_sweep.py", "tests/test_lm_eval.py", "tests/test_bench.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(E2E_MODULES):
+            item.add_marker(pytest.mark.e2e)
+
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "tiny.py"
 

@@ -7,6 +7,7 @@ offending import.
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -14,7 +15,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "a3jax"
 
 # Lowest first. A module belongs to the level of the longest prefix that matches its name.
 LEVELS = [
-    ("foundations", ["a3jax._lazy", "a3jax.layout", "a3jax.orders", "a3jax.kernels"]),
+    ("foundations", ["a3jax._lazy", "a3jax.errors", "a3jax.schema", "a3jax.layout", "a3jax.orders",
+                     "a3jax.kernels"]),
     ("model", ["a3jax.model", "a3jax.variants", "a3jax.flops", "a3jax.loss"]),
     ("configs and data", ["a3jax.configs", "a3jax.data", "a3jax.parallel", "a3jax.checkpoint",
                           "a3jax.distributed"]),
@@ -115,3 +117,30 @@ def test_the_checks_have_power():
     assert level_of("a3jax.train.loop") > level_of("a3jax.configs.sections")
     with pytest.raises(AssertionError, match="has no level"):
         level_of("a3jax_other.module")
+
+
+# Variants are described by what they do (a3jax/variants.py): no module outside the policy tests a
+# variant's name. Comparisons of `variant`/`.variant`/`cfg.variant` with a string literal, in either
+# order, with == / != / in.
+VARIANT_NAME_TEST = re.compile(
+    r"""variant\s*(==|!=|\bin\b|\bnot\s+in\b)\s*[(\["']|["'](a3|causal|mdlm)["']\s*(==|!=)\s*[\w.]*variant""")
+
+
+def variant_name_tests(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if VARIANT_NAME_TEST.search(line)]
+
+
+def test_no_module_tests_a_variant_by_name():
+    found = []
+    for name, path in modules().items():
+        if name == "a3jax.variants":
+            continue
+        found += [f"{path.relative_to(PACKAGE.parent)}: {line}" for line in variant_name_tests(path.read_text())]
+    assert not found, "ask the variant's facts (cfg.facts) instead of its name:\n" + "\n".join(found)
+
+
+def test_the_variant_name_check_has_power():
+    planted = ['if cfg.variant == "causal":', "if model.cfg.variant != 'a3':", 'causal = variant in ("causal",)',
+               'if "mdlm" == cfg.variant:']
+    assert variant_name_tests("\n".join(planted)) == planted
+    assert variant_name_tests('variant = "a3"\nif cfg.facts.next_token:\nraise ValueError(f"variant={v!r}")') == []

@@ -314,6 +314,7 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(hf_models, tmp_path):
         convert(hf_dir, tmp_path / "taken", "a3")
 
 
+@pytest.mark.slow
 def test_train_resumes_from_converted_checkpoint(small_corpus, tmp_path, capfd):
     from a3jax.train.loop import train
 

@@ -18,7 +18,7 @@ from a3jax.data import (
     train_batches,
     train_dataset,
 )
-from a3jax.layout import unsort
+from a3jax.layout import build_layout, stack_layouts, unsort
 
 TOK = ByteTokenizer()
 SEQ_LEN = 32
@@ -231,8 +231,29 @@ def test_eval_batch_and_infill_example():
 
 # Fast layout, group-size scope, 3-stage curriculum ----------------------------------------------
 
-def test_fast_layout_equals_build_layout():
-    from a3jax.data.pipeline import fast_layout
+def reference_layout(pieces, groups, seq_len, bos, pad, align=1):
+    """The sorted layout written plainly (one Python loop per slot): what build_layout's vectorised
+    radix sort must reproduce."""
+    fields = {name: np.zeros(seq_len, np.int32) for name in ("tokens", "positions", "groups", "segment_ids",
+                                                             "loss_mask")}
+    fields["tokens"][:] = pad
+    cursor = 0
+    for index, (piece, piece_groups) in enumerate(zip(pieces, groups)):
+        while cursor % align != align - 1 and align > 1:
+            cursor += 1
+        slots = sorted(range(piece.size + 1), key=lambda p: (0 if p == 0 else int(piece_groups[p - 1]), p))
+        for p in slots:
+            group = 0 if p == 0 else int(piece_groups[p - 1])
+            fields["tokens"][cursor] = bos if p == 0 else piece[p - 1]
+            fields["positions"][cursor] = p
+            fields["groups"][cursor] = group
+            fields["segment_ids"][cursor] = index + 1
+            fields["loss_mask"][cursor] = group > 0
+            cursor += 1
+    return fields
+
+
+def test_build_layout_equals_a_plain_reference():
     from a3jax.layout import build_layout
     from a3jax.orders import example_rng, parse_sampler
 
@@ -243,14 +264,14 @@ def test_fast_layout_equals_build_layout():
             lengths = rng.integers(0, 12, size=rng.integers(1, 4))
             pieces = [rng.integers(0, 256, size=n).astype(np.int32) for n in lengths]
             groups = [sampler(int(n), example_rng(trial, int(n), 0)) for n in lengths]
-            expected = build_layout(pieces, groups, SEQ_LEN + 8, bos_id=1, pad_id=2)
-            got = fast_layout(pieces, groups, SEQ_LEN + 8, 1, 2)
+            expected = reference_layout(pieces, groups, SEQ_LEN + 8, 1, 2)
+            got = build_layout(pieces, groups, SEQ_LEN + 8, bos_id=1, pad_id=2)
             assert got.keys() == expected.keys()
             for name in expected:
                 assert got[name].dtype == np.int32
                 np.testing.assert_array_equal(got[name], expected[name], err_msg=f"{spec} {name}")
     with pytest.raises(ValueError, match="seq_len"):
-        fast_layout([np.zeros(40, np.int32)], [np.ones(40, np.int32)], SEQ_LEN, 1, 2)
+        build_layout([np.zeros(40, np.int32)], [np.ones(40, np.int32)], SEQ_LEN, bos_id=1, pad_id=2)
 
 
 def group_sizes(layout_row, segment):
@@ -351,6 +372,7 @@ def test_hf_tokenizer_feeds_the_pipeline(tmp_path):
     assert decoded in "".join(texts)
 
 
+@pytest.mark.slow
 def test_worker_processes_stop_and_leave_no_shared_memory(tmp_path):
     """`a3jax train` with Grain worker processes (data.worker_count=2) ends without Python's
     resource tracker finding leaked shared_memory segments: the loop closes its stream, and batches
@@ -366,3 +388,43 @@ def test_worker_processes_stop_and_leave_no_shared_memory(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "finished at step 3" in result.stdout
     assert "leaked shared_memory" not in result.stderr, result.stderr[-2000:]
+
+
+# ---- 4. layout.unsort with trailing dimensions ----------------------------------------------------
+
+def _manual_unsort(values, layout, segment):
+    rows = [i for i in range(layout["segment_ids"].size) if layout["segment_ids"][i] == segment]
+    out = [None] * len(rows)
+    for i in rows:
+        out[layout["positions"][i]] = values[i]
+    return np.stack(out)
+
+
+def test_unsort_un_permutes_the_first_axis_of_values_of_any_shape():
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 9, 6), rng.integers(0, 9, 4)]
+    groups = [np.array([2, 0, 1, 3, 1, 2]), np.array([1, 1, 0, 2])]
+    layout = build_layout(docs, groups, 14, bos_id=10, pad_id=9)
+    assert not np.all(np.diff(layout["positions"][:7]) > 0)  # the row really is permuted
+    n = layout["tokens"].size
+    values = {"scalars": np.arange(n) * 10, "logits": rng.standard_normal((n, 5)),
+              "hidden": rng.standard_normal((n, 2, 3)).astype(np.float32)}
+    for segment, doc in enumerate(docs, start=1):
+        np.testing.assert_array_equal(unsort(layout["tokens"], layout, segment), np.concatenate([[10], doc]))
+        for name, value in values.items():
+            got = unsort(value, layout, segment)
+            assert got.shape == (doc.size + 1,) + value.shape[1:] and got.dtype == value.dtype, name
+            np.testing.assert_array_equal(got, _manual_unsort(value, layout, segment))
+
+
+def test_unsort_names_values_of_the_wrong_length():
+    layout = build_layout([np.arange(3)], [np.array([1, 2, 1])], 6, bos_id=10, pad_id=9)
+    with pytest.raises(ValueError, match=r"shape \(5, 4\).*6 slots"):
+        unsort(np.zeros((5, 4)), layout, 1)
+    # the batch axis must be taken off first: [B, N] is refused, the row [N] works
+    batch = stack_layouts([layout])
+    with pytest.raises(ValueError, match="6 slots"):
+        unsort(batch["tokens"], layout, 1)
+    assert unsort(batch["tokens"][0], layout, 1).shape == (4,)
+
+

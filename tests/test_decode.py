@@ -1,6 +1,7 @@
 """Any-order decoding: the KV cache is exact, sampling follows the model's distribution, the
 sampler's options do what they say, and bad input fails with a message naming it."""
 
+import contextlib
 import itertools
 
 import jax
@@ -11,12 +12,16 @@ from scipy import stats
 
 from a3jax.data import ByteTokenizer
 from a3jax.decode import SampleConfig, extend, generate, init_cache, parse_plan, parse_prompt
+from a3jax.decode.sampler import recompute_groups
 from a3jax.decode.sampling import filter_logits
+from a3jax.eval.score import score_documents
 from a3jax.layout import build_layout
-from a3jax.loss import target_log_probs
-from a3jax.model import ModelConfig, rope
+from a3jax.model import ModelConfig
+from a3jax.model.attention import two_stream_attention
 from a3jax.model.params import init_model
-from a3jax.model.transformer import LAYER_PARAMS, _layer, dense, rms_norm
+from a3jax.model.transformer import LAYER_PARAMS, layer, rope_for
+
+from support import model_log_probs
 
 BOS, PAD, EOS = 10, 11, 9
 
@@ -34,12 +39,55 @@ def _batch(layout):
 def _full_log_probs(model_def, params, doc, groups, seq_len=16, bos=BOS, pad=PAD):
     """{position: log p(token)} of one document's targets from one uncached forward pass."""
     layout = build_layout([doc], [groups], seq_len, bos_id=bos, pad_id=pad)
-    log_probs, weights = target_log_probs(model_def.bind(params), _batch(layout))
+    log_probs, weights = model_log_probs(model_def.bind(params), _batch(layout))
     return {int(p): float(lp) for p, lp, w in zip(layout["positions"], np.asarray(log_probs[0]),
                                                   np.asarray(weights[0])) if w > 0}
 
 
 # ---- cache exactness ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["a3", "causal"])
+def test_training_and_decoding_run_the_same_layer(variant, monkeypatch):
+    """Decoding calls the model's own layer function (model/transformer.layer): a deliberately
+    perturbed layer changes the training forward and the cached decoder alike, and they still agree."""
+    from a3jax.decode import sampler
+    from a3jax.model import transformer
+
+    model_def, params = _model(variant)
+    doc = np.random.default_rng(3).integers(0, 9, 8).astype(np.int32)
+    known = np.array([1, 0, 0, 1, 0, 0, 0, 1], bool)
+    plan = "random(2)" if variant == "a3" else "ar"
+
+    def decoded_and_full():
+        sampler._static_step.cache_clear()  # retrace: a compiled step would keep the old layer
+        jax.clear_caches()
+        result = generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD, forced=[doc],
+                          sampling=SampleConfig(plan=plan, seed=2))
+        full = _full_log_probs(model_def, params, doc, result.groups[0])
+        scored = np.flatnonzero(result.steps[0] > 0) + 1
+        return result.log_probs[0][scored - 1], np.array([full[p] for p in scored])
+
+    decoded, full = decoded_and_full()
+    np.testing.assert_allclose(decoded, full, atol=1e-5)
+    original = transformer.layer
+
+    def perturbed(*args, **kwargs):  # every layer's output rows scaled: a different model
+        content, query = original(*args, **kwargs)
+        return content * 1.5, None if query is None else query * 1.5
+
+    monkeypatch.setattr(transformer, "layer", perturbed)
+    try:
+        decoded_perturbed, full_perturbed = decoded_and_full()
+    finally:  # no compiled step of the perturbed model may outlive this test
+        monkeypatch.undo()
+        sampler._static_step.cache_clear()
+        jax.clear_caches()
+    np.testing.assert_allclose(decoded_perturbed, full_perturbed, atol=1e-5)
+    assert np.abs(decoded_perturbed - decoded).max() > 1e-2  # the perturbation reached decoding
+    assert np.abs(full_perturbed - full).max() > 1e-2  # ... and training's forward
+
+
 
 @pytest.mark.parametrize("variant", ["a3", "causal"])
 def test_cached_logits_equal_the_full_forward(variant):
@@ -70,22 +118,22 @@ def _reference_keys_values(model, layout):
     batch = _batch(layout)
     content = model.embed_tokens(batch["tokens"])
     query = jnp.broadcast_to(model.query_embed[...], content.shape)
-    cos, sin = rope.rope_tables(batch["positions"], rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta,
-                                                                             cfg.rope_scaling))
+    rope_rows = rope_for(cfg, batch["positions"])
     per_layer = []
-    for layer in range(cfg.n_layers):
-        p = {name: model.layers[name][...][layer] for name in LAYER_PARAMS}
-        normed = rms_norm(content, p["attn_norm"], cfg.norm_eps)
-        n = content.shape[1]
-        k = rope.apply_rope(dense(normed, p["wk"]).reshape(1, n, cfg.n_kv_heads, cfg.head_dim), cos, sin)
-        v = dense(normed, p["wv"]).reshape(1, n, cfg.n_kv_heads, cfg.head_dim)
+
+    def attend(q_content, q_query, k, v):  # the whole row under its group masks, keeping K/V
         per_layer.append(np.stack([np.asarray(k[0]), np.asarray(v[0])], 1))
-        content, query = _layer(cfg, p, content, query, cos, sin, batch["segment_ids"], batch["groups"], True)
+        return two_stream_attention(q_content, q_query, k, v, batch["segment_ids"], batch["groups"])
+
+    for index in range(cfg.n_layers):
+        p = {name: model.layers[name][...][index] for name in LAYER_PARAMS}
+        content, query = layer(cfg, p, content, query, rope_rows, rope_rows, attend)
     kv = np.stack(per_layer)  # [L, N, 2, H, D]
     return {int(pos): kv[:, i] for i, (pos, seg) in enumerate(zip(layout["positions"], layout["segment_ids"]))
             if seg > 0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plan", ["random(3)", "confidence(2)"])
 def test_cached_keys_values_equal_a_recompute_after_all_groups(plan):
     model_def, params = _model()
@@ -144,10 +192,11 @@ def _exact_distribution(model_def, params, groups):
     sequences = np.array(list(itertools.product(range(3), repeat=4)), np.int32)
     layouts = [build_layout([s], [groups], 5, bos_id=0, pad_id=0) for s in sequences]
     batch = {k: jnp.asarray(np.stack([lay[k] for lay in layouts])) for k in layouts[0]}
-    log_probs, weights = target_log_probs(model, batch)
+    log_probs, weights = model_log_probs(model, batch)
     return sequences, np.exp(np.asarray(jnp.sum(log_probs * weights, axis=1), np.float64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plan", ["ar", "random(2)"])
 def test_samples_follow_the_exact_distribution_chi_square(plan):
     model_def, params = _model(vocab=3, seed=4, init_std=1.0)
@@ -193,6 +242,7 @@ def test_filter_logits_top_k_and_nucleus():
     assert kept(filter_logits(logits, top_p=1.0)) == [True] * 4
 
 
+@pytest.mark.slow
 def test_greedy_top_k_1_and_tiny_top_p_agree_and_batching_does_not_change_results():
     model_def, params = _model()
     rng = np.random.default_rng(3)
@@ -333,3 +383,143 @@ def test_score_equals_the_sum_of_the_samplers_log_probs_when_forced(plan):
     scores = sequence_log_probs(model_def, params, docs, groups, seq_len=16, bos_id=BOS, pad_id=PAD)
     np.testing.assert_allclose([lp.sum() for lp in result.log_probs], scores, atol=1e-5)
     assert np.all(scores < 0)
+
+
+# ---- API edges: groups read by plan 'groups' only; the groupings behind the log-probs; x64 ---------
+# (vocab 12: the mdlm variant's MASK is 11, so these use PAD 9)
+
+HOLES_PAD = 9
+
+
+def _holes_docs():
+    rng = np.random.default_rng(2)
+    docs = [np.array([3, 0, 0, 0, 5], np.int32),  # three generated tokens between two given ones
+            rng.integers(0, 9, 10).astype(np.int32), rng.integers(0, 9, 7).astype(np.int32)]
+    known = [np.array([1, 0, 0, 0, 1], bool), np.array([1, 0, 0, 1, 0, 0, 0, 1, 0, 0], bool),
+             np.array([0, 1, 0, 0, 1, 0, 0], bool)]
+    return docs, known
+
+
+# ---- 1. groups are read by plan 'groups' only -----------------------------------------------------
+
+@pytest.mark.parametrize("plan", ["ar", "blocks(2)", "random(2)", "confidence(2)"])
+def test_groups_with_another_plan_are_refused(plan):
+    model_def, params = _model()
+    docs, known = _holes_docs()
+    user = [np.where(k, 0, np.arange(d.size) % 2 + 1) for d, k in zip(docs, known)]
+    with pytest.raises(ValueError) as error:
+        generate(model_def, params, docs, known, bos_id=BOS, pad_id=HOLES_PAD, groups=user,
+                 sampling=SampleConfig(plan=plan))
+    assert repr(plan) in str(error.value) and "plan='groups'" in str(error.value)
+    # the fix the message names decodes in exactly those groups
+    result = generate(model_def, params, docs, known, bos_id=BOS, pad_id=HOLES_PAD, groups=user,
+                      sampling=SampleConfig(plan="groups"))
+    for b in range(len(docs)):
+        np.testing.assert_array_equal(result.steps[b], user[b])
+
+
+# ---- 2. the groupings behind the log-probs, recompute and cached -----------------------------------
+
+CASES = [("a3", "recompute", "ar"), ("a3", "recompute", "random(2)"), ("a3", "recompute", "confidence(2)"),
+         ("mdlm", "recompute", "random(2)"), ("mdlm", "recompute", "entropy(steps=3)"),
+         ("a3", "cached", "random(2)"), ("a3", "cached", "margin(2)")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant, mode, plan", CASES)
+def test_groupings_reproduce_the_log_probs_in_a_full_forward(variant, mode, plan):
+    model_def, params = _model(variant)
+    docs, known = _holes_docs()
+    result = generate(model_def, params, docs, known, bos_id=BOS, pad_id=HOLES_PAD,
+                      sampling=SampleConfig(plan=plan, mode=mode, seed=5))
+    assert result.mode == mode
+    for b in range(len(docs)):
+        generated = ~known[b]
+        pairs = result.groupings(b)
+        scored = np.stack([s for _, s in pairs])
+        np.testing.assert_array_equal(scored.sum(axis=0), generated)  # each generated token once
+        if mode == "recompute":  # groups is the commit order; step t reads it as two groups
+            np.testing.assert_array_equal(result.groups[b], result.steps[b])
+            assert len(pairs) == result.steps[b].max()
+            for t, (groups, _) in enumerate(pairs, start=1):
+                np.testing.assert_array_equal(groups, result.steps[b] >= t)
+        else:
+            assert len(pairs) == 1 and np.array_equal(pairs[0][0], result.groups[b])
+        for groups, positions in pairs:  # per token, against the model's own full forward
+            reference = _full_log_probs(model_def, params, result.tokens[b], groups, pad=HOLES_PAD)
+            for position in np.flatnonzero(positions) + 1:
+                assert abs(result.log_probs[b][position - 1] - reference[position]) < 1e-4, (b, position)
+    if variant == "mdlm":  # eval.score's sums are exact log-likelihoods for a3 models only
+        return
+    # the same through a3jax.eval.score: every (document, step) as one scored document
+    documents, groups, targets, sums = [], [], [], []
+    for b in range(len(docs)):
+        for grouping, positions in result.groupings(b):
+            documents.append(result.tokens[b])
+            groups.append(grouping)
+            targets.append(positions)
+            sums.append(result.log_probs[b][positions].sum())
+    scores = score_documents(model_def, params, documents, groups, targets=targets, seq_len=16, bos_id=BOS,
+                             pad_id=HOLES_PAD)
+    np.testing.assert_allclose(scores.log_prob, sums, atol=1e-4)
+
+
+def test_recompute_log_probs_are_not_those_of_the_commit_order_as_one_grouping():
+    """Why recompute needs one grouping per step: the commit order read as ONE grouping (what cached
+    mode reports) gives different log-probs, by far more than float error."""
+    model_def, params = _model()
+    docs, known = _holes_docs()
+    result = generate(model_def, params, docs[:1], known[:1], bos_id=BOS, pad_id=HOLES_PAD,
+                      sampling=SampleConfig(plan="ar", mode="recompute", seed=1))
+    reference = _full_log_probs(model_def, params, result.tokens[0], result.groups[0], pad=HOLES_PAD)
+    later = list(np.flatnonzero(result.steps[0] > 1) + 1)  # step 1 reads the same layout either way
+    assert later and max(abs(result.log_probs[0][p - 1] - reference[p]) for p in later) > 1e-2
+    first = int(np.flatnonzero(result.steps[0] == 1)[0]) + 1
+    assert abs(result.log_probs[0][first - 1] - reference[first]) < 1e-4
+
+
+def test_recompute_groups_is_known_before_the_step_against_the_rest():
+    order = np.array([0, 2, 1, 0, 3, 2])
+    np.testing.assert_array_equal(recompute_groups(order, 1), [0, 1, 1, 0, 1, 1])
+    np.testing.assert_array_equal(recompute_groups(order, 3), [0, 0, 0, 0, 1, 0])
+
+
+# ---- 3. the KV cache under jax_enable_x64 ---------------------------------------------------------
+
+@contextlib.contextmanager
+def _x64(on: bool):
+    """jax_enable_x64 set to `on` inside, restored after (the tests share one process)."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", on)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant, plan", [("a3", "random(2)"), ("a3", "confidence(2)"), ("causal", "ar")])
+def test_cached_generate_with_x64_gives_the_same_samples(variant, plan):
+    model_def, params = _model(variant)
+    docs, known = _holes_docs()
+
+    def run():
+        return generate(model_def, params, docs, known, bos_id=BOS, pad_id=HOLES_PAD, keep_cache=True,
+                        sampling=SampleConfig(plan=plan, seed=3))
+
+    before = jax.config.jax_enable_x64
+    with _x64(False):
+        reference = run()
+    with _x64(True):
+        result = run()
+    assert jax.config.jax_enable_x64 == before  # restored for the other tests
+    for a, b in zip(reference.tokens, result.tokens):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(reference.log_probs, result.log_probs):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    cache = result.state  # the cache keeps its int32 bookkeeping under x64
+    assert {cache.positions.dtype, cache.groups.dtype, cache.length.dtype} == {np.dtype(np.int32)}
+    np.testing.assert_array_equal(cache.positions, reference.state.positions)
+    np.testing.assert_array_equal(cache.groups, reference.state.groups)
+
+

@@ -23,6 +23,7 @@ from a3jax.loss import target_log_probs
 from a3jax.model import ModelConfig
 from a3jax.model.params import abstract_params
 from a3jax.train.loop import train
+from a3jax.variants import variant_of
 
 from conftest import micro_config
 
@@ -61,16 +62,9 @@ def reference_total(model_def, params, layout):
     """Summed target log-prob of one layout by `target_log_probs` (fed the jitted logits)."""
     batch = batch_of([layout])
     logits = forward(model_def)(params, batch)
-    log_probs, weights = target_log_probs(_Logits(model_def.bind(params).cfg, logits), batch)
+    log_probs, weights = target_log_probs(logits, batch, variant_of(model_def.bind(params).cfg))
     return float(jnp.sum(log_probs[0] * weights[0]))
 
-
-class _Logits:
-    def __init__(self, cfg, logits):
-        self.cfg, self.logits = cfg, logits
-
-    def __call__(self, batch, inputs_embeds=None):
-        return self.logits
 
 
 def batch_of(layouts, rows=8):
@@ -241,6 +235,7 @@ def write_mc_file(path, labels=None):
     return path
 
 
+@pytest.mark.slow
 def test_multiple_choice_with_an_oracle_model_is_perfect(oracle, tmp_path):
     items = tasks.load_mc_jsonl(write_mc_file(tmp_path / "mc.jsonl"))
     assert len(items) == 10 and items[1]["choices"][1] == " four" and items[1]["label"] == 1
@@ -387,6 +382,7 @@ def test_infill_scores_the_filled_span(oracle, monkeypatch):
     assert blank["exact_match"] == 0.0 and blank["token_acc"] == 0.0
 
 
+@pytest.mark.slow
 def test_infill_with_the_real_sampler(oracle):
     result = tasks.infill(oracle.loaded, oracle.corpus, span=8, num_examples=2, plan="ar")
     assert result["examples"] == 2 and 0.0 <= result["exact_match"] <= 1.0

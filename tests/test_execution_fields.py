@@ -17,6 +17,7 @@ def losses(workdir):
     return [(r["step"], r["train/loss"]) for r in read_metrics(workdir) if "train/loss" in r]
 
 
+@pytest.mark.slow
 def test_resume_under_other_execution_settings_continues_the_same_run(tmp_path, small_corpus):
     train(micro_config(*RUN, "train.steps=4"), tmp_path / "straight", corpus=small_corpus, progress=False)
     train(micro_config(*RUN, "train.steps=4"), tmp_path / "resumed", corpus=small_corpus, progress=False,

@@ -8,7 +8,7 @@ from a3jax import orders
 from a3jax.configs import ConfigError, parse
 from a3jax.data import ByteTokenizer
 from a3jax.data.packing import pack_rows
-from a3jax.data.pipeline import fast_layout, train_batches
+from a3jax.data.pipeline import train_batches
 from a3jax.layout import bos_slots, build_layout, grid_violations, stack_layouts
 from a3jax.model.attention import visibility_masks
 
@@ -77,16 +77,18 @@ def test_a_multi_token_context_group_is_not_aligned():
     assert grid_violations(row["segment_ids"][None], row["groups"][None], 4).any()
 
 
-def test_fast_layout_equals_build_layout_when_aligned():
+def test_aligned_layout_equals_a_plain_reference():
+    from test_data import reference_layout
+
     rng = np.random.default_rng(1)
     sampler = orders.parse_sampler("random(4)")
     for _ in range(20):
         docs = [rng.integers(0, 256, size=int(rng.integers(0, 20))) for _ in range(int(rng.integers(1, 4)))]
         groups = [sampler(d.size, rng) for d in docs]
-        slow = build_layout(docs, groups, 96, bos_id=BOS, pad_id=PAD, align=4)
-        fast = fast_layout(docs, groups, 96, BOS, PAD, align=4)
-        for key in slow:
-            np.testing.assert_array_equal(fast[key], slow[key], err_msg=key)
+        expected = reference_layout(docs, groups, 96, BOS, PAD, align=4)
+        got = build_layout(docs, groups, 96, bos_id=BOS, pad_id=PAD, align=4)
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
 def test_bos_slots_and_overflow_message():

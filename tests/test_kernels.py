@@ -22,8 +22,6 @@ TOL = {jnp.float32: 1e-4, jnp.bfloat16: 2e-2}
 def _ranges_of(layouts):
     """Fused (content then query stream) ranges [B, 2N] from stacked layouts."""
     ranges = key_ranges(layouts["segment_ids"], layouts["groups"])
-    if isinstance(ranges, dict):
-        ranges = ranges["key_start"], ranges["content_end"], ranges["query_end"]
     start, content_end, query_end = (np.asarray(r, np.int32) for r in ranges)
     return (np.concatenate([start, start], axis=1),
             np.concatenate([content_end, query_end], axis=1))

@@ -140,3 +140,19 @@ def test_missing_harness_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if not installed
     assert cli.main(["lm-eval", "--tasks", "x"]) == 2
     assert "pip install 'a3jax[eval]'" in capsys.readouterr().err
+
+
+def test_the_installed_package_declares_the_harness_plugin_entry_point():
+    """A harness with plugin discovery reads the `lm_eval.models` entry point group: the installed
+    a3jax declares `a3jax` there, it loads the adapter class, and the harness's own registry takes
+    it as a placeholder (what discovery registers) and resolves it to that class."""
+    from importlib.metadata import entry_points
+
+    from lm_eval.api.registry import Registry
+
+    found = [ep for ep in entry_points(group="lm_eval.models") if ep.name == "a3jax"]
+    assert len(found) == 1, "reinstall a3jax (pip install -e .): its entry points are read at install time"
+    assert found[0].load() is A3JaxLM
+    registry = Registry("model")
+    registry.register("a3jax", target=found[0].value)  # discovery's lazy placeholder "module:Class"
+    assert registry.get("a3jax") is A3JaxLM

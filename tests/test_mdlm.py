@@ -15,11 +15,12 @@ from a3jax import orders
 from a3jax.configs import ConfigError
 from a3jax.decode import SampleConfig, generate
 from a3jax.layout import build_layout, stack_layouts
-from a3jax.loss import eval_totals, loss_fn, mdlm_weights, target_log_probs
+from a3jax.loss import mdlm_weights
 from a3jax.model import ModelConfig, Transformer
 from a3jax.model.transformer import rms_norm
 
 from conftest import micro_config
+from support import model_eval_totals, model_log_probs, model_loss
 
 V = 7  # ids 0..3 text, PAD 4, BOS 5, MASK 6 (= vocab_size - 1)
 PAD, BOS, MASK = 4, 5, 6
@@ -51,7 +52,7 @@ def mask_groups(length, masked):
     return groups
 
 
-log_probs_fn = nnx.jit(target_log_probs)
+log_probs_fn = nnx.jit(model_log_probs)
 
 
 # ---- the sampler ---------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def test_elbo_weighting_equals_a_hand_computed_loss_on_a_packed_row():
     grp_b = mask_groups(3, [0, 1, 2])  # L = 3, m = 3: weight 1
     layout = build_layout([doc_a, doc_b], [grp_a, grp_b], 14, bos_id=BOS, pad_id=PAD)
     batch = as_batch([layout])
-    logits, (loss, aux), weights = nnx.jit(lambda m, b: (m(b), loss_fn(m, b), mdlm_weights(b)))(model, batch)
+    logits, (loss, aux), weights = nnx.jit(lambda m, b: (m(b), model_loss(m, b), mdlm_weights(b)))(model, batch)
     logits = np.asarray(logits, np.float64)[0]
     top = logits.max(-1, keepdims=True)
     log_softmax = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
@@ -121,7 +122,7 @@ def test_packing_gives_the_same_per_document_weighted_loss():
 
 def _enumerated_bound(model, doc):
     """E over m ~ U{1..L} and a uniform masked set of size m of the weighted loss, computed exactly
-    through loss_fn by enumerating every masked subset (one row each); also n_targets per row."""
+    through the loss by enumerating every masked subset (one row each); also n_targets per row."""
     length = len(doc)
     subsets = [s for m in range(1, length + 1) for s in itertools.combinations(range(length), m)]
     layouts = [build_layout([doc], [mask_groups(length, s)], length + 1, bos_id=BOS, pad_id=PAD)
@@ -261,13 +262,13 @@ def test_eval_totals_report_the_bound_per_token_and_exact_byte_counts():
     doc_a, doc_b = np.array([0, 1, 2, 3]), np.array([1, 3, 3])  # 3 and 1 non-EOS tokens
     layout = build_layout([doc_a, doc_b], [mask_groups(4, [3]), mask_groups(3, [0])], 12, bos_id=BOS, pad_id=PAD)
     batch = as_batch([layout])
-    totals, (_, aux) = nnx.jit(lambda m, b: (eval_totals(m, b, eos), loss_fn(m, b)))(model, batch)
+    totals, (_, aux) = nnx.jit(lambda m, b: (model_eval_totals(m, b, eos), model_loss(m, b)))(model, batch)
     assert float(totals["nll_sum"]) == pytest.approx(float(aux["nll_sum"]), rel=1e-6)
     assert float(totals["n_targets"]) == pytest.approx(7)
     assert float(totals["n_bytes"]) == 4  # exact, although only an EOS and one byte are masked
     a3 = Transformer(ModelConfig(vocab_size=V, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=8,
                                  dtype="float32"), rngs=nnx.Rngs(0))
-    a3_totals = nnx.jit(lambda m, b: eval_totals(m, b, eos))(a3, batch)  # other variants: targets but EOS
+    a3_totals = nnx.jit(lambda m, b: model_eval_totals(m, b, eos))(a3, batch)  # other variants: targets but EOS
     assert float(a3_totals["n_targets"]) == 2 and float(a3_totals["n_bytes"]) == 1
 
 
@@ -298,6 +299,7 @@ def test_validate_rejects_the_mdlm_order_for_other_variants():
         ModelConfig(variant="diffusion")
 
 
+@pytest.mark.slow
 def test_micro_training_run_reports_the_bound(tmp_path, small_corpus):
     """Needs the lead's loop.py/step.py change: eval keys mdlm/nll_bound, exact n_bytes."""
     from a3jax.train.loop import train

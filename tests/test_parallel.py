@@ -32,6 +32,7 @@ def single_device(tmp_path_factory, small_corpus):
     return run_losses(tmp_path_factory.mktemp("one"), small_corpus, (1, 1, 1), devices=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
 def test_mesh_matches_single_device(shape, single_device, tmp_path, small_corpus):
     ref_losses, ref_params = single_device
@@ -62,6 +63,7 @@ def test_bad_meshes_and_batches_are_refused_before_compiling():
         parallel.check_batch(12, mesh)
 
 
+@pytest.mark.slow
 def test_checkpoint_from_one_mesh_restores_on_others(tmp_path, small_corpus):
     import shutil
 

@@ -251,13 +251,15 @@ def test_scored_elements_match_the_analytic_fraction():
         assert calls == chunks and abs(elements / (n * n) - fraction) < 8 / n
 
 
+@pytest.mark.slow
 def test_model_loss_and_gradients_with_chunks_equal_unchunked():
     """model.attention_chunks reaches the attention call: loss and parameter gradients of a
     micro model on grid-aligned rows equal the unchunked model's (with g the content stream
     is chunked too)."""
-    from a3jax.loss import loss_fn
     from a3jax.model import ModelConfig
     from a3jax.train.step import abstract_params, init_model
+
+    from support import model_loss
 
     rows = aligned_layout(3, 4, batch=2, seq_len=64)
     batch = {key: jnp.asarray(value) for key, value in rows.items()}
@@ -266,7 +268,7 @@ def test_model_loss_and_gradients_with_chunks_equal_unchunked():
     results = {}
     for chunks in (1, 4):
         model_def, _ = abstract_params(ModelConfig(**base, attention_chunks=chunks))
-        loss = lambda p, d=model_def: loss_fn(d.bind(p), batch, 4)[0]  # noqa: E731
+        loss = lambda p, d=model_def: model_loss(d.bind(p), batch, 4)[0]  # noqa: E731
         results[chunks] = jax.jit(jax.value_and_grad(loss))(params)
     np.testing.assert_allclose(results[4][0], results[1][0], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(results[4][1]), jax.tree.leaves(results[1][1])):

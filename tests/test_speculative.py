@@ -3,6 +3,7 @@ model's one-position-at-a-time joint along the order exactly, in fewer model cal
 
 import itertools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -64,6 +65,7 @@ def _chi_square(samples, expected):
     return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["ar", "scrambled"])
 @pytest.mark.parametrize("k", [2, 4])
 def test_samples_follow_the_one_at_a_time_joint_exactly(order, k):
@@ -94,6 +96,7 @@ def test_samples_follow_the_one_at_a_time_joint_exactly(order, k):
     assert _chi_square(np.stack(blocky.tokens)[:, 1:], expected) < 1e-6
 
 
+@pytest.mark.slow
 def test_shaped_sampling_follows_the_shaped_joint():
     """Temperature and top-p shape p and q alike: the samples follow the joint of the shaped
     one-at-a-time conditionals (and not the unshaped one)."""
@@ -112,9 +115,10 @@ def test_shaped_sampling_follows_the_shaped_joint():
     assert _chi_square(samples, expected) < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plan", ["speculative(3)", "speculative(4, adaptive)", "speculative(2, order=random)"])
 def test_log_probs_equal_a_full_forward_under_the_singletons_used(plan):
-    from a3jax.loss import target_log_probs
+    from support import model_log_probs
 
     model_def, params = _model(vocab=12, init_std=0.3)
     rng = np.random.default_rng(2)
@@ -127,11 +131,12 @@ def test_log_probs_equal_a_full_forward_under_the_singletons_used(plan):
         groups, scored = result.groupings(b)[0]
         assert len(np.unique(groups)) == groups.size  # singletons
         layout = build_layout([result.tokens[b]], [groups], 12, bos_id=10, pad_id=11)
-        log_probs, _ = target_log_probs(model, {k: jnp.asarray(v)[None] for k, v in layout.items()})
+        log_probs, _ = model_log_probs(model, {k: jnp.asarray(v)[None] for k, v in layout.items()})
         full = unsort(np.asarray(log_probs[0]), layout, 1)[1:result.tokens[b].size + 1]
         np.testing.assert_allclose(result.log_probs[b][scored], full[scored], atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["ar", "random"])
 @pytest.mark.parametrize("plan", ["speculative(1)", "speculative(2)", "speculative(4)", "speculative(4, adaptive)"])
 def test_greedy_speculative_equals_greedy_one_at_a_time(order, plan):
@@ -163,3 +168,28 @@ def test_bad_uses_are_refused():
     with pytest.raises(ValueError, match="forced= and keep_cache="):
         generate(model_def, params, docs, known, forced=[np.zeros(6, np.int32)],
                  sampling=SampleConfig(plan="speculative(2)"), **kwargs)
+
+
+@pytest.mark.slow
+def test_the_same_seed_samples_the_same_with_x64_on():
+    """The acceptance uniforms are float32 whatever jax_enable_x64 says: the same seed gives the same
+    samples (with float64 uniforms under x64 the accept/reject decisions, and so the samples, differ)."""
+    model_def, params = _model(vocab=12, init_std=0.5)
+    rng = np.random.default_rng(7)
+    docs = [rng.integers(0, 9, 12).astype(np.int32) for _ in range(16)]
+    known = [np.arange(12) % 5 == 0 for _ in range(16)]
+
+    def run():
+        return generate(model_def, params, docs, known, bos_id=10, pad_id=11,
+                        sampling=SampleConfig(plan="speculative(4)", seed=3))
+
+    before = jax.config.jax_enable_x64
+    try:
+        jax.config.update("jax_enable_x64", False)
+        reference = run()
+        jax.config.update("jax_enable_x64", True)
+        result = run()
+    finally:
+        jax.config.update("jax_enable_x64", before)
+    for a, b in zip(reference.tokens, result.tokens):
+        np.testing.assert_array_equal(a, b)

@@ -194,6 +194,7 @@ SPLASH_TRAIN = ["data.align_groups=True", "orders.group_size_scope=batch",
                 "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
 
 
+@pytest.mark.slow
 def test_splash_trains_like_xla_inside_the_sharded_step(tmp_path, small_corpus):
     """On 8 fake devices, mesh (2, 2, 2): splash runs in shard_map over batch and heads, through
     a change of group size (ar, then random(4)); its losses equal the xla backend's."""

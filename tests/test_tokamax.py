@@ -11,8 +11,12 @@ import pytest
 
 pytest.importorskip("tokamax")
 
-from a3jax.layout import build_layout, stack_layouts  # noqa: E402
-from a3jax.model.attention import key_ranges, resolve_backend, two_stream_attention  # noqa: E402
+from a3jax.layout import (  # noqa: E402
+    build_layout,
+    key_ranges,  # noqa: E402
+    stack_layouts,
+)
+from a3jax.model.attention import resolve_backend, two_stream_attention  # noqa: E402
 from tests.test_kernels import random_layouts  # noqa: E402
 
 BOS, PAD = 1, 0

@@ -23,6 +23,7 @@ def losses(workdir):
     return [(r["step"], r["train/loss"]) for r in read_metrics(workdir) if "train/loss" in r]
 
 
+@pytest.mark.slow
 def test_resume_gives_identical_losses_and_parameters(tmp_path, small_corpus):
     config = micro_config()
     straight = train(config, tmp_path / "straight", corpus=small_corpus, progress=False)
@@ -42,6 +43,7 @@ def test_resume_gives_identical_losses_and_parameters(tmp_path, small_corpus):
     assert list((tmp_path / "straight" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_causal_variant_trains(tmp_path, small_corpus):
     config = micro_config("model.variant=causal", "orders.curriculum=ar", "train.steps=6")
     summary = train(config, tmp_path, corpus=small_corpus, progress=False)
@@ -73,6 +75,7 @@ def tree_digest(directory: pathlib.Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused_and_nothing_is_damaged(tmp_path, small_corpus):
     train(micro_config("train.steps=5"), tmp_path, corpus=small_corpus, progress=False)
     before = tree_digest(tmp_path)
@@ -117,6 +120,7 @@ def test_group_ids_of_the_wrong_length_are_refused():
         build_layout([np.arange(4)], [np.arange(1, 5)], 4, bos_id=1, pad_id=0)
 
 
+@pytest.mark.slow
 def test_metrics_of_steps_after_the_checkpoint_are_dropped_on_resume(tmp_path, small_corpus):
     config = micro_config("train.steps=10")
     train(config, tmp_path, corpus=small_corpus, progress=False, stop_after=5)
@@ -129,6 +133,7 @@ def test_metrics_of_steps_after_the_checkpoint_are_dropped_on_resume(tmp_path, s
     assert 123.0 not in [loss for _, loss in losses(tmp_path)]
 
 
+@pytest.mark.slow
 def test_pallas_and_xla_backends_train_to_the_same_losses(tmp_path, small_corpus):
     runs = {}
     for backend in ("xla", "pallas"):
@@ -140,6 +145,7 @@ def test_pallas_and_xla_backends_train_to_the_same_losses(tmp_path, small_corpus
     np.testing.assert_allclose(runs["pallas"], runs["xla"], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch_step(tmp_path, small_corpus):
     runs = {}
     for accum in (1, 2, 4):
@@ -155,6 +161,7 @@ def test_gradient_accumulation_equals_the_full_batch_step(tmp_path, small_corpus
         micro_config("train.grad_accum=3")
 
 
+@pytest.mark.slow
 def test_each_curriculum_stage_ends_with_a_summary(tmp_path, small_corpus):
     config = micro_config("train.steps=12", "orders.curriculum=ar until 4; blocks(2) until 10; random(4)",
                           "train.eval_every=100", "train.checkpoint_every=100")
@@ -169,6 +176,7 @@ def test_each_curriculum_stage_ends_with_a_summary(tmp_path, small_corpus):
     assert all(np.isfinite(r["stage/eval/ar/nll"]) and np.isfinite(r["stage/eval/random(4)/nll"]) for r in stages)
 
 
+@pytest.mark.slow
 def test_init_from_a_causal_run_starts_a3_from_its_weights(tmp_path, small_corpus):
     """train.init_from: a fresh a3 run starts from a causal run's latest weights (every weight
     copied, plus the query vector); its content stream then IS the causal model, so under the 'ar'
@@ -205,6 +213,7 @@ def test_init_from_a_causal_run_starts_a3_from_its_weights(tmp_path, small_corpu
     assert resumed["step"] == 2
 
 
+@pytest.mark.slow
 def test_init_from_refuses_another_architecture(tmp_path, small_corpus):
     train(micro_config("train.steps=2"), tmp_path / "small", corpus=small_corpus, progress=False)
     config = micro_config(f"train.init_from={tmp_path / 'small'}", "model.ffn_dim=96")

@@ -27,6 +27,7 @@ import numpy as np
 from a3jax import layout as layout_lib
 from a3jax import orders
 from a3jax.bench.timing import median_ms
+from a3jax.errors import UserError
 from a3jax.kernels.tokamax_attention import tokamax_available
 from a3jax.model.attention import _cudnn_attention, _masked_attention, two_stream_attention
 from a3jax.model.prefix_chunks import prefix_chunked_streams
@@ -187,6 +188,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args, overrides=()) -> int:
     if overrides:
-        raise ValueError(f"a3jax bench attention takes no --config overrides (got {list(overrides)})")
+        raise UserError(f"a3jax bench attention takes no --config overrides (got {list(overrides)})")
     print(format_table(run(args), args))
     return 0

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from a3jax.errors import UserError
+
 SOURCES = ("stdlib", "jsonl", "arrayrecord")
 
 
@@ -139,7 +141,7 @@ def run(args) -> list[dict]:
 
 def main(args, overrides=()) -> int:
     if overrides:
-        raise ValueError(f"a3jax bench data takes no --config overrides (got {list(overrides)})")
+        raise UserError(f"a3jax bench data takes no --config overrides (got {list(overrides)})")
     print(f"a3jax bench data: seq_len={args.seq_len} batch={args.batch_size} order={args.order} "
           f"scope={args.scope}; median of {args.repeats} runs x {args.batches} batches", flush=True)
     results = run(args)

@@ -16,6 +16,7 @@ import numpy as np
 from a3jax.bench.timing import median_ms
 from a3jax.configs import load_config, model_config
 from a3jax.decode import SampleConfig, generate, parse_plan
+from a3jax.errors import UserError
 from a3jax.flops import layer_terms
 
 
@@ -134,7 +135,7 @@ def main(args, overrides=()) -> int:
     import jax
 
     if not 0 < args.gap < args.row_len:
-        raise ValueError(f"--gap={args.gap} must be between 1 and --row-len={args.row_len} - 1")
+        raise UserError(f"--gap={args.gap} must be between 1 and --row-len={args.row_len} - 1")
     if args.speculative:
         return main_speculative(args, overrides)
     config = load_config(args.config, list(overrides))
@@ -160,7 +161,7 @@ def main_speculative(args, overrides=()) -> int:
 
     if args.workdir:
         if overrides:
-            raise ValueError("--workdir decodes a trained model: --config overrides do not apply")
+            raise UserError("--workdir decodes a trained model: --config overrides do not apply")
         loaded = load_model(args.workdir)
         model_def, params, cfg = loaded.model_def, loaded.params, loaded.cfg
         docs, known = _documents(args, cfg, loaded.tokenizer, load_corpus(loaded.experiment.data, loaded.tokenizer))

@@ -18,6 +18,7 @@ import numpy as np
 
 from a3jax import layout as layout_lib
 from a3jax import orders
+from a3jax.errors import UserError
 from a3jax.kernels.tokamax_attention import tokamax_available
 from a3jax.model.attention import two_stream_attention
 
@@ -131,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args, overrides=()) -> int:
     if overrides:
-        raise ValueError(f"a3jax bench parity takes no --config overrides (got {list(overrides)})")
+        raise UserError(f"a3jax bench parity takes no --config overrides (got {list(overrides)})")
     results = check(args)
     print(format_table(results, args))
     failed = [r for r in results if not r.get("ok")]

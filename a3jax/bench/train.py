@@ -17,11 +17,13 @@ from a3jax import flops, parallel
 from a3jax.bench.attention import sorted_layout
 from a3jax.bench.timing import median_ms
 from a3jax.configs import load_config, parse
+from a3jax.errors import UserError
 from a3jax.model.attention import resolve_backend
 from a3jax.model.params import abstract_params, init_model
 from a3jax.model.sharding import axis_rules
 from a3jax.train.optimizer import learning_rate_schedule, make_optimizer
 from a3jax.train.step import make_train_step
+from a3jax.variants import variant_of
 
 
 def _memory_plan_bytes(compiled) -> int | None:
@@ -49,8 +51,9 @@ def measure(config, variant: str, order: str, repeats: int, attention: str | Non
     """One variant's step: compiled, its XLA memory plan, and (run_steps) the median step time."""
     config = config.copy_and_resolve_references()
     config.model.variant = variant
-    if variant == "causal":  # the causal control trains and evaluates left to right only
-        config.orders.curriculum, config.orders.eval = "ar", ("ar",)
+    only = variant_of(variant).only_order
+    if only is not None:  # e.g. the causal control trains and evaluates left to right only
+        config.orders.curriculum, config.orders.eval = only, (only,)
     if attention is not None:
         config.model.attention = attention
     if batch_size is not None:
@@ -153,14 +156,14 @@ def main(args, overrides=()) -> int:
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - {"a3", "causal"})
     if unknown:
-        raise ValueError(f"--variants has {unknown}; choose from a3, causal")
+        raise UserError(f"--variants has {unknown}; choose from a3, causal")
     sizes = [int(b) for b in args.batch_sizes.split(",") if b] or [exp.train.batch_size]
     backends = [b for b in args.backends.split(",") if b] or [None]
     plans = [(b, "a3", args.order, a) for b in sizes for a in backends if "a3" in variants]
     plans += [(b, "causal", "ar", args.causal_backend or None) for b in sizes if "causal" in variants]
     rows, profiled = [], False
     for batch, variant, order, attention in plans:
-        profile = args.profile if variant == "a3" and not profiled else ""
+        profile = args.profile if not profiled else ""  # the first row: a3's when it is measured
         profiled = profiled or bool(profile)
         try:
             rows.append(measure(config, variant, order, args.repeats, attention, batch, profile_dir=profile))

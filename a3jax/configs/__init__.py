@@ -11,12 +11,14 @@ from a3jax.configs.loading import (
 )
 from a3jax.configs.sections import (
     SCHEDULES,
+    SECTIONS,
     ConfigError,
     DataConfig,
     Experiment,
     MeshConfig,
     OrdersConfig,
     TrainConfig,
+    base_config,
     model_config,
     parse,
 )
@@ -32,6 +34,6 @@ def tokens_per_step(config) -> int:
     return parse(config).tokens_per_step
 
 
-__all__ = ["SCHEDULES", "ConfigError", "DataConfig", "Experiment", "MeshConfig", "OrdersConfig",
-           "TrainConfig", "apply_override", "apply_overrides", "override_key", "load_config", "load_config_file",
-           "load_config_module", "model_config", "parse", "tokens_per_step", "validate"]
+__all__ = ["SCHEDULES", "SECTIONS", "ConfigError", "DataConfig", "Experiment", "MeshConfig", "OrdersConfig",
+           "TrainConfig", "apply_override", "apply_overrides", "base_config", "load_config", "load_config_file",
+           "load_config_module", "model_config", "override_key", "parse", "tokens_per_step", "validate"]

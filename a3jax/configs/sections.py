@@ -8,79 +8,81 @@ dataclasses, which the rest of a3jax takes instead of the raw dict.
 The ConfigDict stays the user-facing format (config files, `--config.a.b=v` overrides, the
 `config` saved in checkpoints). A key missing from a section (a checkpoint written before the key
 existed), or a whole section, takes the defaults; an unknown key or section is refused.
+The dataclasses are the one schema: their fields and defaults are the keys and defaults of every
+config (`base_config()` builds the ConfigDict the presets start from; a3jax/schema.py parses).
 """
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import difflib
-import typing
 from collections.abc import Mapping
 from typing import Any
 
 from ml_collections import ConfigDict
 
+from a3jax.errors import ConfigError
 from a3jax.model import ModelConfig
 from a3jax.model.params import QUERY_INITS
 from a3jax.model.sharding import DEFAULT_RULES
-from a3jax.orders import MDLM, Curriculum, parse_sampler, uses_mdlm
-from a3jax.variants import policy_of
+from a3jax.orders import Curriculum, parse_sampler
+from a3jax.schema import _coerce, defaults, jsonable, parse_section
 
 SCHEDULES = ("cosine", "constant", "wsd")
 SOURCES = ("stdlib", "text", "jsonl", "parquet", "arrayrecord")
 GROUP_SIZE_SCOPES = ("example", "batch")
 
 
-class ConfigError(ValueError):
-    """A config file, key or value that cannot be used."""
-
-
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: str = "stdlib"  # stdlib, text, jsonl, parquet or arrayrecord (from `a3jax prepare`)
-    paths: tuple[str, ...] = ()
-    text_field: str = "text"
-    doc_separator: str = ""
-    tokenizer: str = "bytes"
-    bos_token: str = ""
+    paths: tuple[str, ...] = ()  # files / globs / folders (text, jsonl, parquet) or the prepared folder
+    text_field: str = "text"  # jsonl / parquet field holding the text
+    doc_separator: str = ""  # text: split each file into documents here ("" = one per file)
+    tokenizer: str = "bytes"  # "bytes" or a local tokenizer.json / SentencePiece .model
+    bos_token: str = ""  # "" = found by the usual names (<s>, <|begin_of_text|>, ...)
     eos_token: str = ""
-    pad_token: str = ""
+    pad_token: str = ""  # "" = found, else EOS
     seq_len: int = 128
-    eval_fraction: float = 0.02
-    max_files: int = 0
-    worker_count: int = 0
+    eval_fraction: float = 0.02  # share of files held out, chosen by a hash of the path
+    max_files: int = 0  # 0 = all files of the source
+    worker_count: int = 0  # Grain worker processes (0 = in the training process)
     shuffle: bool = True
+    # One group size per step (needs orders.group_size_scope="batch"), every document's groups
+    # aligned to it: the static-mask attention (splash) needs this; costs < g padding per document.
     align_groups: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class OrdersConfig:
+    # Curriculum: stages separated by ';', each "SAMPLER until STEP" (or "until N tokens") except the last.
     curriculum: str = "ar"
-    eval: tuple[str, ...] = ("ar",)
+    eval: tuple[str, ...] = ("ar",)  # held-out NLL / bits per byte under each of these orders
+    # "example": each example draws its sampler's parameters; "batch": one draw per step (one
+    # group size per batch, e.g. random_sizes -> random(k)), so the masks can be static.
     group_size_scope: str = "example"
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    data: int = -1
+    data: int = -1  # -1: all devices not used by the other axes
     fsdp: int = 1
     tensor: int = 1
-    devices: int = 0
-    preset: str = ""
+    devices: int = 0  # use the first N devices; 0 = all
+    preset: str = ""  # a key of mesh.presets: its (data, fsdp, tensor) replace the degrees
     presets: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    # Logical axis -> mesh axes (comma-separated; "" = replicated): model/sharding.py.
     rules: tuple[tuple[str, str], ...] = DEFAULT_RULES
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 8
-    grad_accum: int = 1
-    steps: int = 1000
-    lr: float = 3e-4
+    batch_size: int = 8  # many small steps beat few large ones at the tiny scale
+    grad_accum: int = 1  # micro-batches per step (the batch is split, gradients summed)
+    steps: int = 1200
+    lr: float = 3e-3
     warmup_steps: int = 50
-    schedule: str = "cosine"
-    decay_fraction: float = 0.2
+    schedule: str = "cosine"  # "cosine", "constant" or "wsd"
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     b1: float = 0.9
@@ -88,16 +90,34 @@ class TrainConfig:
     eps: float = 1e-8
     clip_norm: float = 1.0
     query_lr_scale: float = 1.0  # the query stream's vector learns at this multiple of train.lr
-    init_from: str = ""  # a workdir whose latest checkpoint's weights a fresh run starts from
-    query_init: str = "normal"  # init_from a causal model into a3: the query vector (normal, mean)
-    peak_flops: float = 0.0
+    # Start a fresh run from the latest weights of another workdir (e.g. a causal model, adapted to
+    # a3: every weight copied, the query vector made by query_init: "normal" or "mean").
+    init_from: str = ""
+    query_init: str = "normal"
+    peak_flops: float = 0.0  # peak FLOP/s per device for MFU; 0 = from flops.PEAK_FLOPS
     log_every: int = 20
     eval_every: int = 300
     eval_rows: int = 64
     checkpoint_every: int = 300
     keep_checkpoints: int = 2
+    # Non-finite loss/gradients: the step's update is skipped (counted as train/skipped); after this
+    # many consecutive skipped steps training stops, keeping the last good checkpoint.
     max_bad_steps: int = 10
-    inject_nan_at_steps: tuple[int, ...] = ()
+    inject_nan_at_steps: tuple[int, ...] = ()  # testing aid: steps whose gradients are made NaN
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "orders": OrdersConfig, "mesh": MeshConfig,
+            "train": TrainConfig}
+
+
+def base_config() -> ConfigDict:
+    """Every config key with its default, built from the section dataclasses (the one schema):
+    presets and config files start here and state only what they change."""
+    config = ConfigDict()
+    config.seed = 0
+    for name, cls in SECTIONS.items():
+        config[name] = ConfigDict(defaults(cls))
+    return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,105 +143,39 @@ class Experiment:
         """The resolved config as plain JSON-able values (what the golden-config files hold)."""
         out = {"seed": self.seed, "model": self.model.to_dict()}
         for name in ("data", "orders", "mesh", "train"):
-            section = dataclasses.asdict(getattr(self, name))
-            out[name] = _jsonable(section)
+            out[name] = jsonable(getattr(self, name))
         return out
 
 
-def _jsonable(value):
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _coerce(section: str, key: str, value, annotation, default):
-    """value as the field's type, or a ConfigError naming section.key."""
-    where = f"{section}.{key}"
-    origin = typing.get_origin(annotation)
-    try:
-        if annotation is bool:
-            if not isinstance(value, bool):
-                raise TypeError(f"expected True or False, got {value!r}")
-            return value
-        if annotation is int:
-            if isinstance(value, bool) or not float(value).is_integer():
-                raise TypeError(f"expected an integer, got {value!r}")
-            return int(value)
-        if annotation is float:
-            if isinstance(value, bool):
-                raise TypeError(f"expected a number, got {value!r}")
-            return float(value)
-        if annotation is str:
-            if not isinstance(value, str):
-                raise TypeError(f"expected a string, got {value!r}")
-            return value
-        if origin is tuple:
-            items = (value,) if isinstance(value, (str, int, float)) else tuple(value)
-            inner = typing.get_args(annotation)[0]
-            if inner is int:
-                return tuple(_coerce(section, key, v, int, None) for v in items)
-            if inner is str:
-                return tuple(str(v) for v in items)
-            return tuple(tuple(str(x) for x in pair) for pair in items)  # rules: (logical, axes)
-        if origin is collections.abc.Mapping:
-            return {str(k): tuple(int(d) for d in v) for k, v in dict(value).items()}
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"config key {where}={value!r} has the wrong type ({error}); "
-                          f"the default is {default!r}") from None
-    raise TypeError(f"no coercion for {where}: {annotation}")  # a bug in this module
-
-
-def parse_section(cls, mapping, section: str):
-    """A section dataclass from a mapping: missing keys take defaults, unknown keys are refused."""
-    values = dict(mapping.to_dict() if isinstance(mapping, ConfigDict) else (mapping or {}))
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        hint = difflib.get_close_matches(unknown[0], fields, n=1)
-        did_you_mean = f" (did you mean {section}.{hint[0]}?)" if hint else ""
-        raise ConfigError(f"unknown config key {section}.{unknown[0]}{did_you_mean}; valid keys under "
-                          f"{section}: {sorted(fields)}")
-    kwargs = {}
-    for name, field in fields.items():
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        kwargs[name] = _coerce(section, name, values[name], hints[name], default) if name in values else default
-    return cls(**kwargs)
-
-
 def model_config(config) -> ModelConfig:
-    try:
-        return ModelConfig.from_mapping(config.model.to_dict() if isinstance(config.model, ConfigDict)
-                                        else dict(config.model))
-    except (TypeError, ValueError) as error:
-        raise ConfigError(str(error)) from None
+    """The typed model section of a ConfigDict (or of a parsed Experiment)."""
+    if isinstance(config, Experiment):
+        return config.model
+    return parse_section(ModelConfig, config.get("model"), "model")
 
 
 def parse(config: ConfigDict) -> Experiment:
     """The typed, validated experiment; ConfigError names the first bad value and the fix."""
     if isinstance(config, Experiment):
         return config
-    unknown = sorted(set(config.keys()) - {"seed", "model", "data", "orders", "mesh", "train"})
+    unknown = sorted(set(config.keys()) - {"seed", *SECTIONS})
     if unknown:
-        raise ConfigError(f"unknown config section {unknown[0]!r}; valid: seed, model, data, orders, mesh, train")
-    model = model_config(config) if "model" in config else ModelConfig()  # a missing section: defaults
-    data = parse_section(DataConfig, config.get("data"), "data")
-    orders = parse_section(OrdersConfig, config.get("orders"), "orders")
-    mesh = parse_section(MeshConfig, config.get("mesh"), "mesh")
-    train = parse_section(TrainConfig, config.get("train"), "train")
-    seed = _coerce("", "seed", config.get("seed", 0), int, 0)
+        raise ConfigError(f"unknown config section {unknown[0]!r}; valid: seed, {', '.join(SECTIONS)}")
+    # a missing key or section takes the defaults
+    model, data, orders, mesh, train = (parse_section(cls, config.get(name), name)
+                                        for name, cls in SECTIONS.items())
+    seed = _coerce("seed", config.get("seed", 0), int, 0)
     _check_values(data, orders, train)
     try:
         curriculum = Curriculum.parse(orders.curriculum, orders.group_size_scope,
                                       tokens_per_step=train.batch_size * data.seq_len)
-        eval_samplers = {spec: parse_sampler(spec) for spec in orders.eval}
+        for spec in orders.eval:  # each held-out order parses
+            parse_sampler(spec)
     except ValueError as error:
         raise ConfigError(f"orders: {error}") from None
     _check_alignment(model, data, orders, curriculum)
-    _check_variant_orders(model, orders, curriculum, eval_samplers)
-    if model.variant == "mdlm":
+    _check_variant_orders(model, orders, curriculum)
+    if model.facts.masked_inputs:
         _check_mask_token(model, data)
     return Experiment(seed=seed, model=model, data=data, orders=orders, mesh=mesh, train=train,
                       curriculum=curriculum, raw=config)
@@ -272,40 +226,26 @@ def _check_alignment(model: ModelConfig, data: DataConfig, orders: OrdersConfig,
                           f"{data.seq_len} allows; use smaller groups or a longer seq_len")
 
 
-def _check_variant_orders(model: ModelConfig, orders: OrdersConfig, curriculum: Curriculum,
-                          eval_samplers: dict) -> None:
-    """Which orders each model variant may train and evaluate under (a3jax/variants.py)."""
-    policy = policy_of(model.variant)
-    bad = [s.spec for i, s in enumerate(curriculum.stages) if not policy.trains_under(s.spec, curriculum.sampler(i))]
-    if bad:
-        raise ConfigError(policy.training_order_error(bad))
-    if model.variant == "mdlm":
-        bad = [spec for spec in orders.eval if spec.replace(" ", "") != MDLM]
-        if bad or not orders.eval:
-            raise ConfigError(
-                f"model.variant='mdlm' (masked diffusion) is evaluated only under the 'mdlm' order (its "
-                f"NLL bound), but orders.eval has {list(orders.eval)}; set --config.orders.eval=mdlm")
-    else:
-        bad = [spec for spec, sampler in eval_samplers.items() if uses_mdlm(sampler)]
-        if bad:
-            raise ConfigError(
-                f"the {MDLM!r} order is the masked-diffusion control's objective (L/m-weighted), but "
-                f"model.variant={model.variant!r} has it in orders {bad}; set --config.model.variant=mdlm "
-                "or use another order")
+def _check_variant_orders(model: ModelConfig, orders: OrdersConfig, curriculum: Curriculum) -> None:
+    """Which orders the model's variant may train and evaluate under (a3jax/variants.py)."""
+    facts = model.facts
+    facts.check_training_orders([s.spec for s in curriculum.stages],
+                                [curriculum.sampler(i) for i in range(len(curriculum.stages))])
+    facts.check_eval_orders(list(orders.eval))
 
 
 def _check_mask_token(model: ModelConfig, data: DataConfig) -> None:
     """The masked-diffusion control needs a free vocabulary id (the last one) for its MASK token."""
-    from a3jax.data.tokenizer import load_tokenizer  # tokenizer files are read only for mdlm
+    from a3jax.data.tokenizer import load_tokenizer  # tokenizer files are read only for masked inputs
 
     try:
         tokenizer = load_tokenizer(data)
     except (OSError, ValueError) as error:
-        raise ConfigError(f"model.variant='mdlm' needs the tokenizer's vocabulary size to place its "
+        raise ConfigError(f"model.variant={model.variant!r} needs the tokenizer's vocabulary size to place its "
                           f"MASK token, but data.tokenizer={data.tokenizer!r} cannot be loaded: "
                           f"{error}") from None
     if tokenizer.vocab_size > model.mask_token_id:
         raise ConfigError(
-            f"model.variant='mdlm' uses the last id, model.vocab_size - 1 = {model.mask_token_id}, as its "
+            f"model.variant={model.variant!r} uses the last id, model.vocab_size - 1 = {model.mask_token_id}, as its "
             f"MASK token, but the {tokenizer.name} tokenizer uses ids up to {tokenizer.vocab_size - 1}; "
             f"set --config.model.vocab_size={tokenizer.vocab_size + 1} (or more)")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from a3jax.variants import VARIANTS, policy_of
+from a3jax.errors import UserError
+from a3jax.variants import VARIANTS, variant_of
 
 
 def add_convert_arguments(parser) -> None:
@@ -19,7 +20,7 @@ def add_convert_arguments(parser) -> None:
                              "model-*.safetensors with model.safetensors.index.json")
     parser.add_argument("--out", required=True, metavar="CKPT",
                         help="new a3jax workdir (checkpoint at step 0, experiment.py, tokenizer files)")
-    parser.add_argument("--variant", choices=[v for v in VARIANTS if policy_of(v).exportable], default="a3",
+    parser.add_argument("--variant", choices=[v for v in VARIANTS if variant_of(v).exportable], default="a3",
                         help="a3: add the query vector (two-stream model); causal: plain LLaMA")
     parser.add_argument("--config", default=None,
                         help="base experiment config for everything but the architecture "
@@ -50,6 +51,6 @@ def export_main(args, overrides: Sequence[str] = ()) -> int:
     from a3jax.convert.hf_export import export_hf
 
     if overrides:
-        raise ValueError(f"a3jax export takes no --config overrides (got {list(overrides)})")
+        raise UserError(f"a3jax export takes no --config overrides (got {list(overrides)})")
     export_hf(args.workdir, args.out, step=args.step, dtype=args.dtype, max_shard_size=args.max_shard_size)
     return 0

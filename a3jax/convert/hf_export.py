@@ -37,7 +37,6 @@ from a3jax.convert.hf_import import (
 )
 from a3jax.data import load_tokenizer
 from a3jax.model.config import ModelConfig
-from a3jax.variants import policy_of
 
 EXPORT_DTYPES = ("float32", "bfloat16")
 
@@ -133,9 +132,10 @@ def _check_dtype(dtype: str, flag: str = "--dtype") -> None:
 def _check_exportable(cfg: ModelConfig, subject: str) -> None:
     """An HF LLaMA folder loads as a causal model: right for a3 (its content stream) and causal.
     subject: what is exported, with its verb ("WORKDIR holds", "model_config describes")."""
-    if not policy_of(cfg.variant).exportable:
-        raise ConversionError(f"{subject} a masked-diffusion (mdlm) model: it is bidirectional, so an "
-                              "HF LLaMA export would load as a (wrong) causal model; export a3 or causal models")
+    if not cfg.facts.exportable:
+        raise ConversionError(f"{subject} a model.variant={cfg.variant!r} model ({cfg.facts.what}): it is "
+                              "bidirectional, so an HF LLaMA export would load as a (wrong) causal model; "
+                              "export a3 or causal models")
 
 
 def _check_params(params: dict, cfg: ModelConfig) -> None:
@@ -268,6 +268,11 @@ def export_hf(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int
         hf["a3"] = {"variant": cfg.variant, "query_embed": QUERY_KEY if "query_embed" in params else None,
                     "step": int(step), "exported_by": "a3jax"}
         (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        # safetensors writes its files readable by their owner only (0600); give them the mode of
+        # every other file here (the umask's), so a shared cluster's other users can load them.
+        mode = (tmp / "config.json").stat().st_mode & 0o777
+        for written in tmp.glob("*.safetensors"):
+            written.chmod(mode)
         copied = []
         for source in _tokenizer_sources(workdir, meta):
             shutil.copy2(source, tmp / source.name)

@@ -52,9 +52,9 @@ from typing import Any
 
 import numpy as np
 
+from a3jax.errors import UserError
 from a3jax.model.config import ModelConfig, RopeScaling
 from a3jax.model.params import abstract_params, initial_query_vector
-from a3jax.variants import policy_of
 
 # a3jax layer param -> (HF name inside model.layers.<i>., stored transposed in HF)
 LAYER_KEYS = {
@@ -82,7 +82,7 @@ _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """Input that cannot be converted; the message names the file or tensor and the fix."""
 
 
@@ -303,7 +303,7 @@ def load_hf_params(hf_dir: str | pathlib.Path, variant: str = "a3", *, seed: int
                 if name == QUERY_KEY:
                     if shape != (cfg.d_model,):
                         raise ConversionError(f"tensor {name} has shape {shape}, expected ({cfg.d_model},)")
-                    query = np.asarray(f.get_tensor(name), np.float32) if variant == "a3" else None
+                    query = np.asarray(f.get_tensor(name), np.float32) if cfg.facts.query_stream else None
                     continue
                 if name not in specs:  # lm_head copy of a tied model
                     continue
@@ -322,15 +322,15 @@ def load_hf_params(hf_dir: str | pathlib.Path, variant: str = "a3", *, seed: int
                 del value
 
     info = {"source_dtypes": sorted(source_dtypes), "ignored": ignored}
-    if variant == "a3":
+    if cfg.facts.query_stream:
         if query is None:
             query, info["query_embed"] = initial_query_vector(params["embed"], seed)
         else:
             info["query_embed"] = f"read from {QUERY_KEY}"
         params["query_embed"] = query
     elif QUERY_KEY in weight_map:
-        info["query_embed"] = f"{QUERY_KEY} dropped (variant causal)"
-        log(f"variant causal: ignoring {QUERY_KEY} of {hf_dir}")
+        info["query_embed"] = f"{QUERY_KEY} dropped (variant {variant})"
+        log(f"variant {variant}: ignoring {QUERY_KEY} of {hf_dir}")
     return cfg, params, info
 
 
@@ -369,8 +369,8 @@ def experiment_config(model_cfg: ModelConfig, base=None, tokenizer_path: pathlib
                 config.model.rope_scaling[sub] = sub_value
         else:
             config.model[key] = value
-    only = policy_of(model_cfg.variant).only_order
-    if only is not None:  # the causal variant trains and evaluates under one order
+    only = model_cfg.facts.only_order
+    if only is not None:  # a variant that trains and evaluates under one order (causal)
         config.orders.curriculum = only
         config.orders.eval = (only,)
     if tokenizer_path is not None:

@@ -1,4 +1,5 @@
-"""Data: tokenizers, sources and corpora with a held-out split, packing, the Grain pipeline, prepare.
+"""Data: tokenizers, sources and corpora with a held-out split, packing, the Grain pipeline, prepare,
+held-out text for evaluation.
 
 Names are imported lazily, so `a3jax.data.prepare` (and its worker processes) do not pull in
 Grain and JAX.
@@ -22,8 +23,8 @@ _EXPORTS = {
     "pack_rows": "packing",
     "split_documents": "packing",
     "eval_batch": "pipeline",
-    "infill_example": "pipeline",
-    "target_bytes": "pipeline",
+    "infill_example": "heldout",
+    "target_bytes": "heldout",
     "train_bpe": "tokenizer",
     "train_batches": "pipeline",
     "train_dataset": "pipeline",

@@ -31,6 +31,7 @@ import numpy as np
 
 from a3jax.data import sources as sources_lib
 from a3jax.data.tokenizer import Tokenizer
+from a3jax.errors import UserError
 
 SOURCES = ("stdlib", "text", "jsonl", "parquet", "arrayrecord")
 _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
@@ -58,7 +59,7 @@ def stable_fraction(name: str) -> float:
 def split_names(names: Sequence[str], eval_fraction: float) -> np.ndarray:
     """Boolean eval mask: hash < eval_fraction, with at least one eval and one train name."""
     if len(names) < 2:
-        raise ValueError(f"need at least 2 documents to split train/eval, got {len(names)}")
+        raise UserError(f"need at least 2 documents to split train/eval, got {len(names)}")
     fractions = np.array([stable_fraction(name) for name in names])
     return sources_lib.split_fractions(fractions, eval_fraction)
 
@@ -98,7 +99,7 @@ def corpus_from_texts(
     """Corpus of in-memory texts, split by a hash of each name (default 'doc{i}')."""
     names = [f"doc{i}" for i in range(len(texts))] if names is None else list(names)
     if len(names) != len(texts):
-        raise ValueError(f"got {len(texts)} texts but {len(names)} names")
+        raise UserError(f"got {len(texts)} texts but {len(names)} names")
     is_eval = split_names(names, eval_fraction)
     docs = [np.append(ids, np.int32(tokenizer.eos_id)).astype(np.int32)
             for ids in tokenizer.encode_batch(list(texts))]
@@ -124,9 +125,9 @@ def load_raw_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
         separator=data_config.doc_separator))
     if not documents:
         listed = ", ".join(str(f) for f in files[:5]) + (" ..." if len(files) > 5 else "")
-        raise ValueError(f"empty corpus: the {fmt} files {listed} hold no document")
+        raise UserError(f"empty corpus: the {fmt} files {listed} hold no document")
     if len(documents) < 2:
-        raise ValueError(f"the {fmt} corpus {documents[0][0]!r} is a single document; the held-out "
+        raise UserError(f"the {fmt} corpus {documents[0][0]!r} is a single document; the held-out "
                          "split needs at least 2 (for text, set data.doc_separator, e.g. '\\n\\n')")
     names, texts = zip(*documents)
     return corpus_from_texts(texts, tokenizer, names=names,
@@ -137,14 +138,14 @@ def load_prepared_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
     """A corpus of ArrayRecord shards (a folder written by `a3jax prepare`), read lazily."""
     paths = _paths(data_config)
     if len(paths) != 1:
-        raise ValueError(f"data.source='arrayrecord' needs data.paths = one folder written by "
+        raise UserError(f"data.source='arrayrecord' needs data.paths = one folder written by "
                          f"`a3jax prepare`, got {paths}")
     directory = paths[0]
     manifest, lengths = sources_lib.load_shards(directory, fingerprint=tokenizer.fingerprint(),
                                                 tokenizer_name=(data_config.tokenizer or "bytes"))
     count = sum(x.size for x in lengths)
     if count == 0:
-        raise ValueError(f"empty corpus: {directory} holds no document")
+        raise UserError(f"empty corpus: {directory} holds no document")
     is_eval = sources_lib.split_fractions(sources_lib.index_fractions(np.arange(count)),
                                           data_config.eval_fraction)
     docs = sources_lib.ShardedDocs.from_manifest
@@ -157,7 +158,7 @@ def load_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
     """The corpus named by data_config.source, split with data_config.eval_fraction."""
     source = data_config.source
     if source not in SOURCES:
-        raise ValueError(f"unknown data.source {source!r}; valid sources: {', '.join(SOURCES)}")
+        raise UserError(f"unknown data.source {source!r}; valid sources: {', '.join(SOURCES)}")
     if source == "arrayrecord":
         return load_prepared_corpus(data_config, tokenizer)
     if source != "stdlib":

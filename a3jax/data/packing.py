@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from a3jax.errors import UserError
+
 Piece = tuple[int, int, int]  # (doc_id, start, stop) into the document's tokens
 Row = tuple[Piece, ...]
 
@@ -21,7 +23,7 @@ Row = tuple[Piece, ...]
 def split_documents(lengths: Sequence[int], max_piece_len: int) -> np.ndarray:
     """Pieces [P, 3] = (doc_id, start, stop) covering every token once, each <= max_piece_len."""
     if max_piece_len < 1:
-        raise ValueError(f"pieces need room for at least one token, got max_piece_len={max_piece_len}")
+        raise UserError(f"pieces need room for at least one token, got max_piece_len={max_piece_len}")
     lengths_d = np.asarray(lengths, np.int64)
     counts_d = -(-lengths_d // max_piece_len)  # ceil; empty documents give no piece
     doc_ids_p = np.repeat(np.arange(lengths_d.size), counts_d)
@@ -68,7 +70,7 @@ def pack_rows(lengths: Sequence[int], seq_len: int, reserve: int = 0) -> PackedR
     reserve: extra slots kept free per piece (BOS alignment to a group grid of size <= reserve + 1
     needs up to `reserve` padding slots before each BOS, see a3jax.layout.bos_slots)."""
     if reserve < 0 or reserve > seq_len - 2:
-        raise ValueError(f"reserve={reserve} must lie in [0, seq_len - 2 = {seq_len - 2}]")
+        raise UserError(f"reserve={reserve} must lie in [0, seq_len - 2 = {seq_len - 2}]")
     pieces = split_documents(lengths, seq_len - 1 - reserve)
     slots_p = pieces[:, 2] - pieces[:, 1] + 1 + reserve
     order = np.lexsort((np.arange(slots_p.size), -slots_p))  # longest first, stable

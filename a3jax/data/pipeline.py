@@ -26,9 +26,14 @@ from a3jax.configs import parse
 from a3jax.data.corpus import Corpus, doc_lengths
 from a3jax.data.packing import PackedRows, pack_rows
 from a3jax.data.tokenizer import Tokenizer
-from a3jax.layout import bos_slots, build_layout, stack_layouts
+from a3jax.errors import UserError
+from a3jax.layout import build_layout, stack_layouts
 from a3jax.orders import Curriculum, example_rng, parse_sampler
 
+# With data.align_groups every example carries the step's one group size (an int32 scalar; [B] in a
+# batch): the train loop passes it to the jitted step as a static argument, and never sends it to
+# the device.
+GROUP_SIZE = "group_size"
 _IN_PROCESS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 _NO_SHARED_MEMORY = 2**62  # min_shm_size: arrays smaller than this are copied between processes
 
@@ -60,44 +65,15 @@ class RowToLayout:
         if self.align_groups:  # the step's one group size (orders.group_size_scope='batch')
             align = self.curriculum.step_group_size(
                 self.seed, example_index // self.global_batch_size, self.global_batch_size)
-        return fast_layout(pieces, groups, self.seq_len, self.bos_id, self.pad_id, align)
-
-
-def fast_layout(pieces: Sequence[np.ndarray], groups: Sequence[np.ndarray], seq_len: int,
-                bos_id: int, pad_id: int, align: int = 1) -> dict[str, np.ndarray]:
-    """`a3jax.layout.build_layout` without its input checks (the samplers' output is valid by
-    construction) and with a radix sort for group ids < 2**16; the same arrays (tested)."""
-    starts = bos_slots([p.size for p in pieces], align)
-    total = starts[-1] + pieces[-1].size + 1 if len(pieces) else 0
-    if total > seq_len:
-        return build_layout(pieces, groups, seq_len, bos_id=bos_id, pad_id=pad_id, align=align)  # raises
-    tokens = np.full(seq_len, pad_id, np.int32)
-    positions = np.zeros(seq_len, np.int32)
-    group_ids = np.zeros(seq_len, np.int32)
-    segments = np.zeros(seq_len, np.int32)
-    for index, (doc, doc_groups) in enumerate(zip(pieces, groups)):
-        cursor = starts[index]
-        length = doc.size + 1
-        keys = np.empty(length, np.int32)
-        keys[0] = 0
-        keys[1:] = doc_groups
-        sortable = keys.astype(np.uint16) if length < 2**16 and (
-            doc_groups.size == 0 or doc_groups.max() < 2**16) else keys
-        order = np.argsort(sortable, kind="stable").astype(np.int32)
-        span = slice(cursor, cursor + length)
-        tokens[cursor] = bos_id
-        tokens[cursor + 1 : cursor + length] = doc
-        tokens[span] = tokens[span][order]
-        positions[span] = order
-        group_ids[span] = keys[order]
-        segments[span] = index + 1
-    return {"tokens": tokens, "positions": positions, "groups": group_ids,
-            "segment_ids": segments, "loss_mask": (group_ids > 0).astype(np.int32)}
+        layout = build_layout(pieces, groups, self.seq_len, bos_id=self.bos_id, pad_id=self.pad_id, align=align)
+        if self.align_groups:  # the batch carries its group size: the loop passes it to the step as is
+            layout[GROUP_SIZE] = np.int32(align)
+        return layout
 
 
 def _packed_rows(docs: Sequence[np.ndarray], seq_len: int, what: str, reserve: int = 0) -> PackedRows:
     if not len(docs):
-        raise ValueError(f"the corpus has no {what} documents")
+        raise UserError(f"the corpus has no {what} documents")
     return pack_rows(doc_lengths(docs), seq_len, reserve)
 
 
@@ -159,9 +135,9 @@ def train_batches(
     exp = parse(config)
     global_batch = exp.train.batch_size
     if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"bad process_index={process_index} for process_count={process_count}")
+        raise UserError(f"bad process_index={process_index} for process_count={process_count}")
     if global_batch % process_count:
-        raise ValueError(
+        raise UserError(
             f"train.batch_size={global_batch} is not divisible by process_count={process_count}"
         )
     local_batch = global_batch // process_count
@@ -203,55 +179,3 @@ def eval_batch(config, corpus: Corpus, tokenizer: Tokenizer, spec: str, num_rows
         layouts.append(build_layout(pieces, groups, seq_len, bos_id=tokenizer.bos_id,
                                     pad_id=tokenizer.pad_id))
     return stack_layouts(layouts)
-
-
-def target_bytes(batch: dict[str, np.ndarray], tokenizer: Tokenizer) -> int:
-    """UTF-8 bytes of the text a batch's targets spell, for bits per byte under any tokenizer: per
-    row and document piece, the target tokens (special tokens excluded) put back in their original
-    order (`positions`; the layout is sorted by group) and decoded together. Exact except where a
-    piece boundary splits a multi-byte character."""
-    special = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
-    total = 0
-    for tokens, positions, segments, mask in zip(batch["tokens"], batch["positions"], batch["segment_ids"],
-                                                 batch["loss_mask"]):
-        keep = (mask > 0) & (segments > 0) & ~np.isin(tokens, list(special))
-        for segment in np.unique(segments[keep]):
-            chosen = keep & (segments == segment)
-            piece = tokens[chosen][np.argsort(positions[chosen], kind="stable")]
-            total += len(tokenizer.decode(piece).encode("utf-8"))
-    return total
-
-
-def _line_starts(tokens: np.ndarray, newline_id: int) -> np.ndarray:
-    """Indices that begin a line (0 and every index after a newline)."""
-    return np.concatenate([[0], np.flatnonzero(tokens[:-1] == newline_id) + 1])
-
-
-def infill_example(corpus: Corpus, tokenizer: Tokenizer, seq_len: int, span_len: int,
-                   seed: int) -> tuple[np.ndarray, int, int]:
-    """A held-out window (<= seq_len - 1 tokens, from a line start) and a span [start, stop) to mask.
-
-    The span starts at a line start inside the window when one leaves room for span_len tokens.
-    """
-    rng = np.random.default_rng(seed)
-    docs = [d[:-1] if d.size and d[-1] == tokenizer.eos_id else d for d in corpus.eval_docs]
-    if not docs or max(d.size for d in docs) < 2:
-        raise ValueError("the corpus has no held-out document to infill")
-    window_len = seq_len - 1
-    usable = [i for i, d in enumerate(docs) if d.size >= window_len] or [
-        int(np.argmax([d.size for d in docs]))
-    ]
-    doc = docs[usable[int(rng.integers(len(usable)))]]
-    newline = tokenizer.encode("\n")[0]
-    starts = _line_starts(doc, newline)
-    starts = starts[starts <= max(0, doc.size - window_len)]
-    begin = int(starts[rng.integers(starts.size)])
-    window = doc[begin : begin + window_len]
-    span_len = int(np.clip(span_len, 1, window.size - 1))
-    # Leave at least one visible token before the span; prefer a line start.
-    candidates = _line_starts(window, newline)
-    candidates = candidates[(candidates >= 1) & (candidates <= window.size - span_len)]
-    if candidates.size == 0:
-        candidates = np.arange(1, window.size - span_len + 1)
-    start = int(candidates[rng.integers(candidates.size)])
-    return window.copy(), start, start + span_len

@@ -35,6 +35,7 @@ import numpy as np
 
 from a3jax.data import sources
 from a3jax.data.tokenizer import load_tokenizer
+from a3jax.errors import UserError
 
 PLAN = "plan.json"
 WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk: cheap random access for training
@@ -102,7 +103,7 @@ def _parquet_units(path: pathlib.Path, chunk_bytes: int) -> list[dict]:
     try:
         metadata = pq.ParquetFile(path).metadata
     except Exception as error:
-        raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
+        raise UserError(f"{path}: not a readable Parquet file ({error})") from None
     units, current, size = [], [], 0
     for group in range(metadata.num_row_groups):
         current.append(group)
@@ -224,12 +225,12 @@ def prepare(inputs: Sequence[str], output: str | pathlib.Path, tokenizer: str = 
     files = sources.expand_paths(inputs, fmt or "text")
     fmt = fmt or sources.guess_format(files)
     if fmt not in sources.RAW_FORMATS:
-        raise ValueError(f"unknown input format {fmt!r}; valid: {', '.join(sources.RAW_FORMATS)}")
+        raise UserError(f"unknown input format {fmt!r}; valid: {', '.join(sources.RAW_FORMATS)}")
     if chunk_bytes < 1 or record_tokens < 1:
-        raise ValueError(f"chunk_bytes={chunk_bytes} and record_tokens={record_tokens} must be > 0")
+        raise UserError(f"chunk_bytes={chunk_bytes} and record_tokens={record_tokens} must be > 0")
     tok = load_tokenizer(tokenizer, bos_token=bos_token, eos_token=eos_token, pad_token=pad_token)
     if tok.vocab_size > 2**31 - 1:
-        raise ValueError(f"vocab_size={tok.vocab_size} does not fit int32 token ids")
+        raise UserError(f"vocab_size={tok.vocab_size} does not fit int32 token ids")
     units = plan_units(files, fmt, chunk_bytes, doc_separator)
     plan = {
         "format": sources.MANIFEST_FORMAT,
@@ -252,12 +253,12 @@ def prepare(inputs: Sequence[str], output: str | pathlib.Path, tokenizer: str = 
         old = json.loads(plan_path.read_text("utf-8"))
         if old != plan:
             differ = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-            raise ValueError(f"{out} holds a prepare run with other settings (differs in "
+            raise UserError(f"{out} holds a prepare run with other settings (differs in "
                              f"{', '.join(differ)}); use another --output or delete it")
     else:
         stray = [p.name for p in out.iterdir() if not p.name.startswith(PLAN)]
         if stray:
-            raise ValueError(f"{out} is not empty and holds no {PLAN} ({stray[:3]}...); use an "
+            raise UserError(f"{out} is not empty and holds no {PLAN} ({stray[:3]}...); use an "
                              "empty or new --output folder")
         _write_json(plan_path, plan)
     for leftover in out.glob("*.tmp*"):  # partial shards of an interrupted run
@@ -319,7 +320,7 @@ def prepare(inputs: Sequence[str], output: str | pathlib.Path, tokenizer: str = 
     manifest["total_records"] = sum(s["records"] for s in stats)
     manifest["total_tokens"] = sum(s["tokens"] for s in stats)
     if manifest["total_documents"] == 0:
-        raise ValueError(f"empty corpus: the inputs {[str(f) for f in files][:5]} hold no document")
+        raise UserError(f"empty corpus: the inputs {[str(f) for f in files][:5]} hold no document")
     _write_json(out / sources.MANIFEST, manifest)
     return manifest
 

@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from a3jax.errors import MissingFileError, UserError
+
 RAW_FORMATS = ("text", "jsonl", "parquet")
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "a3jax-arrayrecord-tokens-v1"
@@ -29,7 +31,7 @@ RECORD_DTYPE = np.dtype("<i4")
 _SUFFIXES = {"jsonl": (".jsonl", ".json", ".ndjson"), "parquet": (".parquet", ".pq")}
 
 
-class CorruptShardError(ValueError):
+class CorruptShardError(UserError):
     """A pre-tokenized shard is missing, truncated or unreadable (never skipped silently)."""
 
 
@@ -44,7 +46,7 @@ def expand_paths(patterns: str | Sequence[str], fmt: str = "text") -> list[pathl
         patterns = [patterns]
     patterns = [str(p) for p in patterns if str(p)]
     if not patterns:
-        raise ValueError("no input paths given: set data.paths (files, globs or folders)")
+        raise UserError("no input paths given: set data.paths (files, globs or folders)")
     files: list[pathlib.Path] = []
     for pattern in patterns:
         expanded = os.path.expanduser(pattern)
@@ -52,7 +54,7 @@ def expand_paths(patterns: str | Sequence[str], fmt: str = "text") -> list[pathl
             matches = sorted(pathlib.Path(p) for p in glob.glob(expanded, recursive=True))
             matches = [p for p in matches if p.is_file()]
             if not matches:
-                raise FileNotFoundError(f"no file matches {pattern!r}")
+                raise MissingFileError(f"no file matches {pattern!r}")
         else:
             path = pathlib.Path(expanded)
             if path.is_dir():
@@ -61,11 +63,11 @@ def expand_paths(patterns: str | Sequence[str], fmt: str = "text") -> list[pathl
                                  and not p.name.startswith(".")
                                  and (suffixes is None or p.name.endswith(suffixes)))
                 if not matches:
-                    raise FileNotFoundError(f"folder {pattern!r} holds no {fmt} input file")
+                    raise MissingFileError(f"folder {pattern!r} holds no {fmt} input file")
             elif path.is_file():
                 matches = [path]
             else:
-                raise FileNotFoundError(f"input file {pattern!r} does not exist")
+                raise MissingFileError(f"input file {pattern!r} does not exist")
         files.extend(matches)
     seen: set[pathlib.Path] = set()
     unique = []
@@ -132,15 +134,15 @@ def read_jsonl(path: pathlib.Path, name: str, text_field: str, start: int = 0,
         try:
             record = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{where}: not valid JSON ({error})") from None
+            raise UserError(f"{where}: not valid JSON ({error})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object with field {text_field!r}, got "
+            raise UserError(f"{where}: expected a JSON object with field {text_field!r}, got "
                              f"{type(record).__name__}")
         if text_field not in record:
             raise _field_error(where, text_field, record.keys())
         text = record[text_field]
         if not isinstance(text, str):
-            raise ValueError(f"{where}: field {text_field!r} is {type(text).__name__}, not a string")
+            raise UserError(f"{where}: field {text_field!r} is {type(text).__name__}, not a string")
         yield f"{name}:{first_line + offset}", text
 
 
@@ -152,10 +154,10 @@ def read_parquet(path: pathlib.Path, name: str, text_field: str, row_groups: Seq
     try:
         parquet = pq.ParquetFile(path)
     except Exception as error:  # pyarrow raises ArrowInvalid / OSError
-        raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
+        raise UserError(f"{path}: not a readable Parquet file ({error})") from None
     columns = parquet.schema_arrow.names
     if text_field not in columns:
-        raise ValueError(f"{path}: no text column {text_field!r} (columns: {columns}); set "
+        raise UserError(f"{path}: no text column {text_field!r} (columns: {columns}); set "
                          "data.text_field (prepare: --text-field)")
     metadata = parquet.metadata
     groups = range(metadata.num_row_groups) if row_groups is None else row_groups
@@ -165,7 +167,7 @@ def read_parquet(path: pathlib.Path, name: str, text_field: str, row_groups: Seq
         for offset, text in enumerate(column.to_pylist()):
             if not isinstance(text, str):
                 what = "null" if text is None else type(text).__name__
-                raise ValueError(f"{path}: row {first + offset}: column {text_field!r} is {what}, "
+                raise UserError(f"{path}: row {first + offset}: column {text_field!r} is {what}, "
                                  "not a string")
             yield f"{name}:{first + offset}", text
 
@@ -174,7 +176,7 @@ def read_documents(paths: Sequence[pathlib.Path], fmt: str, *, text_field: str =
                    separator: str = "") -> Iterator[tuple[str, str | bytes]]:
     """(name, text) of every document of the given files in order."""
     if fmt not in RAW_FORMATS:
-        raise ValueError(f"unknown input format {fmt!r}; valid: {', '.join(RAW_FORMATS)}")
+        raise UserError(f"unknown input format {fmt!r}; valid: {', '.join(RAW_FORMATS)}")
     for path, name in zip(paths, display_names(paths)):
         if fmt == "text":
             yield from read_text(path, name, separator)
@@ -199,7 +201,7 @@ def index_fractions(indices: np.ndarray, salt: int = 0x5EED_A3) -> np.ndarray:
 def split_fractions(fractions: np.ndarray, eval_fraction: float) -> np.ndarray:
     """Boolean eval mask: fraction < eval_fraction, with at least one eval and one train entry."""
     if fractions.size < 2:
-        raise ValueError(f"need at least 2 documents to split train/eval, got {fractions.size}")
+        raise UserError(f"need at least 2 documents to split train/eval, got {fractions.size}")
     is_eval = fractions < eval_fraction
     if not is_eval.any():
         is_eval[np.argmin(fractions)] = True
@@ -219,7 +221,7 @@ def read_manifest(directory: str | pathlib.Path) -> dict:
     path = directory / MANIFEST
     if not path.is_file():
         hint = " (prepare did not finish: rerun it to resume)" if directory.is_dir() else ""
-        raise FileNotFoundError(f"{path} does not exist{hint}; make shards with `a3jax prepare`")
+        raise MissingFileError(f"{path} does not exist{hint}; make shards with `a3jax prepare`")
     try:
         manifest = json.loads(path.read_text("utf-8"))
     except json.JSONDecodeError as error:
@@ -349,7 +351,7 @@ def load_shards(directory: str | pathlib.Path, *, fingerprint: str | None = None
     manifest = read_manifest(directory)
     recorded = manifest["tokenizer"]["fingerprint"]
     if fingerprint is not None and recorded != fingerprint:
-        raise ValueError(
+        raise UserError(
             f"{directory} was tokenized with {manifest['tokenizer'].get('spec')!r} (fingerprint "
             f"{recorded}) but data.tokenizer"
             f"{'' if tokenizer_name is None else f'={tokenizer_name!r}'} gives fingerprint {fingerprint}; "

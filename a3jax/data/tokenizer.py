@@ -23,6 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
+from a3jax.errors import MissingFileError, UserError
+
 BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "[BOS]", "<|startoftext|>", "<|bos|>")
 EOS_NAMES = ("</s>", "<|end_of_text|>", "<eos>", "[EOS]", "<|endoftext|>", "<|eos|>", "<|eot_id|>")
 PAD_NAMES = ("<pad>", "[PAD]", "<|pad|>", "<|padding|>", "<|finetune_right_pad_id|>")
@@ -51,7 +53,7 @@ class _Base:
     def check_vocab(self, model_vocab_size: int) -> None:
         """Raises ValueError if the model's embedding table cannot hold every token id."""
         if model_vocab_size < self.vocab_size:
-            raise ValueError(
+            raise UserError(
                 f"model vocab_size={model_vocab_size} is smaller than the {self.name} tokenizer's "
                 f"vocab_size={self.vocab_size}; set model.vocab_size >= {self.vocab_size}"
             )
@@ -94,7 +96,7 @@ def _pick(kind: str, explicit: str | None, preferred: str | None, names: Sequenc
     if explicit:
         token_id = lookup(explicit)
         if token_id is None:
-            raise ValueError(f"data.{kind}_token={explicit!r} is not a token of {path}; special "
+            raise UserError(f"data.{kind}_token={explicit!r} is not a token of {path}; special "
                              f"tokens found: {found or 'none'}")
         return token_id
     for name in ([preferred] if preferred else []) + list(names):
@@ -102,7 +104,7 @@ def _pick(kind: str, explicit: str | None, preferred: str | None, names: Sequenc
         if token_id is not None:
             return token_id
     if required:
-        raise ValueError(
+        raise UserError(
             f"tokenizer {path} has no {kind.upper()} token (looked for {', '.join(names)}); special "
             f"tokens found: {found or 'none'}; name one with data.{kind}_token=TOKEN"
         )
@@ -129,7 +131,7 @@ class HFTokenizer(_Base):
         try:
             self._tok = _HF.from_str(self._raw.decode("utf-8"))
         except Exception as error:  # tokenizers raises plain Exception subclasses
-            raise ValueError(f"cannot load {self.path} as a HuggingFace tokenizer.json: {error}") from None
+            raise UserError(f"cannot load {self.path} as a HuggingFace tokenizer.json: {error}") from None
         own = {}
         config_path = self.path.parent / "tokenizer_config.json"
         if config_path.is_file():
@@ -189,7 +191,7 @@ def train_bpe(texts: Sequence[str], vocab_size: int, path: str | pathlib.Path) -
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 256 + 3:
-        raise ValueError(f"vocab_size={vocab_size} is below the 256 bytes plus 3 special tokens a byte-level "
+        raise UserError(f"vocab_size={vocab_size} is below the 256 bytes plus 3 special tokens a byte-level "
                          "BPE needs")
     tokenizer = _HF(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -220,7 +222,7 @@ class SentencePieceTokenizer(_Base):
         try:
             self._sp.LoadFromSerializedProto(self._raw)
         except Exception as error:
-            raise ValueError(f"cannot load {self.path} as a SentencePiece model: {error}") from None
+            raise UserError(f"cannot load {self.path} as a SentencePiece model: {error}") from None
         sp = self._sp
         size = sp.get_piece_size()
         found = [sp.id_to_piece(i) for i in range(size) if sp.is_control(i) or sp.is_unknown(i)]
@@ -281,11 +283,11 @@ def _resolve(path: pathlib.Path) -> pathlib.Path:
         models = sorted(path.glob("*.model"))
         if len(models) == 1:
             return models[0]
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"tokenizer folder {path} holds no tokenizer.json or SentencePiece .model file"
         )
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"tokenizer file {path} does not exist; data.tokenizer must be 'bytes' or a local "
             "tokenizer.json / SentencePiece .model file (or a folder holding one)"
         )

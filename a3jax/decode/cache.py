@@ -10,8 +10,8 @@ the cache. Each slot keeps its group id, so one call may also commit several gro
 prefill of a prompt whose tokens are read left to right): a content row sees the valid slots of
 groups <= its own, a query row sees every valid slot.
 
-For the `causal` variant (left-to-right only) a content row sees the cached keys at positions <= its
-own, and the prediction for position p is the content row at p - 1.
+For a next-token variant (causal: left to right only) a content row sees the cached keys at
+positions <= its own, and the prediction for position p is the content row at p - 1.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from a3jax.model import rope
-from a3jax.model.attention import _masked_attention
+from a3jax.model import transformer
 from a3jax.model.config import ModelConfig
-from a3jax.model.transformer import LAYER_PARAMS, dense, residual_tail, rms_norm
+from a3jax.model.dense_attention import _masked_attention
+from a3jax.model.transformer import rope_for
 
 
 class KVCache(NamedTuple):
@@ -70,64 +70,66 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
 
     commit_tokens, commit_positions, commit_valid: [B, C] (invalid slots are ignored, never seen);
     commit_groups: [B, C] group ids, larger than every cached one (None: one new group, id
-    max cached + 1); query_positions: [B, Q] original positions to predict (a3 only; Q may be 0);
-    query_groups: [B, Q] a query row sees the valid slots of groups < its id (None: every valid
-    slot, the groups committed in this call included) -- several groups committed in one call
-    can then each be verified against exactly the groups before it (speculative decoding).
-    Returns (cache, logits): float32 [B, Q, V] query-stream logits for a3; for causal, [B, 1, V]
-    from the valid committed row with the largest position (it predicts that position + 1).
-    The caller must leave room: cache.length + C <= S.
+    max cached + 1); query_positions: [B, Q] original positions to predict (query-stream variants
+    only; Q may be 0); query_groups: [B, Q] a query row sees the valid slots of groups < its id
+    (None: every valid slot, the groups committed in this call included) -- several groups
+    committed in one call can then each be verified against exactly the groups before it
+    (speculative decoding). Every layer is the model's own (model/transformer.layer) with an
+    `attend` that appends the committed rows' keys/values to the cache and reads it.
+    Returns (cache, logits): float32 [B, Q, V] query-stream logits; for a next-token model
+    (causal), [B, 1, V] from the valid committed row with the largest position (it predicts that
+    position + 1). The caller must leave room: cache.length + C <= S.
     """
     cfg: ModelConfig = model.cfg
-    dtype = model.compute_dtype
+    facts = model.facts
     b, c = commit_tokens.shape
-    causal = cfg.variant == "causal"
-    q_len = 0 if causal else query_positions.shape[1]
     start = cache.length
     if commit_groups is None:
         newest = jnp.max(jnp.where(cache.valid, cache.groups, -1), axis=1, keepdims=True)
         commit_groups = jnp.broadcast_to(newest + 1, (b, c))
+    commit_groups = commit_groups.astype(jnp.int32)
     positions = _append(cache.positions, commit_positions.astype(jnp.int32), start)
-    groups = _append(cache.groups, commit_groups.astype(jnp.int32), start)
+    groups = _append(cache.groups, commit_groups, start)
     valid = _append(cache.valid, commit_valid, start)
 
-    content = model.embed_tokens(commit_tokens)
-    row_positions = commit_positions
-    if q_len:
-        query = jnp.broadcast_to(model.query_embed[...].astype(dtype), (b, q_len, cfg.d_model))
-        rows = jnp.concatenate([content, query], axis=1)
-        row_positions = jnp.concatenate([commit_positions, query_positions], axis=1)
-    else:
-        rows = content
-    inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    cos, sin = rope.rope_tables(row_positions, inv_freq)
-    if causal:
-        row_order, key_order = row_positions, positions
-    else:  # query rows come after every committed group (or see the groups before their own id)
-        query_order = (jnp.full((b, q_len), jnp.iinfo(jnp.int32).max, jnp.int32) if query_groups is None
-                       else query_groups.astype(jnp.int32) - 1)
-        row_order = jnp.concatenate([commit_groups.astype(jnp.int32), query_order], 1)
-        key_order = groups
-    mask = valid[:, None, :] & (key_order[:, None, :] <= row_order[:, :, None])
-    params = {name: model.layers[name][...].astype(dtype) for name in LAYER_PARAMS}
+    content_BxCxD = model.embed_tokens(commit_tokens)
+    rope_content = rope_for(cfg, commit_positions)
+    if facts.next_token:  # a content row sees the committed keys at positions <= its own
+        content_mask_BxCxS = valid[:, None, :] & (positions[:, None, :] <= commit_positions[:, :, None])
+    else:  # ... of groups <= its own
+        content_mask_BxCxS = valid[:, None, :] & (groups[:, None, :] <= commit_groups[:, :, None])
+    query_BxQxD = rope_query = query_mask_BxQxS = None
+    if facts.query_stream:
+        q_len = query_positions.shape[1]
+        query_BxQxD = model.query_inputs((b, q_len, cfg.d_model))
+        rope_query = rope_for(cfg, query_positions)
+        query_mask_BxQxS = valid[:, None, :]
+        if query_groups is not None:
+            query_mask_BxQxS = query_mask_BxQxS & (groups[:, None, :] < query_groups.astype(jnp.int32)[:, :, None])
+        else:
+            query_mask_BxQxS = jnp.broadcast_to(query_mask_BxQxS, (b, q_len, valid.shape[1]))
 
-    def layer(rows, xs):
+    def body(carry, xs):
         p, k_cache, v_cache = xs
-        normed = rms_norm(rows, p["attn_norm"], cfg.norm_eps)
-        q = dense(normed, p["wq"]).reshape(b, rows.shape[1], cfg.n_heads, cfg.head_dim)
-        k = dense(normed[:, :c], p["wk"]).reshape(b, c, cfg.n_kv_heads, cfg.head_dim)
-        v = dense(normed[:, :c], p["wv"]).reshape(b, c, cfg.n_kv_heads, cfg.head_dim)
-        k_cache = _append(k_cache, rope.apply_rope(k, cos[:, :c], sin[:, :c]), start)
-        v_cache = _append(v_cache, v, start)
-        attn = _masked_attention(rope.apply_rope(q, cos, sin), k_cache, v_cache, mask)
-        return residual_tail(cfg, p, rows, attn), (k_cache, v_cache)
+        appended = {}
 
-    rows, (k_all, v_all) = jax.lax.scan(layer, rows, (params, cache.k, cache.v))
+        def attend(q_content, q_query, k_BxCxGxK, v_BxCxGxK):
+            k_all = _append(k_cache, k_BxCxGxK, start)
+            v_all = _append(v_cache, v_BxCxGxK, start)
+            appended["kv"] = (k_all, v_all)
+            out_content = _masked_attention(q_content, k_all, v_all, content_mask_BxCxS)
+            out_query = None if q_query is None else _masked_attention(q_query, k_all, v_all, query_mask_BxQxS)
+            return out_content, out_query
+
+        carry = transformer.layer(cfg, p, *carry, rope_content, rope_query, attend)  # the model's own layer
+        return carry, appended["kv"]
+
+    (content_BxCxD, query_BxQxD), (k_all, v_all) = jax.lax.scan(
+        body, (content_BxCxD, query_BxQxD), (model.layer_params(), cache.k, cache.v))
     cache = KVCache(k=k_all, v=v_all, positions=positions, groups=groups, valid=valid, length=start + c)
-    if causal:
+    if facts.next_token:
         last = jnp.argmax(jnp.where(commit_valid, commit_positions, -1), axis=1)
-        rows = jnp.take_along_axis(rows, last[:, None, None], axis=1)
+        rows_BxRxD = jnp.take_along_axis(content_BxCxD, last[:, None, None], axis=1)
     else:
-        rows = rows[:, c:]
-    hidden = rms_norm(rows, model.final_norm[...], cfg.norm_eps)
-    return cache, model.logits(hidden)
+        rows_BxRxD = query_BxQxD
+    return cache, model.logits(model.final_norm_of(rows_BxRxD))

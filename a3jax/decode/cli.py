@@ -13,6 +13,7 @@ import numpy as np
 
 from a3jax.decode.plans import parse_plan, parse_prompt
 from a3jax.decode.sampler import MODES, SampleConfig, generate
+from a3jax.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +38,9 @@ def main(args, overrides=()) -> int:
     from a3jax.inference import load_model
 
     if overrides:
-        raise ValueError(f"a3jax sample takes no --config overrides (got {list(overrides)})")
+        raise UserError(f"a3jax sample takes no --config overrides (got {list(overrides)})")
     if args.num_samples < 1:
-        raise ValueError(f"--num-samples={args.num_samples} must be >= 1")
+        raise UserError(f"--num-samples={args.num_samples} must be >= 1")
     sampling = SampleConfig(plan=args.plan, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             seed=args.seed, mode=args.mode)
     sampling.check()  # bad settings fail before the checkpoint is read

@@ -26,6 +26,8 @@ import re
 import numpy as np
 
 from a3jax.decode.sampling import CRITERIA
+from a3jax.errors import UserError
+from a3jax.orders import normal_spec
 
 STATIC = ("ar", "blocks", "random", "groups")
 SPECULATIVE_ORDERS = ("ar", "random", "groups")
@@ -76,11 +78,11 @@ _CALL = re.compile(r"^([a-z_]+)(?:\((.*)\))?$")
 
 def parse_plan(spec: str) -> Plan:
     """Parses a plan string (see the module docstring); errors name the bad part."""
-    text = str(spec).replace(" ", "")
+    text = normal_spec(spec)
     match = _CALL.match(text)
     known = list(STATIC) + list(DYNAMIC) + ["speculative"]
     if not match or match.group(1) not in known:
-        raise ValueError(f"unknown plan {spec!r}; use one of ar, blocks(k), random, random(k), groups, "
+        raise UserError(f"unknown plan {spec!r}; use one of ar, blocks(k), random, random(k), groups, "
                          f"{', '.join(f'{n}(k)' for n in DYNAMIC)} (criteria: {', '.join(CRITERIA)}), "
                          "speculative(k)")
     name, args = match.group(1), match.group(2)
@@ -96,37 +98,37 @@ def parse_plan(spec: str) -> Plan:
         try:
             number = int(value)
         except ValueError:
-            raise ValueError(f"plan {spec!r}: {what}={value!r} is not an integer") from None
+            raise UserError(f"plan {spec!r}: {what}={value!r} is not an integer") from None
         if number < 1:
-            raise ValueError(f"plan {spec!r}: {what}={number} must be >= 1")
+            raise UserError(f"plan {spec!r}: {what}={number} must be >= 1")
         return number
 
     if name in ("ar", "groups"):
         if args:
-            raise ValueError(f"plan {spec!r}: {name!r} takes no arguments")
+            raise UserError(f"plan {spec!r}: {name!r} takes no arguments")
         return Plan(name)
     if name == "speculative":
         return _speculative(spec, positional, keywords, integer)
     if name in ("blocks", "random"):
         if keywords or len(positional) > 1 or (name == "blocks" and not positional):
-            raise ValueError(f"plan {spec!r}: write {name}(k) with one integer k" +
+            raise UserError(f"plan {spec!r}: write {name}(k) with one integer k" +
                              (" (or plain 'random')" if name == "random" else ""))
         return Plan(name, k=integer(positional[0], "k") if positional else 1)
     unknown = set(keywords) - {"k", "steps", "schedule"}
     if unknown:
-        raise ValueError(f"plan {spec!r}: unknown argument(s) {sorted(unknown)}; use k, steps, schedule")
+        raise UserError(f"plan {spec!r}: unknown argument(s) {sorted(unknown)}; use k, steps, schedule")
     if positional:
         if len(positional) > 1 or "k" in keywords:
-            raise ValueError(f"plan {spec!r}: give k once")
+            raise UserError(f"plan {spec!r}: give k once")
         keywords["k"] = positional[0]
     if ("k" in keywords) == ("steps" in keywords):
-        raise ValueError(f"plan {spec!r}: give either k (positions per step) or steps=T (a schedule)")
+        raise UserError(f"plan {spec!r}: give either k (positions per step) or steps=T (a schedule)")
     schedule = keywords.get("schedule", "linear")
     if schedule not in SCHEDULES:
-        raise ValueError(f"plan {spec!r}: schedule={schedule!r} is not one of {SCHEDULES}")
+        raise UserError(f"plan {spec!r}: schedule={schedule!r} is not one of {SCHEDULES}")
     if "k" in keywords:
         if "schedule" in keywords:
-            raise ValueError(f"plan {spec!r}: a schedule needs steps=T, not a fixed k")
+            raise UserError(f"plan {spec!r}: a schedule needs steps=T, not a fixed k")
         return Plan(name, k=integer(keywords["k"], "k"))
     return Plan(name, k=0, steps=integer(keywords["steps"], "steps"), schedule=schedule)
 
@@ -136,17 +138,17 @@ def _speculative(spec: str, positional: list[str], keywords: dict, integer) -> P
     positional = [p for p in positional if p != "adaptive"]
     unknown = set(keywords) - {"k", "adaptive", "order"}
     if unknown:
-        raise ValueError(f"plan {spec!r}: unknown argument(s) {sorted(unknown)}; use k, adaptive, order")
+        raise UserError(f"plan {spec!r}: unknown argument(s) {sorted(unknown)}; use k, adaptive, order")
     if len(positional) + ("k" in keywords) != 1:
-        raise ValueError(f"plan {spec!r}: write speculative(k) with one integer k (drafts per round)")
+        raise UserError(f"plan {spec!r}: write speculative(k) with one integer k (drafts per round)")
     k = integer(positional[0] if positional else keywords["k"], "k")
     if "adaptive" in keywords:
         if keywords["adaptive"].lower() not in ("true", "false"):
-            raise ValueError(f"plan {spec!r}: adaptive={keywords['adaptive']!r} is not true or false")
+            raise UserError(f"plan {spec!r}: adaptive={keywords['adaptive']!r} is not true or false")
         adaptive = keywords["adaptive"].lower() == "true"
     order = keywords.get("order", "ar")
     if order not in SPECULATIVE_ORDERS:
-        raise ValueError(f"plan {spec!r}: order={order!r} is not one of {SPECULATIVE_ORDERS}")
+        raise UserError(f"plan {spec!r}: order={order!r} is not one of {SPECULATIVE_ORDERS}")
     return Plan("speculative", k=k, adaptive=adaptive, order=order)
 
 
@@ -156,7 +158,7 @@ def static_groups(plan: Plan, unknown_positions: np.ndarray, rng: np.random.Gene
     positions = np.asarray(unknown_positions)
     if plan.kind == "groups":
         if user_groups is None:
-            raise ValueError("plan 'groups' needs groups=... (one group id >= 1 per unknown position)")
+            raise UserError("plan 'groups' needs groups=... (one group id >= 1 per unknown position)")
         ids = np.asarray(user_groups)
         return [positions[ids == g] for g in np.unique(ids)]
     if plan.kind == "random":
@@ -184,14 +186,14 @@ def parse_prompt(text: str, tokenizer, max_len: int) -> Prompt:
         try:
             size = int(match.group(1))
         except ValueError:
-            raise ValueError(f"prompt gap {match.group(0)!r}: the size must be an integer, e.g. [gap:20]") from None
+            raise UserError(f"prompt gap {match.group(0)!r}: the size must be an integer, e.g. [gap:20]") from None
         if size < 1:
-            raise ValueError(f"prompt gap {match.group(0)!r} has no room: a gap needs at least 1 position")
+            raise UserError(f"prompt gap {match.group(0)!r} has no room: a gap needs at least 1 position")
         gaps.append(size)
         cursor = match.end()
     pieces.append(text[cursor:])
     if not gaps:
-        raise ValueError("the prompt has no gap to fill; mark one with [gap:N], e.g. 'def f(x):[gap:40]'")
+        raise UserError("the prompt has no gap to fill; mark one with [gap:N], e.g. 'def f(x):[gap:40]'")
     tokens, known = [], []
     for index, piece in enumerate(pieces):
         ids = tokenizer.encode(piece) if piece else np.zeros(0, np.int32)
@@ -202,6 +204,6 @@ def parse_prompt(text: str, tokenizer, max_len: int) -> Prompt:
             known.append(np.zeros(gaps[index], bool))
     tokens, known = np.concatenate(tokens), np.concatenate(known)
     if tokens.size + 1 > max_len:
-        raise ValueError(f"the prompt needs {tokens.size} tokens + BOS = {tokens.size + 1} but the model's "
+        raise UserError(f"the prompt needs {tokens.size} tokens + BOS = {tokens.size + 1} but the model's "
                          f"max length is {max_len}; shorten the text or the gaps")
     return Prompt(tokens=tokens, known=known, trailing_gap=not pieces[-1])

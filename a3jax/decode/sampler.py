@@ -32,7 +32,7 @@ from a3jax.decode import cache as cache_lib
 from a3jax.decode.plans import parse_plan, static_groups
 from a3jax.decode.sampling import check_settings, choose_tokens, position_scores
 from a3jax.decode.speculative import generate_speculative
-from a3jax.variants import policy_of
+from a3jax.errors import UserError
 
 MODES = ("cached", "recompute")
 CONTEXTS = ("ar", "group")
@@ -53,9 +53,9 @@ class SampleConfig:
     def check(self) -> None:
         check_settings(self.temperature, self.top_k, self.top_p)
         if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r} is not one of {MODES}")
+            raise UserError(f"mode={self.mode!r} is not one of {MODES}")
         if self.context not in CONTEXTS:
-            raise ValueError(f"context={self.context!r} is not one of {CONTEXTS}")
+            raise UserError(f"context={self.context!r} is not one of {CONTEXTS}")
         parse_plan(self.plan)
 
 
@@ -131,7 +131,7 @@ def _recompute_call(model, state, commit_tokens, commit_positions, commit_valid,
         "segment_ids": jnp.take_along_axis(in_doc, order, 1).astype(jnp.int32),
     }
     # a3: the query stream; mdlm: the content stream (unknown rows input MASK, see transformer.py)
-    hidden = model.hidden_states(batch)["content" if model.cfg.variant == "mdlm" else "query"]
+    hidden = model.hidden_states(batch)[model.facts.predicts_from]
     rank = jnp.argsort(order, axis=1)
     picked = jnp.take_along_axis(hidden, jnp.take_along_axis(rank, query_positions, 1)[..., None], 1)
     return (tokens, known, lengths), model.logits(picked)
@@ -207,30 +207,30 @@ def _pad_rows(rows: list[np.ndarray], width: int, fill, dtype) -> np.ndarray:
 
 def _check_inputs(documents, known, forced, groups, max_len):
     if len(documents) != len(known):
-        raise ValueError(f"got {len(documents)} documents but {len(known)} known masks")
+        raise UserError(f"got {len(documents)} documents but {len(known)} known masks")
     for i, (doc, mask) in enumerate(zip(documents, known)):
         if np.shape(doc) != np.shape(mask) or np.ndim(doc) != 1:
-            raise ValueError(f"document {i}: tokens {np.shape(doc)} and known mask {np.shape(mask)} "
+            raise UserError(f"document {i}: tokens {np.shape(doc)} and known mask {np.shape(mask)} "
                              "must be 1-D arrays of the same length")
         if max_len is not None and len(doc) + 1 > max_len:
-            raise ValueError(f"document {i} needs {len(doc)} positions + BOS = {len(doc) + 1} but the max "
+            raise UserError(f"document {i} needs {len(doc)} positions + BOS = {len(doc) + 1} but the max "
                              f"length is {max_len}")
         if np.all(mask):
-            raise ValueError(f"document {i} has no unknown position to generate (its gap has no room)")
+            raise UserError(f"document {i} has no unknown position to generate (its gap has no room)")
         if forced is not None and np.shape(forced[i]) != np.shape(doc):
-            raise ValueError(f"forced[{i}] has shape {np.shape(forced[i])}, document {i} {np.shape(doc)}")
+            raise UserError(f"forced[{i}] has shape {np.shape(forced[i])}, document {i} {np.shape(doc)}")
         if groups is not None and np.shape(groups[i]) != np.shape(doc):
-            raise ValueError(f"groups[{i}] has shape {np.shape(groups[i])}, document {i} {np.shape(doc)}")
+            raise UserError(f"groups[{i}] has shape {np.shape(groups[i])}, document {i} {np.shape(doc)}")
 
 
 def _check_groups_plan(plan, spec: str, groups) -> None:
     """`groups` is read by plan 'groups' alone: any other plan would decode in its own order."""
     reads_groups = plan.kind == "groups" or (plan.speculative and plan.order == "groups")
     if groups is not None and not reads_groups:
-        raise ValueError(f"groups=... is only read by plan 'groups', but the plan is {spec!r}, which would "
+        raise UserError(f"groups=... is only read by plan 'groups', but the plan is {spec!r}, which would "
                          "ignore them; use SampleConfig(plan='groups') to decode in your groups, or drop groups=")
     if groups is None and reads_groups:
-        raise ValueError(f"plan {spec!r} decodes in the caller's groups: pass groups=[ids per document]")
+        raise UserError(f"plan {spec!r} decodes in the caller's groups: pass groups=[ids per document]")
 
 
 def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, eos_id: int | None = None,
@@ -252,7 +252,7 @@ def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, e
     known = [np.asarray(k, bool) for k in known]
     _check_inputs(documents, known, forced, groups, max_len)
     cfg = model_def.bind(params).cfg
-    policy_of(cfg.variant).check_decode(sampling.plan, plan.kind, sampling.mode)
+    cfg.facts.check_decode(sampling.plan, plan.kind, sampling.mode)
     if eos_id is None:
         sampling = dataclasses.replace(sampling, stop_at_eos=False)
     if plan.speculative:
@@ -284,8 +284,8 @@ def _prefill(documents, known, bos_id, pad_id, causal, context):
 
 
 def _layout_of(cfg, sampling: SampleConfig) -> str:
-    if cfg.variant == "causal":
-        return "causal"
+    if cfg.facts.next_token:
+        return "left_to_right"
     return "group" if sampling.mode == "recompute" else sampling.context
 
 
@@ -341,7 +341,7 @@ class _Output:
 
     def _groups(self, b):
         known, steps = self.known[b], self.steps[b]
-        if self.layout_of == "causal":
+        if self.layout_of == "left_to_right":
             return np.arange(1, steps.size + 1, dtype=np.int32)
         if self.layout_of == "ar":  # given tokens 1..k left to right, then the steps
             ranks = np.cumsum(known).astype(np.int32)
@@ -351,7 +351,7 @@ class _Output:
 
 def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
                      groups, forced, keep_cache, progress):
-    causal = cfg.variant == "causal"
+    causal = cfg.facts.next_token  # left to right from the first unknown position
     batch = len(documents)
     plans = []
     for b, (doc, mask) in enumerate(zip(documents, known)):
@@ -405,9 +405,9 @@ def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *
 def _generate_speculative(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
                           groups, forced, keep_cache, progress):
     if sampling.mode != "cached":
-        raise ValueError(f"plan {sampling.plan!r} verifies drafts against the exact KV cache: use mode='cached'")
+        raise UserError(f"plan {sampling.plan!r} verifies drafts against the exact KV cache: use mode='cached'")
     if forced is not None or keep_cache:
-        raise ValueError(f"plan {sampling.plan!r} samples its own tokens: forced= and keep_cache= are not supported")
+        raise UserError(f"plan {sampling.plan!r} samples its own tokens: forced= and keep_cache= are not supported")
     prefill = _prefill(documents, known, bos_id, pad_id, False, sampling.context)
     out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     out, calls, stats = generate_speculative(model_def, params, cfg, documents, known, plan, sampling,

@@ -6,16 +6,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from a3jax.errors import UserError
+
 CRITERIA = ("confidence", "entropy", "margin", "random")
 
 
 def check_settings(temperature: float, top_k: int, top_p: float) -> None:
     if not temperature >= 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+        raise UserError(f"temperature={temperature} must be >= 0 (0 = greedy)")
     if int(top_k) != top_k or top_k < 0:
-        raise ValueError(f"top_k={top_k} must be an integer >= 0 (0 = off)")
+        raise UserError(f"top_k={top_k} must be an integer >= 0 (0 = off)")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} must be in (0, 1] (1 = off)")
+        raise UserError(f"top_p={top_p} must be in (0, 1] (1 = off)")
 
 
 def filter_logits(logits, *, top_k: int = 0, top_p: float = 1.0):
@@ -60,4 +62,4 @@ def position_scores(criterion: str, key, log_probs, tokens):
         return top2[..., 0] - top2[..., 1]
     if criterion == "random":
         return jax.random.uniform(key, tokens.shape)
-    raise ValueError(f"unknown criterion {criterion!r}; use one of {CRITERIA}")
+    raise UserError(f"unknown criterion {criterion!r}; use one of {CRITERIA}")

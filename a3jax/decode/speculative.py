@@ -73,7 +73,8 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float):
         accept_key, resample_key, draft_key = jax.random.split(key, 3)
         p_d = jnp.take_along_axis(p, drafts[..., None], -1)[..., 0]
         q_d = jnp.take_along_axis(q, drafts[..., None], -1)[..., 0]
-        uniform = jax.random.uniform(accept_key, drafts.shape)
+        # float32 whatever jax_enable_x64 says: the same seed accepts the same drafts either way
+        uniform = jax.random.uniform(accept_key, drafts.shape, jnp.float32)
         accepted = (uniform * q_d < p_d) | ~valid  # invalid (beyond the order) never stop the run
         n = jnp.sum(jnp.cumprod(accepted.astype(jnp.int32), axis=1), axis=1)
         n = jnp.minimum(n, jnp.sum(valid, axis=1))

@@ -19,6 +19,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from a3jax.errors import UserError
+
 TASKS = ("nll", "infill", "mc", "lambada", "rolling")
 DEFAULT_INFILL_EXAMPLES = 16
 
@@ -67,26 +69,26 @@ def build_parser():
 def _check(args) -> None:
     """Bad arguments fail before the checkpoint is read."""
     if args.task not in TASKS:
-        raise ValueError(f"--task {args.task!r} is unknown; choose one of {', '.join(TASKS)}")
+        raise UserError(f"--task {args.task!r} is unknown; choose one of {', '.join(TASKS)}")
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit {args.limit} must be >= 1")
+        raise UserError(f"--limit {args.limit} must be >= 1")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size} must be >= 1")
+        raise UserError(f"--batch-size {args.batch_size} must be >= 1")
     if args.seq_len is not None and args.seq_len < 2:
-        raise ValueError(f"--seq-len {args.seq_len} must be >= 2 (BOS and one token)")
+        raise UserError(f"--seq-len {args.seq_len} must be >= 2 (BOS and one token)")
     if args.span < 1:
-        raise ValueError(f"--span {args.span} must be >= 1")
+        raise UserError(f"--span {args.span} must be >= 1")
     if args.task in ("mc", "lambada", "rolling") and not args.data:
         kind = "JSONL or text" if args.task in ("lambada", "rolling") else "JSONL"
-        raise ValueError(f"--task {args.task} needs --data PATH (a local {kind} file)")
+        raise UserError(f"--task {args.task} needs --data PATH (a local {kind} file)")
     if args.data and not pathlib.Path(args.data).is_file():
-        raise ValueError(f"--data {args.data} does not exist")
+        raise UserError(f"--data {args.data} does not exist")
     if args.context not in ("group", "ar"):
-        raise ValueError(f"--context {args.context!r} is unknown; choose ar or group")
+        raise UserError(f"--context {args.context!r} is unknown; choose ar or group")
     if args.labels and args.task != "mc":
-        raise ValueError(f"--labels is only used by --task mc, not {args.task}")
+        raise UserError(f"--labels is only used by --task mc, not {args.task}")
     if args.labels and not pathlib.Path(args.labels).is_file():
-        raise ValueError(f"--labels {args.labels} does not exist")
+        raise UserError(f"--labels {args.labels} does not exist")
 
 
 def _documents_corpus(path: str, tokenizer):
@@ -159,7 +161,7 @@ def main(args, overrides: Sequence[str] = ()) -> int:
     from a3jax.inference import load_model
 
     if overrides:
-        raise ValueError(f"a3jax eval takes no --config overrides (got {list(overrides)})")
+        raise UserError(f"a3jax eval takes no --config overrides (got {list(overrides)})")
     _check(args)
     started = time.perf_counter()
     loaded = load_model(args.workdir, args.step)

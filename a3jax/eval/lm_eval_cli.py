@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sys
 
+from a3jax.errors import UserError
+
 
 def add_arguments(parser) -> None:
     """The arguments are lm_eval's, passed through unparsed (cli.py routes them here raw)."""
@@ -23,7 +25,7 @@ def main_raw(argv: list[str]) -> int:
         import lm_eval  # noqa: F401
         from lm_eval.__main__ import cli_evaluate
     except ImportError as error:
-        raise ValueError(f"a3jax lm-eval runs lm-evaluation-harness, which is not installed ({error}); "
+        raise UserError(f"a3jax lm-eval runs lm-evaluation-harness, which is not installed ({error}); "
                          "pip install 'a3jax[eval]'") from None
     import a3jax.eval.lm_eval_adapter  # noqa: F401  (registers --model a3jax)
 

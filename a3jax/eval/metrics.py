@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from a3jax.errors import UserError
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
@@ -20,7 +22,7 @@ def mean_exact_match(predictions: Sequence[str], references: Sequence[str]) -> f
 
 def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
     if len(predictions) != len(references):
-        raise ValueError(f"got {len(predictions)} predictions but {len(references)} references")
+        raise UserError(f"got {len(predictions)} predictions but {len(references)} references")
 
 
 def rouge_scores(prediction: str, reference: str, *, use_stemmer: bool = False) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 One forward pass scores every target of a row (the A3 query stream predicts each target from the
 tokens of earlier groups; the causal variant's row i - 1 predicts token i), so a document's
-log-likelihood is the sum of `a3jax.loss.target_log_probs` over its target rows. Documents are
+log-likelihood is the sum of `a3jax.loss.target_log_probs` (of the logits) over its target rows. Documents are
 packed several per row (each is its own segment, invisible to the others) and rows are batched at
 a fixed [batch_size, seq_len] shape, so one compilation serves every batch; results do not depend
 on the packing nor on the batch size (tested).
@@ -17,29 +17,15 @@ import dataclasses
 import functools
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from a3jax.errors import UserError
 from a3jax.layout import FIELDS, build_layout
-from a3jax.loss import target_log_probs
-from a3jax.variants import policy_of
+from a3jax.loss import target_predictions
 
 CONTEXT_ORDERS = ("group", "ar")
-
-
-@dataclasses.dataclass(frozen=True)
-class _FixedLogits:
-    """Stands in for the model inside `target_log_probs` so the logits are computed once and also
-    serve the greedy check (same alignment rules as the loss)."""
-
-    cfg: Any
-    value: Any
-
-    def __call__(self, batch, *, inputs_embeds=None, group_size=None):
-        return self.value
 
 
 @functools.lru_cache(maxsize=8)
@@ -49,19 +35,14 @@ def _scorer(model_def):
     @jax.jit
     def score(params, batch):
         model = model_def.bind(params)
-        logits = model(batch)
-        log_probs, weights = target_log_probs(_FixedLogits(model.cfg, logits), batch)
-        predicted = jnp.argmax(logits, axis=-1).astype(batch["tokens"].dtype)
-        if model.cfg.variant == "causal":  # row i - 1 predicts token i
-            predicted = jnp.pad(predicted[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
-        hit = predicted == batch["tokens"]
-        return log_probs, weights, hit
+        return target_predictions(model(batch), batch, model.facts)
 
     return score
 
 
-def model_variant(model_def, params) -> str:
-    return model_def.bind(params).cfg.variant
+def model_facts(model_def, params):
+    """The facts of the model's variant (a3jax/variants.py)."""
+    return model_def.bind(params).facts
 
 
 @dataclasses.dataclass
@@ -80,7 +61,7 @@ def _pack(lengths: Sequence[int], seq_len: int, pack: bool) -> list[list[int]]:
     for index, length in enumerate(lengths):
         need = int(length) + 1
         if need > seq_len:
-            raise ValueError(
+            raise UserError(
                 f"document {index} has {length} tokens, which with BOS needs {need} slots but "
                 f"seq_len={seq_len}; shorten it or raise seq_len"
             )
@@ -102,11 +83,11 @@ def score_documents(model_def, params, documents: Sequence[np.ndarray], groups: 
     of group >= 1. A token outside `targets` still conditions the later groups as usual.
     """
     if len(documents) != len(groups):
-        raise ValueError(f"got {len(documents)} documents but {len(groups)} group arrays")
+        raise UserError(f"got {len(documents)} documents but {len(groups)} group arrays")
     if targets is not None and len(targets) != len(documents):
-        raise ValueError(f"got {len(documents)} documents but {len(targets)} target masks")
+        raise UserError(f"got {len(documents)} documents but {len(targets)} target masks")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     n_docs = len(documents)
     documents = [np.asarray(d, np.int32).reshape(-1) for d in documents]
     groups = [np.asarray(g).reshape(-1) for g in groups]
@@ -135,7 +116,7 @@ def score_documents(model_def, params, documents: Sequence[np.ndarray], groups: 
                 for segment, index in enumerate(row, start=1):
                     wanted = np.asarray(targets[index], bool).reshape(-1)
                     if wanted.shape != documents[index].shape:
-                        raise ValueError(f"document {index}: target mask has shape {wanted.shape} "
+                        raise UserError(f"document {index}: target mask has shape {wanted.shape} "
                                          f"but the document has shape {documents[index].shape}")
                     rows_of = np.flatnonzero(layout["segment_ids"] == segment)
                     position = layout["positions"][rows_of]  # 0 = BOS, never a target
@@ -202,7 +183,7 @@ def truncate_request(index: int, context: np.ndarray, continuation: np.ndarray,
     """The context, cut from the left so BOS + context + continuation fit in seq_len."""
     room = seq_len - 1  # one slot is BOS
     if continuation.size > room:
-        raise ValueError(
+        raise UserError(
             f"request {index}: the continuation has {continuation.size} tokens but seq_len={seq_len} "
             f"leaves room for {room} (one slot is BOS); raise seq_len or shorten the continuation"
         )
@@ -225,17 +206,17 @@ def loglikelihood(model_def, params, requests: Sequence[tuple[np.ndarray, np.nda
     -0.6/-1.1/-1.8 for "ar": a bidirectional context is out of distribution unless trained for.
     A causal model must use "ar".
     """
-    policy_of(model_variant(model_def, params)).check_exact("the loglikelihood contract (exact scores)")
+    model_facts(model_def, params).check_exact("the loglikelihood contract (exact scores)")
     if context_order is None:
         context_order = "ar"
     if context_order not in CONTEXT_ORDERS:
-        raise ValueError(f"context_order={context_order!r} is not one of {CONTEXT_ORDERS}")
+        raise UserError(f"context_order={context_order!r} is not one of {CONTEXT_ORDERS}")
     documents, groups, targets = [], [], []
     for index, (context, continuation) in enumerate(requests):
         context = np.asarray(context, np.int32).reshape(-1)
         continuation = np.asarray(continuation, np.int32).reshape(-1)
         if continuation.size == 0:
-            raise ValueError(f"request {index}: the continuation is empty; nothing to score")
+            raise UserError(f"request {index}: the continuation is empty; nothing to score")
         context = truncate_request(index, context, continuation, seq_len)
         document, group_ids, target = request_layout(context, continuation, context_order)
         documents.append(document)

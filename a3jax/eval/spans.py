@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from a3jax.data.tokenizer import ByteTokenizer
+from a3jax.errors import UserError
 
 KINDS = ("identifier", "return", "arguments", "docstring")
 _PATTERNS = {
@@ -68,7 +69,7 @@ def find_spans(documents: Sequence[np.ndarray], tokenizer, seq_len: int, per_kin
     taken while other documents have candidates left."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
-        raise ValueError(f"span kinds {unknown} are not among {KINDS}")
+        raise UserError(f"span kinds {unknown} are not among {KINDS}")
     width = seq_len - 1
     rng = np.random.default_rng(seed)
     spans = []

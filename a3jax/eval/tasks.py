@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from a3jax.errors import UserError
 from a3jax.eval import metrics as metrics_lib
 from a3jax.eval import score as score_lib
-from a3jax.variants import policy_of
 
 
 @dataclasses.dataclass
@@ -37,7 +37,7 @@ def model_parts(model, seq_len: int | None = None) -> ModelParts:
         parts = model
     elif isinstance(model, tuple):
         if len(model) != 4:
-            raise ValueError(f"a model tuple is (model_def, params, tokenizer, seq_len); got {len(model)} items")
+            raise UserError(f"a model tuple is (model_def, params, tokenizer, seq_len); got {len(model)} items")
         parts = ModelParts(*model)
     else:  # a3jax.inference.LoadedModel
         parts = ModelParts(model.model_def, model.params, model.tokenizer, model.experiment.data.seq_len)
@@ -65,7 +65,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[np.ndarray,
 def _read_jsonl(path: pathlib.Path) -> list[tuple[int, dict]]:
     """(line number, record) of each non-blank line."""
     if not path.is_file():
-        raise ValueError(f"data file {path} does not exist; pass an existing JSONL file with --data")
+        raise UserError(f"data file {path} does not exist; pass an existing JSONL file with --data")
     records = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -74,18 +74,18 @@ def _read_jsonl(path: pathlib.Path) -> list[tuple[int, dict]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}); one JSON object per line") from None
+                raise UserError(f"{path}:{number}: not valid JSON ({error.msg}); one JSON object per line") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+                raise UserError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             records.append((number, record))
     if not records:
-        raise ValueError(f"{path} holds no items")
+        raise UserError(f"{path} holds no items")
     return records
 
 
 def _read_labels(path: pathlib.Path) -> list[tuple[int, int]]:
     if not path.is_file():
-        raise ValueError(f"labels file {path} does not exist; pass an existing file with --labels")
+        raise UserError(f"labels file {path} does not exist; pass an existing file with --labels")
     labels = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -93,7 +93,7 @@ def _read_labels(path: pathlib.Path) -> list[tuple[int, int]]:
         try:
             labels.append((number, int(line.strip())))
         except ValueError:
-            raise ValueError(f"{path}:{number}: label {line.strip()!r} is not an integer") from None
+            raise UserError(f"{path}:{number}: label {line.strip()!r} is not an integer") from None
     return labels
 
 
@@ -118,7 +118,7 @@ def load_mc_jsonl(path: str | pathlib.Path, labels: str | pathlib.Path | None = 
     if labels is not None or label_path.is_file():
         external = _read_labels(label_path)
         if len(external) != len(records):
-            raise ValueError(f"{label_path} has {len(external)} labels but {path} has {len(records)} "
+            raise UserError(f"{label_path} has {len(external)} labels but {path} has {len(records)} "
                              "items; give one label per item, in the same order")
     items = []
     for index, (number, record) in enumerate(records):
@@ -126,31 +126,31 @@ def load_mc_jsonl(path: str | pathlib.Path, labels: str | pathlib.Path | None = 
         if "goal" in record or "sol1" in record:
             missing = [k for k in ("goal", "sol1", "sol2") if k not in record]
             if missing:
-                raise ValueError(f"{where}: missing key {missing[0]!r}; a PIQA line has goal, sol1, sol2")
+                raise UserError(f"{where}: missing key {missing[0]!r}; a PIQA line has goal, sol1, sol2")
             context = f"Question: {record['goal']}\nAnswer:"
             choices = [f" {record['sol1']}", f" {record['sol2']}"]
         else:
             missing = [k for k in ("context", "choices") if k not in record]
             if missing:
-                raise ValueError(f"{where}: missing key {missing[0]!r}; each line needs context, choices "
+                raise UserError(f"{where}: missing key {missing[0]!r}; each line needs context, choices "
                                  "and label (or goal, sol1, sol2 for PIQA)")
             context, choices = record["context"], record["choices"]
             if not isinstance(context, str):
-                raise ValueError(f"{where}: context must be a string, got {type(context).__name__}")
+                raise UserError(f"{where}: context must be a string, got {type(context).__name__}")
             if (not isinstance(choices, list) or len(choices) < 2
                     or not all(isinstance(c, str) and c for c in choices)):
-                raise ValueError(f"{where}: choices must be a list of at least 2 non-empty strings")
+                raise UserError(f"{where}: choices must be a list of at least 2 non-empty strings")
         if external is not None:
             label_where, label = f"{label_path}:{external[index][0]}", external[index][1]
         elif "label" in record:
             label_where, label = where, record["label"]
             if isinstance(label, bool) or not isinstance(label, int):
-                raise ValueError(f"{where}: label {label!r} is not an integer")
+                raise UserError(f"{where}: label {label!r} is not an integer")
         else:
-            raise ValueError(f"{where}: no label; add a 'label' key or a labels file "
+            raise UserError(f"{where}: no label; add a 'label' key or a labels file "
                              f"({default_labels_path(path).name}, or --labels)")
         if not 0 <= label < len(choices):
-            raise ValueError(f"{label_where}: label {label} is out of range for {len(choices)} choices "
+            raise UserError(f"{label_where}: label {label} is out of range for {len(choices)} choices "
                              f"(0..{len(choices) - 1})")
         items.append({"context": context, "choices": list(choices), "label": int(label)})
     return items
@@ -165,13 +165,13 @@ def multiple_choice(model, items: Sequence[dict], *, batch_size: int = 8, seq_le
     default: one context group for a3, left to right for causal)."""
     parts = model_parts(model, seq_len)
     if not items:
-        raise ValueError("no multiple-choice items to evaluate")
+        raise UserError("no multiple-choice items to evaluate")
     requests = []
     for index, item in enumerate(items):
         for number, choice in enumerate(item["choices"]):
             requests.append(encode_pair(parts.tokenizer, item["context"], choice))
             if requests[-1][1].size > parts.seq_len - 1:
-                raise ValueError(f"item {index}, choice {number}: {requests[-1][1].size} tokens do not fit "
+                raise UserError(f"item {index}, choice {number}: {requests[-1][1].size} tokens do not fit "
                                  f"seq_len={parts.seq_len} with BOS; raise seq_len (a3jax eval --seq-len)")
     results = score_lib.loglikelihood(parts.model_def, parts.params, requests, seq_len=parts.seq_len,
                                       bos_id=parts.tokenizer.bos_id, pad_id=parts.tokenizer.pad_id,
@@ -205,7 +205,7 @@ def rolling_log_likelihoods(parts: ModelParts, texts: Sequence[str], *, stride: 
     - 1): lm-eval's loglikelihood_rolling."""
     stride = parts.seq_len - 1 if stride is None else stride
     if not 1 <= stride <= parts.seq_len - 1:
-        raise ValueError(f"rolling stride {stride} must be in 1..{parts.seq_len - 1} (seq_len - 1)")
+        raise UserError(f"rolling stride {stride} must be in 1..{parts.seq_len - 1} (seq_len - 1)")
     pairs, owner = [], []
     for index, text in enumerate(texts):
         tokens = np.asarray(parts.tokenizer.encode(text), np.int32)
@@ -229,7 +229,7 @@ def rolling(model, texts: Sequence[str], *, batch_size: int = 8, seq_len: int | 
     loglikelihood_rolling metrics: words split at whitespace, bytes of UTF-8, EOS not scored)."""
     parts = model_parts(model, seq_len)
     if not texts:
-        raise ValueError("no texts to score")
+        raise UserError("no texts to score")
     log_probs = rolling_log_likelihoods(parts, texts, batch_size=batch_size, context_order=context_order,
                                         progress=progress)
     total = sum(log_probs)
@@ -249,15 +249,15 @@ def load_lambada(path: str | pathlib.Path) -> list[str]:
         passages = []
         for number, record in _read_jsonl(path):
             if not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{number}: missing string key 'text'; each line needs "
+                raise UserError(f"{path}:{number}: missing string key 'text'; each line needs "
                                  '{"text": "..."}')
             passages.append(record["text"])
         return passages
     if not path.is_file():
-        raise ValueError(f"data file {path} does not exist; pass an existing text or JSONL file with --data")
+        raise UserError(f"data file {path} does not exist; pass an existing text or JSONL file with --data")
     passages = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not passages:
-        raise ValueError(f"{path} holds no passages")
+        raise UserError(f"{path} holds no passages")
     return passages
 
 
@@ -266,7 +266,7 @@ def split_last_word(text: str, index: int = 0) -> tuple[str, str]:
     text = text.strip()
     cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
     if cut <= 0:
-        raise ValueError(f"passage {index} has no context before its last word: {text[:60]!r}")
+        raise UserError(f"passage {index} has no context before its last word: {text[:60]!r}")
     return text[:cut], " " + text[cut + 1:]
 
 
@@ -276,7 +276,7 @@ def lambada(model, passages: Sequence[str], *, batch_size: int = 8, seq_len: int
     greedy one) and the mean NLL (nats) of the last word (context_order: see multiple_choice)."""
     parts = model_parts(model, seq_len)
     if not passages:
-        raise ValueError("no LAMBADA passages to evaluate")
+        raise UserError("no LAMBADA passages to evaluate")
     requests = [encode_pair(parts.tokenizer, *split_last_word(text, i)) for i, text in enumerate(passages)]
     results = score_lib.loglikelihood(parts.model_def, parts.params, requests, seq_len=parts.seq_len,
                                       bos_id=parts.tokenizer.bos_id, pad_id=parts.tokenizer.pad_id,
@@ -304,13 +304,13 @@ def nll_under_orders(config, corpus, tokenizer, model_def, params, specs: Sequen
     from a3jax.train.step import make_eval_step
 
     if num_rows < 1:
-        raise ValueError(f"num_rows must be >= 1, got {num_rows}")
+        raise UserError(f"num_rows must be >= 1, got {num_rows}")
     specs = [s.strip() for s in specs if s.strip()]
     if not specs:
-        raise ValueError("no orders given; name some, e.g. 'ar,random(4)'")
+        raise UserError("no orders given; name some, e.g. 'ar,random(4)'")
     for spec in specs:
         parse_sampler(spec)  # ValueError names the bad spec
-    policy_of(score_lib.model_variant(model_def, params)).check_scoring_orders(specs)
+    score_lib.model_facts(model_def, params).check_scoring_orders(specs)
     batch_size = int(batch_size or num_rows)
     step = make_eval_step(model_def, tokenizer.eos_id)
     params = jax.device_put(params)
@@ -417,9 +417,9 @@ def infill(model, corpus, *, span: int = 32, num_examples: int = 8, seed: int = 
     """
     parts = model_parts(model, seq_len)
     if num_examples < 1:
-        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+        raise UserError(f"num_examples must be >= 1, got {num_examples}")
     if span < 1:
-        raise ValueError(f"span must be >= 1 token, got {span}")
+        raise UserError(f"span must be >= 1 token, got {span}")
     windows = infill_windows(corpus, parts.tokenizer, parts.seq_len, span, range(seed, seed + num_examples))
     bar = None
     if progress:

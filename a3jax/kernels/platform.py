@@ -13,6 +13,8 @@ import contextvars
 
 import jax
 
+from a3jax.errors import UserError
+
 _ALIASES = {"cuda": "gpu", "rocm": "gpu", "gpu": "gpu", "tpu": "tpu", "cpu": "cpu"}
 _TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("a3jax_kernel_platform", default=None)
 
@@ -31,7 +33,7 @@ def lowering_for(platform: str):
     cleared on entry and exit so a function traced for one platform is never reused for another.
     """
     if platform not in _ALIASES:
-        raise ValueError(f"lowering platform {platform!r} is not one of {sorted(_ALIASES)}")
+        raise UserError(f"lowering platform {platform!r} is not one of {sorted(_ALIASES)}")
     jax.clear_caches()
     token = _TARGET.set(_ALIASES[platform])
     try:

@@ -32,6 +32,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from a3jax.errors import UserError
 from a3jax.kernels.range_attention_bwd import backward
 from a3jax.kernels.tiles import (  # noqa: F401
     MASK_VALUE,
@@ -160,21 +161,21 @@ _range_attention_padded.defvjp(_vjp_fwd, _vjp_bwd)
 
 def _check_block(name, value):
     if not isinstance(value, int) or not _is_pow2(value) or value < 16:
-        raise ValueError(f"{name}={value!r} must be a power of two >= 16 (a GPU tile size)")
+        raise UserError(f"{name}={value!r} must be a power of two >= 16 (a GPU tile size)")
 
 
 def _prepare(q, k, v, key_start, key_end, block_q, block_k):
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"expected q [B, S, Hq, D] and k, v [B, N, Hkv, D], got shapes "
+        raise UserError(f"expected q [B, S, Hq, D] and k, v [B, N, Hkv, D], got shapes "
                          f"{q.shape}, {k.shape}, {v.shape}")
     batch, seq, n_heads, head_dim = q.shape
     _, n_keys, n_kv, _ = k.shape
     if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
-        raise ValueError(f"k {k.shape} and v {v.shape} must both be [B={batch}, N, Hkv, D={head_dim}]")
+        raise UserError(f"k {k.shape} and v {v.shape} must both be [B={batch}, N, Hkv, D={head_dim}]")
     if n_heads % n_kv:
-        raise ValueError(f"{n_heads} query heads are not a multiple of {n_kv} kv heads")
+        raise UserError(f"{n_heads} query heads are not a multiple of {n_kv} kv heads")
     if key_start.shape != (batch, seq) or key_end.shape != (batch, seq):
-        raise ValueError(f"key_start {key_start.shape} and key_end {key_end.shape} must be "
+        raise UserError(f"key_start {key_start.shape} and key_end {key_end.shape} must be "
                          f"[B, S] = {(batch, seq)}")
     _check_block("block_q", block_q)
     _check_block("block_k", block_k)

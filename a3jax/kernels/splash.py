@@ -29,6 +29,7 @@ import numpy as np
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
+from a3jax.errors import UserError
 from a3jax.kernels.platform import kernel_platform
 
 LANES = 128  # splash's key block must be a multiple of the TPU lane count
@@ -91,7 +92,7 @@ def splash_two_stream(q, k, v, segment_ids, *, group_size: int, streams: tuple[b
     b, s, n_heads, head_dim = q.shape
     n = k.shape[1]
     if s != n * sum(streams):
-        raise ValueError(f"q has {s} rows but streams={streams} over {n} keys need {n * sum(streams)}")
+        raise UserError(f"q has {s} rows but streams={streams} over {n} keys need {n * sum(streams)}")
     if interpret is None:
         interpret = kernel_platform() != "tpu"
     # Splash needs query and key blocks of 128k: each stream's rows and the keys are padded to a

@@ -1,7 +1,7 @@
 """Two-stream attention on tokamax's flash attention (Mosaic GPU on Hopper/Blackwell).
 
 tokamax's attention mask takes per-row key ranges, `k_start` (inclusive) and `k_end` (exclusive):
-exactly the ranges of the sorted layout (model/attention.key_ranges):
+exactly the ranges of the sorted layout (a3jax.layout.key_ranges):
   content row i sees [key_start(i), content_end(i)),  query row i sees [key_start(i), query_end(i)).
 Its forward skips the key blocks outside each query tile's [min k_start, max k_end); its backward
 applies the ranges elementwise (a dense backward) unless the mask is plain causal.
@@ -30,11 +30,13 @@ import functools
 
 import jax.numpy as jnp
 
+from a3jax.errors import UserError
+
 IMPLEMENTATIONS = ("mosaic", "xla")
 TESTED_VERSIONS = ("0.0.12", "0.0.17")  # 0.0.12: the newest for Python 3.11; 0.0.17: Python >= 3.12
 
 
-class TokamaxUnavailable(ImportError):
+class TokamaxUnavailable(UserError, ImportError):
     pass
 
 
@@ -75,7 +77,7 @@ def _op(implementation: str):
         from tokamax._src.ops.attention import pallas_mosaic_gpu
 
         return pallas_mosaic_gpu.PallasMosaicGpuFlashAttention()
-    raise ValueError(f"tokamax implementation={implementation!r} is not one of {IMPLEMENTATIONS}")
+    raise UserError(f"tokamax implementation={implementation!r} is not one of {IMPLEMENTATIONS}")
 
 
 def _safe_ranges(key_start_BxS, key_end_BxS, real_BxS):
@@ -106,7 +108,7 @@ def range_streams(q_BxRxHxD, k_BxNxKxD, v_BxNxKxD, key_starts, key_ends, real_Bx
     """
     n = k_BxNxKxD.shape[1]
     if q_BxRxHxD.shape[1] != n * len(key_ends):
-        raise ValueError(f"q has {q_BxRxHxD.shape[1]} rows; expected {len(key_ends)} streams x {n} keys")
+        raise UserError(f"q has {q_BxRxHxD.shape[1]} rows; expected {len(key_ends)} streams x {n} keys")
     safe = [_safe_ranges(s, e, real_BxN) for s, e in zip(key_starts, key_ends)]
     if fused or len(safe) == 1:
         start, end, sees_any = (jnp.concatenate(x, 1) for x in zip(*safe))

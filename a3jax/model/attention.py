@@ -16,9 +16,11 @@ import math
 import jax
 import jax.numpy as jnp
 
+from a3jax.errors import UserError
 from a3jax.kernels.platform import kernel_platform
+from a3jax.layout import key_ranges
 from a3jax.model.config import ATTENTION_BACKENDS as BACKENDS
-from a3jax.model.dense_attention import _cudnn_attention, _masked_attention, key_ranges, visibility_masks  # noqa: F401
+from a3jax.model.dense_attention import _cudnn_attention, _masked_attention, visibility_masks  # noqa: F401
 from a3jax.model.prefix_chunks import prefix_chunked_streams
 from a3jax.model.sharding import batch_axes, logical_to_mesh
 
@@ -42,7 +44,7 @@ def resolve_backend(name: str, platform: str, static_groups: bool = False, dtype
     """
     if platform == "gpu" and dtype == "float32":
         if name in HALF_PRECISION_ONLY:
-            raise ValueError(f"model.attention={name!r} runs bfloat16/float16 kernels on a GPU, but "
+            raise UserError(f"model.attention={name!r} runs bfloat16/float16 kernels on a GPU, but "
                              "model.dtype='float32'; set --config.model.dtype=bfloat16, or use "
                              "model.attention='xla' or 'pallas' for float32")
         if name == "auto":
@@ -50,12 +52,12 @@ def resolve_backend(name: str, platform: str, static_groups: bool = False, dtype
                       "bfloat16/float16 only)")
             return "xla"
     if name not in BACKENDS:
-        raise ValueError(f"model.attention={name!r} is not one of {BACKENDS}")
+        raise UserError(f"model.attention={name!r} is not one of {BACKENDS}")
     if name == "cudnn" and platform != "gpu":
-        raise ValueError(f"model.attention='cudnn' needs a GPU, but JAX runs on {platform}; "
+        raise UserError(f"model.attention='cudnn' needs a GPU, but JAX runs on {platform}; "
                          "use 'auto', 'xla' or 'pallas'")
     if name == "splash" and platform == "gpu":
-        raise ValueError("model.attention='splash' is the TPU kernel (Pallas Mosaic); on a GPU use "
+        raise UserError("model.attention='splash' is the TPU kernel (Pallas Mosaic); on a GPU use "
                          "'auto', 'tokamax', 'cudnn' or 'pallas'")
     if name == "tokamax":
         from a3jax.kernels.tokamax_attention import require_tokamax
@@ -151,7 +153,7 @@ def _over_mesh(fn, q, k, v, segment_ids, groups):
     heads = tuple(a for a in logical_to_mesh("kv_heads") if a in mesh.axis_names and mesh.shape[a] > 1)
     split = math.prod(mesh.shape[a] for a in heads)
     if heads and k.shape[2] % split:
-        raise ValueError(f"{k.shape[2]} KV heads cannot be split over mesh axes {heads} of size {split}; "
+        raise UserError(f"{k.shape[2]} KV heads cannot be split over mesh axes {heads} of size {split}; "
                          "use a tensor degree dividing n_kv_heads")
     heads = (heads[0] if len(heads) == 1 else heads) if heads else None
     heads_spec = P(batch, None, heads, None)

@@ -6,9 +6,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-# a3: two streams (content + query); causal: plain LLaMA, next token; mdlm: the masked-diffusion
-# control, one bidirectional stream whose masked inputs are the MASK token (`mask_token_id`).
-VARIANTS = ("a3", "causal", "mdlm")
+from a3jax.errors import ConfigError
+from a3jax.schema import parse_section
+from a3jax.variants import VARIANTS, Variant, variant_of
+
 REMAT_POLICIES = ("none", "full", "dots")
 ROPE_SCALINGS = ("none", "llama3")
 DTYPES = ("float32", "bfloat16")
@@ -31,7 +32,7 @@ class ModelConfig:
     variant: str = "a3"
     vocab_size: int = 259
     d_model: int = 128
-    n_layers: int = 4
+    n_layers: int = 3
     n_heads: int = 4
     n_kv_heads: int = 2
     head_dim: int = 0  # 0 = d_model // n_heads
@@ -49,7 +50,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.head_dim == 0:
             if self.d_model % self.n_heads:
-                raise ValueError(
+                raise ConfigError(
                     f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}; "
                     "choose n_heads dividing d_model or set model.head_dim explicitly"
                 )
@@ -72,26 +73,21 @@ class ModelConfig:
             checks.append((getattr(self, value) > 0, f"model.{value}={getattr(self, value)} must be > 0"))
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> ModelConfig:
-        values = dict(mapping)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; valid keys: {sorted(known)}")
-        scaling = dict(values.pop("rope_scaling", {}) or {})
-        scaling_known = {f.name for f in dataclasses.fields(RopeScaling)}
-        if set(scaling) - scaling_known:
-            raise ValueError(
-                f"unknown model.rope_scaling keys {sorted(set(scaling) - scaling_known)}; "
-                f"valid keys: {sorted(scaling_known)}"
-            )
-        return cls(rope_scaling=RopeScaling(**scaling), **values)
+        """The model section from a mapping (a checkpoint's meta, config.json's values): missing keys
+        take the defaults, unknown keys and bad values are a ConfigError (a3jax/schema.py)."""
+        return parse_section(cls, mapping, "model")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def facts(self) -> Variant:
+        """What this model's variant does (a3jax/variants.py): ask these, never the name."""
+        return variant_of(self.variant)
 
     @property
     def mask_token_id(self) -> int:

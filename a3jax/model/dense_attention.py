@@ -4,8 +4,8 @@
 Visibility inside one row (see layout.py):
   content row i sees key j  iff  segment(j) == segment(i) and group(j) <= group(i)
   query   row i sees key j  iff  segment(j) == segment(i) and group(j) <  group(i)
-In a sorted layout both are one contiguous key range per row (`key_ranges`), what the
-block-skipping kernels take. A row that sees no key returns exactly 0 with zero gradients.
+In a sorted layout both are one contiguous key range per row (a3jax.layout.key_ranges), what
+the block-skipping kernels take. A row that sees no key returns exactly 0 with zero gradients.
 """
 
 from __future__ import annotations
@@ -20,25 +20,6 @@ def visibility_masks(segment_ids_BxN, groups_BxN):
     row_group = groups_BxN[:, :, None]
     key_group = groups_BxN[:, None, :]
     return same_segment & (key_group <= row_group), same_segment & (key_group < row_group)
-
-
-def key_ranges(segment_ids_BxN, groups_BxN):
-    """Per-row key ranges of a SORTED layout (jittable twin of layout.key_ranges).
-
-    Returns (key_start, content_end, query_end), int32 [B, N]: content row i sees keys
-    [key_start, content_end), query row i sees [key_start, query_end).
-    """
-    n = segment_ids_BxN.shape[-1]
-    idx = jnp.arange(n, dtype=jnp.int32)
-    new_segment = jnp.concatenate(
-        [jnp.ones_like(segment_ids_BxN[:, :1], bool), segment_ids_BxN[:, 1:] != segment_ids_BxN[:, :-1]], 1)
-    new_run = new_segment | jnp.concatenate(
-        [jnp.zeros_like(groups_BxN[:, :1], bool), groups_BxN[:, 1:] != groups_BxN[:, :-1]], 1)
-    key_start = jax.lax.cummax(jnp.where(new_segment, idx, 0), axis=1)
-    query_end = jax.lax.cummax(jnp.where(new_run, idx, 0), axis=1)
-    run_ends_here = jnp.concatenate([new_run[:, 1:], jnp.ones_like(new_run[:, :1])], 1)
-    content_end = jax.lax.cummin(jnp.where(run_ends_here, idx + 1, n), axis=1, reverse=True)
-    return key_start, content_end, query_end
 
 
 def _masked_attention(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask_BxSxN):

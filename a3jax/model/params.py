@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from a3jax.errors import UserError
 from a3jax.model.config import ModelConfig
 from a3jax.model.transformer import Transformer
 
@@ -58,7 +59,7 @@ def initial_query_vector(embed, seed: int, how: str = "normal") -> tuple[np.ndar
             total += embed[start:start + 8192].astype(np.float64).sum(0)
         return (total / embed.shape[0]).astype(np.float32), "the mean token embedding"
     if how != "normal":
-        raise ValueError(f"query init {how!r} is not one of {QUERY_INITS}")
+        raise UserError(f"query init {how!r} is not one of {QUERY_INITS}")
     std = _embedding_std(embed)
     query = (np.random.default_rng(seed).standard_normal(embed.shape[1]) * std).astype(np.float32)
     return query, f"initialised N(0, {std:.4g}^2) (the embedding matrix's std), seed {seed}"
@@ -68,7 +69,7 @@ def causal_to_a3(params: dict, seed: int = 0, how: str = "normal") -> tuple[dict
     """A causal model's params as an A3 model's: every weight copied, plus the query vector
     (initial_query_vector; what `a3jax convert --variant a3` does from HF files)."""
     if "query_embed" in params:
-        raise ValueError("these params already hold a query vector: they are an a3 model's")
+        raise UserError("these params already hold a query vector: they are an a3 model's")
     query, note = initial_query_vector(params["embed"], seed, how)
     return {**params, "query_embed": query}, note
 

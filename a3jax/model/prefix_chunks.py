@@ -32,6 +32,7 @@ import numbers
 
 import jax.numpy as jnp
 
+from a3jax.errors import UserError
 from a3jax.model.dense_attention import visibility_masks
 
 ROW_ALIGN = 8  # chunk boundaries are multiples of this (slice- and tile-friendly)
@@ -44,9 +45,9 @@ def chunk_boundaries(n: int, chunks: int, group_size: int | None = None) -> tupl
     when n is too short for `chunks` chunks of at least one unit, there are fewer chunks.
     """
     if not isinstance(chunks, numbers.Integral) or chunks < 1:
-        raise ValueError(f"chunks must be an integer >= 1, got {chunks!r}")
+        raise UserError(f"chunks must be an integer >= 1, got {chunks!r}")
     if group_size is not None and (not isinstance(group_size, numbers.Integral) or group_size < 1):
-        raise ValueError(f"group_size must be None or an integer >= 1, got {group_size!r}")
+        raise UserError(f"group_size must be None or an integer >= 1, got {group_size!r}")
     n, chunks, group_size = int(n), int(chunks), (int(group_size) if group_size is not None else None)
     unit = math.lcm(group_size, ROW_ALIGN) if group_size else ROW_ALIGN
     chunks = max(1, min(chunks, n // unit))
@@ -92,9 +93,9 @@ def prefix_chunked_streams(dense_fn, streams, q, k, v, segment_ids, groups, *, c
     n = k.shape[1]
     n_streams = content_used + query_used
     if n_streams == 0:
-        raise ValueError("streams=(False, False): at least one stream must be used")
+        raise UserError("streams=(False, False): at least one stream must be used")
     if q.shape[1] != n * n_streams:
-        raise ValueError(f"q has {q.shape[1]} rows but {n_streams} stream(s) of {n} keys need {n * n_streams}")
+        raise UserError(f"q has {q.shape[1]} rows but {n_streams} stream(s) of {n} keys need {n * n_streams}")
     content_mask, query_mask = visibility_masks(segment_ids, groups)
     masks = [m for m, used in zip((content_mask, query_mask), (content_used, query_used)) if used]
     calls = plan_calls(n, (content_used, query_used), chunks, group_size)

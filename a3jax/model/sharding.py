@@ -18,6 +18,8 @@ import math
 import jax
 from jax.sharding import PartitionSpec as P
 
+from a3jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 DEFAULT_RULES = (
     ("batch", "data,fsdp"), ("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"),
@@ -25,7 +27,7 @@ DEFAULT_RULES = (
 )
 
 
-class MeshError(ValueError):
+class MeshError(UserError):
     """A mesh, rule table or batch that does not fit the devices."""
 
 

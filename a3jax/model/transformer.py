@@ -25,6 +25,8 @@ content-stream logits predict token i (no shift). The MASK logit is pinned to MA
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -79,52 +81,63 @@ def dense(x, w):
     return jnp.einsum("...d,df->...f", x, w, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
-def _layer(cfg: ModelConfig, p, content, query, cos, sin, segment_ids, groups, update_content,
-           group_size=None):
-    """One pre-norm LLaMA layer applied to the content stream and/or the query stream.
+class Rope(NamedTuple):
+    """RoPE tables of a set of rows: cos, sin [B, R, head_dim] float32 (model/rope.py)."""
 
-    content, query: [B, N, D]. With update_content=False (the a3 model's last layer) only the
-    query rows are computed: the content stream's output would never be read.
+    cos: jax.Array
+    sin: jax.Array
+
+
+def rope_for(cfg: ModelConfig, positions_BxR) -> Rope:
+    inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    return Rope(*rope.rope_tables(positions_BxR, inv_freq))
+
+
+def _heads(cfg: ModelConfig, x_BxRxD, w, n_heads, rope_tables: Rope | None = None):
+    """x @ w as [B, R, n_heads, head_dim], rotated by `rope_tables` when given."""
+    b, r = x_BxRxD.shape[:2]
+    out_BxRxHxK = dense(x_BxRxD, w).reshape(b, r, n_heads, cfg.head_dim)
+    if rope_tables is None:
+        return out_BxRxHxK
+    return rope.apply_rope(out_BxRxHxK, rope_tables.cos, rope_tables.sin)
+
+
+def layer(cfg: ModelConfig, p, content_BxCxD, query_BxQxD, rope_content: Rope, rope_query: Rope | None,
+          attend, update_content: bool = True):
+    """One pre-norm LLaMA layer over the content rows and (a3) the query rows: THE layer body of
+    training (Transformer.hidden_states) and of decoding (decode/cache.py), which differ only in
+    `attend`.
+
+    Keys and values come from the content rows; both streams' queries use the same weights.
+    attend(q_content_BxCxHxK | None, q_query_BxQxHxK | None, k_BxCxGxK, v_BxCxGxK) returns the
+    streams' attention outputs (training: both streams over the row under the group masks;
+    decoding: the cache with these keys appended). update_content=False (the a3 model's last
+    layer in training, whose content output is never read) computes the query rows only and
+    returns the content rows unchanged. Returns (content_BxCxD, query_BxQxD or None).
     """
-    b, n, _ = content.shape
+    content_normed_BxCxD = rms_norm(content_BxCxD, p["attn_norm"], cfg.norm_eps)
+    k_BxCxGxK = _heads(cfg, content_normed_BxCxD, p["wk"], cfg.n_kv_heads, rope_content)
+    v_BxCxGxK = _heads(cfg, content_normed_BxCxD, p["wv"], cfg.n_kv_heads)
+    q_content = _heads(cfg, content_normed_BxCxD, p["wq"], cfg.n_heads, rope_content) if update_content else None
+    q_query = None
+    if query_BxQxD is not None:
+        query_normed_BxQxD = rms_norm(query_BxQxD, p["attn_norm"], cfg.norm_eps)
+        q_query = _heads(cfg, query_normed_BxQxD, p["wq"], cfg.n_heads, rope_query)
+    out_content, out_query = attend(q_content, q_query, k_BxCxGxK, v_BxCxGxK)
     if update_content:
-        rows = content if query is None else jnp.concatenate([content, query], axis=1)
-        rows_normed = rms_norm(rows, p["attn_norm"], cfg.norm_eps)
-        content_normed = rows_normed[:, :n]
-    else:
-        rows = query
-        rows_normed = rms_norm(rows, p["attn_norm"], cfg.norm_eps)
-        content_normed = rms_norm(content, p["attn_norm"], cfg.norm_eps)
-    s = rows.shape[1]
-    q = dense(rows_normed, p["wq"]).reshape(b, s, cfg.n_heads, cfg.head_dim)
-    k = dense(content_normed, p["wk"]).reshape(b, n, cfg.n_kv_heads, cfg.head_dim)
-    v = dense(content_normed, p["wv"]).reshape(b, n, cfg.n_kv_heads, cfg.head_dim)
-    k = rope.apply_rope(k, cos, sin)
-    q_rows = [rope.apply_rope(q[:, i:i + n], cos, sin) for i in range(0, s, n)]
-    if update_content:
-        q_content, q_query = q_rows[0], (q_rows[1] if query is not None else None)
-    else:
-        q_content, q_query = None, q_rows[0]
-    out_content, out_query = attention_lib.two_stream_attention(
-        q_content, q_query, k, v, segment_ids, groups, backend=cfg.attention,
-        group_size=group_size, chunks=cfg.attention_chunks, causal=cfg.variant == "causal",
-    )
-    attn = jnp.concatenate([o for o in (out_content, out_query) if o is not None], axis=1)
-    rows = residual_tail(cfg, p, rows, attn)
-    if not update_content:
-        return content, rows
-    if query is None:
-        return rows, None
-    return rows[:, :n], rows[:, n:]
+        content_BxCxD = residual_tail(cfg, p, content_BxCxD, out_content)
+    if query_BxQxD is not None:
+        query_BxQxD = residual_tail(cfg, p, query_BxQxD, out_query)
+    return content_BxCxD, query_BxQxD
 
 
-def residual_tail(cfg: ModelConfig, p, rows, attn_BxSxHxD):
-    """rows + o_proj(attention), then the SwiGLU MLP block: the rest of a layer after attention."""
-    b, s = rows.shape[:2]
-    rows = rows + dense(attn_BxSxHxD.reshape(b, s, cfg.q_dim), p["wo"])
-    mlp_in = rms_norm(rows, p["mlp_norm"], cfg.norm_eps)
-    hidden = jax.nn.silu(dense(mlp_in, p["w_gate"])) * dense(mlp_in, p["w_up"])
-    return rows + dense(hidden, p["w_down"])
+def residual_tail(cfg: ModelConfig, p, x_BxRxD, attn_BxRxHxK):
+    """x + o_proj(attention), then the SwiGLU MLP block: the rest of a layer after attention."""
+    b, r = x_BxRxD.shape[:2]
+    x_BxRxD = x_BxRxD + dense(attn_BxRxHxK.reshape(b, r, cfg.q_dim), p["wo"])
+    mlp_in_BxRxD = rms_norm(x_BxRxD, p["mlp_norm"], cfg.norm_eps)
+    hidden_BxRxF = jax.nn.silu(dense(mlp_in_BxRxD, p["w_gate"])) * dense(mlp_in_BxRxD, p["w_up"])
+    return x_BxRxD + dense(hidden_BxRxF, p["w_down"])
 
 
 def _remat(fn, policy: str):
@@ -161,7 +174,7 @@ class Transformer(nnx.Module):
         self.final_norm = _param(jnp.ones((D,), f32), "final_norm")
         if not cfg.tie_embeddings:
             self.lm_head = _param(normal(rngs.params(), (D, cfg.vocab_size), f32), "lm_head")
-        if cfg.variant == "a3":
+        if cfg.facts.query_stream:
             # One learned vector shared by all query rows, at embedding scale (not std 1).
             self.query_embed = _param(normal(rngs.params(), (D,), f32), "query_embed")
 
@@ -169,72 +182,89 @@ class Transformer(nnx.Module):
     def compute_dtype(self):
         return jnp.dtype(self.cfg.dtype)
 
+    @property
+    def facts(self):
+        """What this model's variant does (a3jax/variants.py)."""
+        return self.cfg.facts
+
     def embed_tokens(self, tokens_BxN):
         return jnp.take(self.embed[...], tokens_BxN, axis=0).astype(self.compute_dtype)
 
+    def layer_params(self) -> dict:
+        """The stacked layer weights [L, ...] in the compute dtype."""
+        return {name: self.layers[name][...].astype(self.compute_dtype) for name in LAYER_PARAMS}
+
+    def query_inputs(self, shape_BxQxD):
+        """The query stream's input rows: the learned query vector at every row."""
+        return jnp.broadcast_to(self.query_embed[...].astype(self.compute_dtype), shape_BxQxD)
+
     def masked_rows(self, batch):
-        """The rows an mdlm model reads as MASK: targets, i.e. group >= 1 of a real document."""
+        """The rows a masked-inputs model (mdlm) reads as MASK: targets, i.e. group >= 1 of a real document."""
         return (batch["groups"] > 0) & (batch["segment_ids"] > 0)
 
     def hidden_states(self, batch, *, inputs_embeds=None, full_content=False, group_size=None):
         """Final-normed hidden states {"content": [B,N,D], "query": [B,N,D] or None}.
 
-        The a3 model's last content layer is skipped unless full_content=True. For mdlm the target
-        rows' inputs (tokens or inputs_embeds) are replaced by the MASK embedding and attention
-        ignores groups (bidirectional inside each document).
+        The a3 model's last content layer is skipped unless full_content=True. With masked inputs
+        (mdlm) the target rows' inputs (tokens or inputs_embeds) are replaced by the MASK embedding
+        and attention ignores groups (bidirectional inside each document).
         group_size (static): the batch is grid-aligned with this one group size (data.align_groups),
         for the static-mask attention paths; None otherwise.
         """
-        cfg = self.cfg
-        dtype = self.compute_dtype
-        content = self.embed_tokens(batch["tokens"]) if inputs_embeds is None else inputs_embeds.astype(dtype)
+        cfg, facts = self.cfg, self.facts
+        content_BxNxD = (self.embed_tokens(batch["tokens"]) if inputs_embeds is None
+                         else inputs_embeds.astype(self.compute_dtype))
         segment_ids, groups = batch["segment_ids"], batch["groups"]
-        if cfg.variant == "mdlm":
-            mask_embed = self.embed[cfg.mask_token_id].astype(dtype)
-            content = jnp.where(self.masked_rows(batch)[..., None], mask_embed, content)
+        if facts.masked_inputs:
+            mask_embed_D = self.embed[cfg.mask_token_id].astype(self.compute_dtype)
+            content_BxNxD = jnp.where(self.masked_rows(batch)[..., None], mask_embed_D, content_BxNxD)
+        if facts.bidirectional:
             groups = jnp.zeros_like(groups)  # one group: every row sees its whole document
             group_size = None  # the grid alignment no longer describes the visibility
-        query = None
-        if cfg.variant == "a3":
-            query = jnp.broadcast_to(self.query_embed[...].astype(dtype), content.shape)
-        inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-        cos, sin = rope.rope_tables(batch["positions"], inv_freq)
-        params = {name: self.layers[name][...].astype(dtype) for name in LAYER_PARAMS}
+        query_BxNxD = self.query_inputs(content_BxNxD.shape) if facts.query_stream else None
+        rope_rows = rope_for(cfg, batch["positions"])
+
+        def attend(q_content, q_query, k, v):
+            return attention_lib.two_stream_attention(
+                q_content, q_query, k, v, segment_ids, groups, backend=cfg.attention, group_size=group_size,
+                chunks=cfg.attention_chunks, causal=facts.next_token)
 
         def step(carry, layer_params, update_content=True):
-            content, query = _layer(cfg, layer_params, *carry, cos, sin, segment_ids, groups, update_content,
-                                    group_size)
+            content, query = layer(cfg, layer_params, *carry, rope_rows, rope_rows, attend, update_content)
             return (constrain_batch(content), None if query is None else constrain_batch(query)), None
 
-        skip_last = query is not None and not full_content
+        params = self.layer_params()
+        skip_last = query_BxNxD is not None and not full_content
         n_scanned = cfg.n_layers - 1 if skip_last else cfg.n_layers
-        carry = (content, query)
+        carry = (content_BxNxD, query_BxNxD)
         if n_scanned:
             scanned = jax.tree.map(lambda a: a[:n_scanned], params)
             carry, _ = jax.lax.scan(_remat(step, cfg.remat), carry, scanned, unroll=True)
         if skip_last:
             last = jax.tree.map(lambda a: a[-1], params)
             carry, _ = step(carry, last, update_content=False)
-        content, query = carry
-        norm = self.final_norm[...]
-        out = {"content": rms_norm(content, norm, cfg.norm_eps)}
-        out["query"] = None if query is None else rms_norm(query, norm, cfg.norm_eps)
-        return out
+        content_BxNxD, query_BxNxD = carry
+        return {"content": self.final_norm_of(content_BxNxD),
+                "query": None if query_BxNxD is None else self.final_norm_of(query_BxNxD)}
+
+    def final_norm_of(self, x_BxRxD):
+        return rms_norm(x_BxRxD, self.final_norm[...], self.cfg.norm_eps)
+
+    def head(self):
+        """The output projection [D, V]: the embedding matrix's transpose when tied."""
+        return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
     def logits(self, hidden_BxNxD):
         """float32 logits [B, N, V] from final-normed hidden states."""
-        if self.cfg.tie_embeddings:
-            head = self.embed[...].T
-        else:
-            head = self.lm_head[...]
-        logits = jnp.einsum("bnd,dv->bnv", hidden_BxNxD, head.astype(hidden_BxNxD.dtype),
-                            preferred_element_type=jnp.float32)
-        if self.cfg.variant == "mdlm":  # MASK is an input only: never predicted
-            logits = logits.at[..., self.cfg.mask_token_id].set(MASK_LOGIT)
-        return logits
+        logits_BxNxV = jnp.einsum("bnd,dv->bnv", hidden_BxNxD, self.head().astype(hidden_BxNxD.dtype),
+                                  preferred_element_type=jnp.float32)
+        if self.facts.masked_inputs:  # MASK is an input only: never predicted
+            logits_BxNxV = logits_BxNxV.at[..., self.cfg.mask_token_id].set(MASK_LOGIT)
+        return logits_BxNxV
 
     def __call__(self, batch, *, inputs_embeds=None, group_size=None):
-        """Prediction logits [B, N, V]: query stream for a3 (token i's own logits), content for causal
-        (row i predicts row i + 1), content for mdlm (row i's own token, from the MASK input)."""
+        """Prediction logits [B, N, V] from the stream the variant predicts from: the query stream
+        for a3 (token i's own logits), the content stream for causal (row i predicts row i + 1)
+        and for mdlm (row i's own token, from the MASK input)."""
         hidden = self.hidden_states(batch, inputs_embeds=inputs_embeds, group_size=group_size)
-        return self.logits(hidden["query"] if self.cfg.variant == "a3" else hidden["content"])
+        return self.logits(hidden[self.facts.predicts_from])

@@ -179,13 +179,12 @@ def evaluate_point(workdir: str | pathlib.Path, settings: dict, *, point: Point 
     already loaded it (else it is loaded from the checkpoint's config)."""
     from a3jax.data import load_corpus
     from a3jax.inference import load_model
-    from a3jax.variants import policy_of
 
     workdir = pathlib.Path(workdir)
     started = time.perf_counter()
     loaded = load_model(workdir)
     exp, variant, tokenizer = loaded.experiment, loaded.cfg.variant, loaded.tokenizer
-    policy = policy_of(variant)
+    policy = loaded.cfg.facts
     if corpus is None:
         corpus = load_corpus(exp.data, tokenizer)
     name = point.name if point else workdir.name

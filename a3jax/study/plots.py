@@ -7,6 +7,7 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Sequence
 
+from a3jax.errors import UserError
 from a3jax.study.runs import finite, infill_entry, run_values
 
 PLOTS = ("loss_vs_tokens.png", "nll_by_order.png", "infill_vs_steps.png")
@@ -16,7 +17,7 @@ def _plt():
     try:
         import matplotlib
     except ImportError:
-        raise ValueError("the report's plots need matplotlib: pip install 'a3jax[report]' "
+        raise UserError("the report's plots need matplotlib: pip install 'a3jax[report]' "
                          "(or pip install matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from a3jax.errors import UserError
 from a3jax.study.plots import PLOTS, write_plots
 from a3jax.study.runs import INFILL_COLUMNS, Run, collect, columns, dig, finite, number, run_values
 
@@ -208,7 +209,7 @@ def add_arguments(parser) -> None:
 
 def main(args, overrides: Sequence[str] = ()) -> int:
     if overrides:
-        raise ValueError(f"a3jax report takes no --config overrides (got {list(overrides)})")
+        raise UserError(f"a3jax report takes no --config overrides (got {list(overrides)})")
     summary = build_report(args.dirs, args.out)
     complete = sum(1 for r in summary["runs"] if not r["problems"])
     print(f"[a3jax] report of {len(summary['runs'])} runs ({complete} complete, {len(summary['problems'])} "

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from a3jax.errors import UserError
 from a3jax.study.disk import EVAL_FILE, SWEEP_FILE, disk_status, read_json, write_json
 from a3jax.study.evaluate import evaluate_point, one_line
 from a3jax.study.spec import eval_settings, load_sweep, normal_overrides, point_config, select
@@ -108,7 +109,7 @@ def run_sweep(config_path, root, *, overrides: Sequence[str] = (), only=None, pr
     experiments = {p.name: point_config(sweep, p, overrides, root) for p in chosen}  # fail fast, name the point
     owner = (read_json(root / SWEEP_FILE) or {}).get("config")
     if owner and pathlib.Path(owner).resolve() != sweep.path.resolve():
-        raise ValueError(f"--root {root} holds the sweep of {owner} ({root / SWEEP_FILE}); use another --root "
+        raise UserError(f"--root {root} holds the sweep of {owner} ({root / SWEEP_FILE}); use another --root "
                          f"for {sweep.path}")
     root.mkdir(parents=True, exist_ok=True)
     runtime: dict[str, dict] = {}

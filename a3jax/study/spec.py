@@ -22,6 +22,8 @@ import pathlib
 import re
 from collections.abc import Sequence
 
+from a3jax.errors import UserError
+
 POINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 SEED_SUFFIX = re.compile(r"[-_](?:s|seed)\d+$")
 EVAL_KEYS = {"orders", "nll_rows", "nll_batch_size", "infill"}
@@ -83,29 +85,29 @@ def load_sweep(path: str | pathlib.Path) -> Sweep:
     module = _load_module(path)
     for needed in ("get_config", "get_sweep"):
         if not hasattr(module, needed):
-            raise ValueError(f"sweep file {path} defines no {needed}() function; a sweep file defines "
+            raise UserError(f"sweep file {path} defines no {needed}() function; a sweep file defines "
                              "get_config() (the base config) and get_sweep() (the points)")
     raw = module.get_sweep()
     if not isinstance(raw, (list, tuple)) or not raw:
-        raise ValueError(f"{path}: get_sweep() must return a non-empty list of points")
+        raise UserError(f"{path}: get_sweep() must return a non-empty list of points")
     points, seen = [], set()
     for index, item in enumerate(raw):
         where = f"{path}: point {index}"
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise ValueError(f"{where} must be a dict with a 'name' string and an 'overrides' dict")
+            raise UserError(f"{where} must be a dict with a 'name' string and an 'overrides' dict")
         name = item["name"]
         if not POINT_NAME.match(name):
-            raise ValueError(f"{where}: name {name!r} must be a folder name (letters, digits, _ . + -)")
+            raise UserError(f"{where}: name {name!r} must be a folder name (letters, digits, _ . + -)")
         if name in seen:
-            raise ValueError(f"{where}: the name {name!r} is used twice; point names must be unique")
+            raise UserError(f"{where}: the name {name!r} is used twice; point names must be unique")
         seen.add(name)
         overrides = item.get("overrides", {})
         if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
-            raise ValueError(f"{where} ({name}): 'overrides' must be a dict of dotted keys, e.g. "
+            raise UserError(f"{where} ({name}): 'overrides' must be a dict of dotted keys, e.g. "
                              "{'model.variant': 'causal'}")
         unknown = set(item) - {"name", "overrides", "group"}
         if unknown:
-            raise ValueError(f"{where} ({name}): unknown keys {sorted(unknown)}; a point has name, "
+            raise UserError(f"{where} ({name}): unknown keys {sorted(unknown)}; a point has name, "
                              "overrides and optionally group")
         overrides = {k.removeprefix("--").removeprefix("config."): v for k, v in overrides.items()}
         points.append(Point(name, overrides, str(item.get("group") or group_of(name))))
@@ -117,16 +119,16 @@ def _check_eval(spec, path) -> dict:
     """get_eval()'s dict checked (unknown keys, plans and orders that do not parse), infill defaults
     filled in; orders and nll_rows stay None when not given (each point's config fills them)."""
     if not isinstance(spec, dict):
-        raise ValueError(f"{path}: get_eval() must return a dict")
+        raise UserError(f"{path}: get_eval() must return a dict")
     unknown = set(spec) - EVAL_KEYS
     if unknown:
-        raise ValueError(f"{path}: get_eval() has unknown keys {sorted(unknown)}; valid: {sorted(EVAL_KEYS)}")
+        raise UserError(f"{path}: get_eval() has unknown keys {sorted(unknown)}; valid: {sorted(EVAL_KEYS)}")
     infill = spec.get("infill", {})
     if infill is None:
         infill = {"plans": []}
     bad = set(infill) - set(INFILL_DEFAULTS)
     if bad:
-        raise ValueError(f"{path}: get_eval()['infill'] has unknown keys {sorted(bad)}; valid: "
+        raise UserError(f"{path}: get_eval()['infill'] has unknown keys {sorted(bad)}; valid: "
                          f"{sorted(INFILL_DEFAULTS)}")
     infill = {**INFILL_DEFAULTS, **infill}
     infill["plans"] = list(infill["plans"])
@@ -164,7 +166,7 @@ def select(points: Sequence[Point], only) -> list[Point]:
     for pattern in wanted:
         hits = [p for p in points if fnmatch.fnmatchcase(p.name, pattern) or p.group == pattern]
         if not hits:
-            raise ValueError(f"--only {pattern!r} matches no point; the points are "
+            raise UserError(f"--only {pattern!r} matches no point; the points are "
                              f"{', '.join(p.name for p in points)}")
         chosen.extend(h for h in hits if h not in chosen)
     return [p for p in points if p in chosen]  # in sweep order
@@ -186,4 +188,4 @@ def point_config(sweep: Sweep, point: Point, overrides: Sequence[str] = (), root
         apply_overrides(config, normal_overrides(overrides) + items)
         return parse(config)
     except ValueError as error:
-        raise ValueError(f"point {point.name}: {error}") from None
+        raise UserError(f"point {point.name}: {error}") from None

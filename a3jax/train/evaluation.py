@@ -10,7 +10,6 @@ import jax
 from a3jax.data import ByteTokenizer, eval_batch, target_bytes
 from a3jax.orders import is_bound_order
 from a3jax.train.metrics import read_metrics
-from a3jax.variants import policy_of
 
 
 def byte_counts(eval_batches: dict, tokenizer) -> dict[str, int] | None:
@@ -42,7 +41,7 @@ class Evaluator:
 
     def __init__(self, exp, corpus, tokenizer, eval_step, log):
         specs = list(exp.orders.eval)
-        allowed = policy_of(exp.model.variant).eval_orders(specs)
+        allowed = exp.model.facts.eval_orders(specs)
         if allowed != specs:
             log(f"{exp.model.variant} model: evaluating under the orders {allowed} only")
         self.batches = {s: eval_batch(exp, corpus, tokenizer, s, exp.train.eval_rows) for s in allowed}

@@ -17,7 +17,8 @@ from a3jax.checkpoint import Checkpointer, load_params
 from a3jax.configs import Experiment, parse
 from a3jax.data import load_corpus, load_tokenizer, train_batches
 from a3jax.data.corpus import Corpus
-from a3jax.layout import grid_violations
+from a3jax.data.pipeline import GROUP_SIZE
+from a3jax.errors import UserError
 from a3jax.model.config import EXECUTION_FIELDS
 from a3jax.model.params import abstract_params, causal_to_a3, init_model
 from a3jax.model.sharding import axis_rules
@@ -43,21 +44,21 @@ def train(config, workdir: str | pathlib.Path, *, stop_after: int | None = None,
     checkpoints), "must" (refuse one that has none).
     """
     if resume not in RESUME_MODES:
-        raise ValueError(f"--resume={resume!r} is not one of {RESUME_MODES}")
+        raise UserError(f"--resume={resume!r} is not one of {RESUME_MODES}")
     exp = parse(config)
     tokenizer = load_tokenizer(exp.data)
     tokenizer.check_vocab(exp.model.vocab_size)
     workdir = pathlib.Path(workdir)
     if resume == "must" and not any((workdir / "checkpoints").glob("[0-9]*")):
-        raise ValueError(f"--resume=must but there is no checkpoint in {workdir / 'checkpoints'} to resume")
+        raise UserError(f"--resume=must but there is no checkpoint in {workdir / 'checkpoints'} to resume")
     checkpointer = Checkpointer(workdir, keep=exp.train.keep_checkpoints, writer=True)
     try:
         latest = checkpointer.latest_step()
         if resume == "never" and latest is not None:
-            raise ValueError(f"--resume=never but {checkpointer.directory} holds checkpoints up to step {latest}; "
+            raise UserError(f"--resume=never but {checkpointer.directory} holds checkpoints up to step {latest}; "
                              "use a new --workdir, or --resume=auto to continue from it")
         if resume == "must" and latest is None:
-            raise ValueError(f"--resume=must but there is no checkpoint in {checkpointer.directory} to resume")
+            raise UserError(f"--resume=must but there is no checkpoint in {checkpointer.directory} to resume")
         checkpointer.check_compatible(exp.model.to_dict())  # before anything is written
         mesh = parallel.make_mesh(exp.mesh)
         with jax.set_mesh(mesh), axis_rules(exp.mesh.rules):
@@ -102,30 +103,26 @@ def _weights_from(exp: Experiment) -> dict:
     differs = {k: (v, here[k]) for k, v in source.to_dict().items()
                if k not in ("variant", "dtype", "init_std") + EXECUTION_FIELDS and v != here[k]}
     if differs:
-        raise ValueError(f"train.init_from={exp.train.init_from} holds a different model: "
+        raise UserError(f"train.init_from={exp.train.init_from} holds a different model: "
                          + ", ".join(f"model.{k}={a!r} there, {b!r} here" for k, (a, b) in differs.items()))
-    if source.variant == exp.model.variant:
+    here_facts = exp.model.facts
+    here_facts.check_start_from(source.facts, f"train.init_from={exp.train.init_from}")
+    if source.facts.query_stream == here_facts.query_stream:
         _log(f"starting from the weights of {exp.train.init_from} (step {step})")
         return params
-    if (source.variant, exp.model.variant) != ("causal", "a3"):
-        raise ValueError(f"train.init_from={exp.train.init_from} holds a {source.variant} model; a "
-                         f"{exp.model.variant} run can start from a {exp.model.variant} or (for a3) a causal one")
     params, note = causal_to_a3(params, exp.seed, exp.train.query_init)
-    _log(f"starting from the causal model of {exp.train.init_from} (step {step}) as a3: every weight "
+    _log(f"starting from the {source.variant} model of {exp.train.init_from} (step {step}) as "
+         f"{exp.model.variant}: every weight "
          f"copied; query vector {note}")
     return params
 
 
-def _checked_group_size(exp: Experiment, step: int, local) -> int:
-    """The step's one group size (data.align_groups); checks on the host that the rows really are
-    grid-aligned to it, because a static-mask kernel would silently read the wrong keys otherwise."""
-    size = exp.curriculum.step_group_size(exp.seed, step, exp.train.batch_size)
-    bad = grid_violations(local["segment_ids"], local["groups"], size)
-    if bad.any():
-        row, slot = (int(i[0]) for i in np.nonzero(bad))
-        raise RuntimeError(f"step {step}: row {row} slot {slot} is not aligned to the step's group size "
-                           f"{size}; the data pipeline broke the grid contract (a3jax.layout), report a bug")
-    return size
+def _group_size(local: dict) -> int | None:
+    """The step's one group size, carried by an aligned batch (data.align_groups; the pipeline
+    builds its rows aligned to it, tests/test_group_grid.py checks the grid), removed from the
+    batch: it is a static argument of the step, not device data. None for other batches."""
+    sizes = local.pop(GROUP_SIZE, None)
+    return None if sizes is None else int(np.asarray(sizes).reshape(-1)[0])
 
 
 def _train_on_mesh(exp: Experiment, workdir, tokenizer, checkpointer, stop_after, corpus, progress, mesh):
@@ -169,7 +166,7 @@ def _train_on_mesh(exp: Experiment, workdir, tokenizer, checkpointer, stop_after
                                                     process_count=jax.process_count()) as batches:
             for step in range(start, end):
                 local = next(batches)
-                group_size = _checked_group_size(exp, step, local) if exp.data.align_groups else None
+                group_size = _group_size(local)
                 batch = parallel.global_batch(local, shardings[2])
                 params, opt_state, metrics = train_step(params, opt_state, step, batch, group_size)
                 done = summary["step"] = step + 1

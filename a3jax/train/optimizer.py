@@ -6,6 +6,7 @@ import jax
 import optax
 
 from a3jax.configs import SCHEDULES, TrainConfig
+from a3jax.errors import UserError
 
 
 def learning_rate_schedule(train_config: TrainConfig) -> optax.Schedule:
@@ -16,7 +17,7 @@ def learning_rate_schedule(train_config: TrainConfig) -> optax.Schedule:
     floor = peak * train_config.min_lr_ratio
     kind = train_config.schedule
     if kind not in SCHEDULES:
-        raise ValueError(f"train.schedule={kind!r} is not one of {SCHEDULES}")
+        raise UserError(f"train.schedule={kind!r} is not one of {SCHEDULES}")
     warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
     rest = max(steps - warmup, 1)
     if kind == "cosine":

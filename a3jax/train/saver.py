@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
+from a3jax.errors import UserError
 
-class CheckpointWriteError(OSError):
+
+class CheckpointWriteError(UserError, OSError):
     """A checkpoint could not be written (disk full, quota, permissions); earlier ones are intact."""
 
 

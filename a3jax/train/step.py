@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from a3jax.loss import eval_totals, loss_fn
+from a3jax.loss import eval_totals, mean_loss
 from a3jax.model.params import ModelDef, abstract_params, init_model  # noqa: F401  (the model's home)
 
 
@@ -25,7 +25,8 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
     grid-aligned (data.align_groups), for the static-mask attention backends; one compile per size.
     """
     def nll_sum(p, micro, group_size):
-        _, aux = loss_fn(model_def.bind(p), micro, group_size)
+        model = model_def.bind(p)
+        _, aux = mean_loss(model(micro, group_size=group_size), micro, model.facts)
         return aux["nll_sum"], aux["n_targets"]
 
     def train_step(params, opt_state, step, batch, group_size=None):
@@ -72,6 +73,7 @@ def make_eval_step(model_def: ModelDef, eos_id: int):
     @jax.jit
     def eval_step(params, batch):
         # nll_sum, n_targets, n_bytes (EOS excluded); for mdlm the bound, with bytes counted exactly
-        return eval_totals(model_def.bind(params), batch, eos_id)
+        model = model_def.bind(params)
+        return eval_totals(model(batch), batch, model.facts, eos_id)
 
     return eval_step

@@ -22,6 +22,8 @@ Used by config files as `from a3jax.configs.presets import curricula`.
 
 from __future__ import annotations
 
+from a3jax.errors import UserError
+
 PRESETS: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
     "paper_5_stage": (("ar", "blocks(2)", "blocks(4)", "random(4)", "random(8)"), (0.2, 0.4, 0.6, 0.8)),
     "direct_any_order": (("random_sizes(1,8)",), ()),
@@ -40,7 +42,7 @@ def stages(name: str) -> tuple[str, ...]:
 def boundaries(name: str, total_steps: int) -> list[int]:
     """The step at which each stage but the last ends: strictly increasing, each >= 1."""
     if int(total_steps) < 1:
-        raise ValueError(f"total_steps={total_steps} must be >= 1")
+        raise UserError(f"total_steps={total_steps} must be >= 1")
     bounds, previous = [], 0
     for fraction in _preset(name)[1]:
         previous = max(int(round(fraction * int(total_steps))), previous + 1)
@@ -57,5 +59,5 @@ def curriculum(name: str, total_steps: int) -> str:
 
 def _preset(name: str):
     if name not in PRESETS:
-        raise ValueError(f"unknown curriculum preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown curriculum preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
