@@ -122,6 +122,8 @@ class Checkpointer:
         if step is None:
             return
         saved = self.read_meta(step).get("model", {})
+        if saved:  # keys added since that checkpoint was written take their defaults
+            saved = ModelConfig.from_mapping(saved).to_dict()
         # The attention backend, chunking and remat policy change how, not what, the model computes.
         saved, model_config = ({k: v for k, v in c.items() if k not in EXECUTION_FIELDS}
                                for c in (saved, model_config))

@@ -94,24 +94,15 @@ def _tokenizer_overrides(module, workdir: pathlib.Path, overrides) -> list[str]:
     """A preset with BPE_VOCAB > 0 trains on subword tokens: a byte-level BPE of that size is trained
     once on the training files (never the held-out ones) into WORKDIR/tokenizer.json and named
     in both stages' configs. A --config.data.tokenizer override keeps the tokenizer it names."""
-    from a3jax.configs import apply_overrides, override_key, parse
-    from a3jax.data import load_corpus, load_tokenizer, train_bpe
+    from a3jax.configs import override_key
+    from a3jax.data.bpe import bpe_overrides, ensure_bpe
 
     vocab = int(getattr(module, "BPE_VOCAB", 0))
     if not vocab or any(override_key(o) == "data.tokenizer" for o in overrides):
         return []
-    path = workdir / "tokenizer.json"
-    if not path.is_file():
-        started = time.perf_counter()
-        data = parse(apply_overrides(module.pretrain_config(), [*overrides, "data.tokenizer=bytes"])).data
-        byte_tokenizer = load_tokenizer("bytes")
-        texts = [byte_tokenizer.decode(doc) for doc in load_corpus(data, byte_tokenizer).train_docs]
-        tokenizer = train_bpe(texts, vocab, path)
-        sample = texts[: 50]
-        ratio = sum(len(t.encode()) for t in sample) / max(sum(len(tokenizer.encode(t)) for t in sample), 1)
-        _say(f"0/3 trained a byte-level BPE tokenizer of {vocab} tokens on the {len(texts)} training files "
-             f"in {time.perf_counter() - started:.0f} s ({ratio:.1f} bytes per token) -> {path}")
-    return [f"data.tokenizer={path.absolute()}", f"model.vocab_size={vocab}"]
+    path = ensure_bpe(vocab, workdir / "tokenizer.json", module.pretrain_config(), overrides,
+                      log=lambda message: _say(f"0/3 {message}"))
+    return bpe_overrides(vocab, path)
 
 
 def _write_prompt(tokenizer, spans, path: pathlib.Path) -> pathlib.Path:

@@ -174,6 +174,30 @@ def key_ranges(segment_ids_BxN, groups_BxN) -> KeyRanges:
     return KeyRanges(key_start, content_end, query_end)
 
 
+def previous_slots(segment_ids_BxN, positions_BxN, groups_BxN):
+    """For every slot of a sorted layout: the slot holding the previous position of its document,
+    and whether that token is KNOWN to the slot's query row -- in an earlier group. Jittable.
+
+    Returns (previous_BxN int32, known_BxN bool). known is False for BOS (position 0), padding, and
+    wherever position i - 1 is in the same or a later group than i (the shifted query stream must
+    not read it there: tests/test_model.py checks with gradients).
+    """
+    segment_ids_BxN = jnp.asarray(segment_ids_BxN)
+    positions_BxN = jnp.asarray(positions_BxN).astype(jnp.int32)
+    groups_BxN = jnp.asarray(groups_BxN)
+    b, n = segment_ids_BxN.shape
+    real_BxN = segment_ids_BxN > PAD_SEGMENT
+    # a document fills the slots [start, start + L + 1) with its positions 0..L in some order
+    start_BxN = key_ranges(segment_ids_BxN, groups_BxN).key_start
+    home_BxN = jnp.where(real_BxN, start_BxN + positions_BxN, n)  # padding lands out of range: dropped
+    rows_Bx1 = jnp.arange(b)[:, None]
+    slot_of_BxN = jnp.zeros((b, n), jnp.int32).at[rows_Bx1, home_BxN].set(
+        jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n)), mode="drop")
+    previous_BxN = jnp.take_along_axis(slot_of_BxN, jnp.clip(home_BxN - 1, 0, n - 1), axis=1)
+    earlier = jnp.take_along_axis(groups_BxN, previous_BxN, axis=1) < groups_BxN
+    return previous_BxN, real_BxN & (positions_BxN > 0) & earlier
+
+
 def _stretch_ends(starts: np.ndarray) -> np.ndarray:
     """For bool [..., N] marks of where stretches start: the (exclusive) end of each slot's stretch,
     found by scanning from the right for the next start."""

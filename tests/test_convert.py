@@ -118,6 +118,14 @@ def test_converted_models_match_transformers(case, hf_models, tmp_path):
     assert "partial" not in (tmp_path / "a3" / "experiment.py").read_text()
     assert not list(tmp_path.glob(".*partial*"))
 
+    # converted with the shifted query stream, the a3 model predicts position i as transformers'
+    # row i - 1 does, under 'ar': the HF model exactly, before any training
+    cfg, model_def, params, _ = load_converted(convert(hf_dir, tmp_path / "a3shift", "a3",
+                                                       **{"model.query_input": "shift"}))
+    assert cfg.query_input == "shift"
+    shifted = jax.jit(lambda p, b: model_def.bind(p)(b))(params, batch)
+    np.testing.assert_allclose(np.asarray(shifted)[:, 1:], hf_logits[:, :-1], atol=1e-4, rtol=0)
+
 
 def _interleave_rows(w_in_out, n_heads, head_dim):
     """Rotate-half columns -> Meta's interleaved layout (the inverse of HF's permute)."""
@@ -180,33 +188,38 @@ def _a3jax_workdir(path, cfg, seed=0):
     return params
 
 
-A3_CFG = ModelConfig(variant="a3", vocab_size=VOCAB, d_model=HIDDEN, n_layers=LAYERS, n_heads=4, n_kv_heads=2,
-                     ffn_dim=FFN, tie_embeddings=False, rope_theta=500000.0, dtype="float32", init_std=0.2,
-                     rope_scaling=ModelConfig.from_mapping({"rope_scaling": {
-                         "kind": "llama3", "original_max_position": 16}}).rope_scaling)
+def a3_config(query_input="vector"):
+    return ModelConfig(variant="a3", vocab_size=VOCAB, d_model=HIDDEN, n_layers=LAYERS, n_heads=4, n_kv_heads=2,
+                       ffn_dim=FFN, tie_embeddings=False, rope_theta=500000.0, dtype="float32", init_std=0.2,
+                       rope_scaling=ModelConfig.from_mapping({"rope_scaling": {
+                           "kind": "llama3", "original_max_position": 16}}).rope_scaling, query_input=query_input)
 
 
-@pytest.fixture(scope="module")
-def exported_a3(tmp_path_factory):
-    """a3jax (a3, untied, GQA, llama3) -> export through the CLI entry point (sharded f32)."""
-    root = tmp_path_factory.mktemp("a3export")
-    params = _a3jax_workdir(root / "work", A3_CFG)
+@pytest.fixture(scope="module", params=["vector", "shift"])
+def exported_a3(tmp_path_factory, request):
+    """a3jax (a3, untied, GQA, llama3; each query input) -> export through the CLI entry point
+    (sharded f32). Returns (root, params, config)."""
+    root = tmp_path_factory.mktemp(f"a3export-{request.param}")
+    cfg = a3_config(request.param)
+    params = _a3jax_workdir(root / "work", cfg)
     parser = argparse.ArgumentParser()
     add_export_arguments(parser)
     export_main(parser.parse_args(["--workdir", str(root / "work"), "--out", str(root / "hf"),
                                    "--max-shard-size", "30KB"]))
-    return root, params
+    return root, params, cfg
 
 
 def test_round_trip_is_bitwise(exported_a3, tmp_path):
-    root, params = exported_a3
+    root, params, a3_cfg = exported_a3
     assert (root / "hf" / "model.safetensors.index.json").is_file()
+    assert json.loads((root / "hf" / "config.json").read_text())["a3"]["query_input"] == a3_cfg.query_input
     parser = argparse.ArgumentParser()
     add_convert_arguments(parser)
     args = parser.parse_args(["--from-hf", str(root / "hf"), "--out", str(tmp_path / "back"), "--variant", "a3"])
+    # the base config says query_input=vector: the export's trained query vector keeps its own input
     assert convert_main(args, ["--config.model.dtype=float32", "--config.model.init_std=0.2"]) == 0
     cfg, _, _, back = load_converted(tmp_path / "back")
-    assert cfg == A3_CFG
+    assert cfg == a3_cfg
     flat, back_flat = jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves_with_path(back)
     assert [k for k, _ in flat] == [k for k, _ in back_flat]
     for (key, a), (_, b) in zip(flat, back_flat):
@@ -225,12 +238,12 @@ def test_round_trip_is_bitwise(exported_a3, tmp_path):
 
 
 def test_transformers_loads_export(exported_a3):
-    root, params = exported_a3
+    root, params, a3_cfg = exported_a3
     model, info = transformers.LlamaForCausalLM.from_pretrained(root / "hf", output_loading_info=True)
     assert info["missing_keys"] in ([], set()) and "model.query_embed" in info["unexpected_keys"]
     tokens = np.random.default_rng(3).integers(0, VOCAB, size=(2, N))
     hf_logits, _ = hf_outputs(model.float().eval(), tokens)
-    model_def, _ = abstract_params(A3_CFG)
+    model_def, _ = abstract_params(a3_cfg)
     jparams = jax.tree.map(jnp.asarray, params)
     batch = ar_batch(tokens)
 
@@ -260,9 +273,10 @@ def _packed_batch(seed):
 def test_torch_reference_matches_a3jax_query_stream(exported_a3):
     from a3jax.convert.torch_ref import A3Reference
 
-    root, params = exported_a3
+    root, params, a3_cfg = exported_a3
     reference = A3Reference.from_pretrained(root / "hf")
-    model_def, _ = abstract_params(A3_CFG)
+    assert reference.shifted == (a3_cfg.query_input == "shift")
+    model_def, _ = abstract_params(a3_cfg)
     jparams = jax.tree.map(jnp.asarray, params)
     run = jax.jit(lambda p, b: model_def.bind(p)(b))
     for seed in range(2):

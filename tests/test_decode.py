@@ -26,10 +26,13 @@ from support import model_log_probs
 BOS, PAD, EOS = 10, 11, 9
 
 
-def _model(variant="a3", vocab=12, seed=0, init_std=0.3):
+def _model(variant="a3", vocab=12, seed=0, init_std=0.3, query_input="vector"):
     cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=64,
-                      dtype="float32", init_std=init_std, variant=variant)
+                      dtype="float32", init_std=init_std, variant=variant, query_input=query_input)
     return init_model(cfg, seed)
+
+
+QUERY_INPUTS = ["vector", "shift"]  # model.query_input: every decoding property holds for both
 
 
 def _batch(layout):
@@ -89,9 +92,9 @@ def test_training_and_decoding_run_the_same_layer(variant, monkeypatch):
 
 
 
-@pytest.mark.parametrize("variant", ["a3", "causal"])
-def test_cached_logits_equal_the_full_forward(variant):
-    model_def, params = _model(variant)
+@pytest.mark.parametrize("variant, query_input", [("a3", "vector"), ("a3", "shift"), ("causal", "vector")])
+def test_cached_logits_equal_the_full_forward(variant, query_input):
+    model_def, params = _model(variant, query_input=query_input)
     model = model_def.bind(params)
     doc = np.random.default_rng(0).integers(0, 9, 10).astype(np.int32)
     groups = np.array([0, 2, 1, 0, 3, 3, 2, 1, 4, 4]) if variant == "a3" else np.arange(1, 11)
@@ -134,9 +137,10 @@ def _reference_keys_values(model, layout):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("query_input", QUERY_INPUTS)
 @pytest.mark.parametrize("plan", ["random(3)", "confidence(2)"])
-def test_cached_keys_values_equal_a_recompute_after_all_groups(plan):
-    model_def, params = _model()
+def test_cached_keys_values_equal_a_recompute_after_all_groups(plan, query_input):
+    model_def, params = _model(query_input=query_input)
     model = model_def.bind(params)
     rng = np.random.default_rng(1)
     docs = [rng.integers(0, 9, 10).astype(np.int32), rng.integers(0, 9, 7).astype(np.int32)]
@@ -159,8 +163,9 @@ def test_cached_keys_values_equal_a_recompute_after_all_groups(plan):
 @pytest.mark.parametrize("plan, context", [
     ("ar", "ar"), ("blocks(2)", "group"), ("random(3)", "ar"), ("groups", "group"), ("confidence(2)", "ar"),
     ("entropy(steps=3)", "group"), ("margin(steps=4, schedule=cosine)", "ar"), ("random_pick(2)", "group")])
-def test_reported_log_probs_equal_the_full_forward_under_the_groups_used(plan, context):
-    model_def, params = _model()
+@pytest.mark.parametrize("query_input", QUERY_INPUTS)
+def test_reported_log_probs_equal_the_full_forward_under_the_groups_used(plan, context, query_input):
+    model_def, params = _model(query_input=query_input)
     rng = np.random.default_rng(2)
     docs = [rng.integers(0, 9, 10).astype(np.int32), rng.integers(0, 9, 7).astype(np.int32)]
     known = [np.array([1, 0, 0, 1, 0, 0, 0, 1, 0, 0], bool), np.array([0, 1, 0, 0, 1, 0, 0], bool)]
@@ -197,9 +202,9 @@ def _exact_distribution(model_def, params, groups):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("plan", ["ar", "random(2)"])
-def test_samples_follow_the_exact_distribution_chi_square(plan):
-    model_def, params = _model(vocab=3, seed=4, init_std=1.0)
+@pytest.mark.parametrize("plan, query_input", [("ar", "vector"), ("random(2)", "vector"), ("random(2)", "shift")])
+def test_samples_follow_the_exact_distribution_chi_square(plan, query_input):
+    model_def, params = _model(vocab=3, seed=4, init_std=1.0, query_input=query_input)
     n = 20_000
     docs = [np.zeros(4, np.int32)] * n
     known = [np.zeros(4, bool)] * n
@@ -368,11 +373,12 @@ def test_generate_rejects_documents_longer_than_max_len_and_full_documents():
         generate(model_def, params, [np.zeros(4, np.int32)], [np.ones(4, bool)], bos_id=BOS, pad_id=PAD)
 
 
+@pytest.mark.parametrize("query_input", QUERY_INPUTS)
 @pytest.mark.parametrize("plan", ["ar", "random(2)"])
-def test_score_equals_the_sum_of_the_samplers_log_probs_when_forced(plan):
+def test_score_equals_the_sum_of_the_samplers_log_probs_when_forced(plan, query_input):
     from a3jax.eval.score import sequence_log_probs
 
-    model_def, params = _model()
+    model_def, params = _model(query_input=query_input)
     rng = np.random.default_rng(6)
     docs = [rng.integers(0, 9, n).astype(np.int32) for n in (7, 4, 10)]
     result = generate(model_def, params, [np.zeros_like(d) for d in docs], [np.zeros(d.size, bool) for d in docs],
@@ -422,13 +428,15 @@ def test_groups_with_another_plan_are_refused(plan):
 
 CASES = [("a3", "recompute", "ar"), ("a3", "recompute", "random(2)"), ("a3", "recompute", "confidence(2)"),
          ("mdlm", "recompute", "random(2)"), ("mdlm", "recompute", "entropy(steps=3)"),
-         ("a3", "cached", "random(2)"), ("a3", "cached", "margin(2)")]
+         ("a3", "cached", "random(2)"), ("a3", "cached", "margin(2)"),
+         ("a3-shift", "recompute", "random(2)"), ("a3-shift", "cached", "margin(2)")]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant, mode, plan", CASES)
 def test_groupings_reproduce_the_log_probs_in_a_full_forward(variant, mode, plan):
-    model_def, params = _model(variant)
+    variant, _, shift = variant.partition("-")
+    model_def, params = _model(variant, query_input=shift or "vector")
     docs, known = _holes_docs()
     result = generate(model_def, params, docs, known, bos_id=BOS, pad_id=HOLES_PAD,
                       sampling=SampleConfig(plan=plan, mode=mode, seed=5))

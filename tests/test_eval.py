@@ -36,9 +36,11 @@ SEQ = 24
 
 @functools.cache
 def tiny_model(variant="a3"):
-    """A random tiny model with large weights (sharp, varied predictions); numpy init, no compile."""
+    """A random tiny model with large weights (sharp, varied predictions); numpy init, no compile.
+    variant "a3-shift": the a3 model with model.query_input=shift."""
+    variant, _, shift = variant.partition("-")
     cfg = ModelConfig(variant=variant, vocab_size=V, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1,
-                      ffn_dim=32, dtype="float32")
+                      ffn_dim=32, dtype="float32", query_input=shift or "vector")
     model_def, shapes = abstract_params(cfg)
     rng = np.random.default_rng(3)
 
@@ -106,7 +108,8 @@ def explicit_continuation(model_def, params, context, continuation, *, seq_len, 
 
 # Exact scoring ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("variant,groups", [("a3", [0, 2, 1, 2]), ("a3", [0, 1, 2, 3]), ("causal", [0, 1, 2, 3])])
+@pytest.mark.parametrize("variant,groups", [("a3", [0, 2, 1, 2]), ("a3", [0, 1, 2, 3]), ("causal", [0, 1, 2, 3]),
+                                            ("a3-shift", [0, 2, 1, 2]), ("a3-shift", [0, 1, 2, 3])])
 def test_sequence_probabilities_sum_to_one(variant, groups):
     # Every id allowed as a token: P(x | context) summed over all 6**3 target strings is 1 exactly
     # when each target is predicted only from tokens of earlier groups.
@@ -122,8 +125,9 @@ def test_sequence_probabilities_sum_to_one(variant, groups):
     assert log_p[37] == pytest.approx(reference_total(model_def, params, layout), abs=1e-5)
 
 
-def test_sequence_log_probs_do_not_depend_on_packing_or_batch_size():
-    model_def, params = tiny_model()
+@pytest.mark.parametrize("variant", ["a3", "a3-shift"])
+def test_sequence_log_probs_do_not_depend_on_packing_or_batch_size(variant):
+    model_def, params = tiny_model(variant)
     rng = np.random.default_rng(0)
     lengths = (3, 9, 1, 14, 6, 2, 11, 5, 4, 7)
     docs = [rng.integers(0, V, size=n).astype(np.int32) for n in lengths]
@@ -138,7 +142,7 @@ def test_sequence_log_probs_do_not_depend_on_packing_or_batch_size():
                                  [groups[0], np.ones(30, np.int32)], **kwargs)
 
 
-@pytest.mark.parametrize("variant", ["a3", "causal"])
+@pytest.mark.parametrize("variant", ["a3", "causal", "a3-shift"])
 def test_loglikelihood_equals_per_token_forwards_and_greedy_flags(variant):
     model_def, params = tiny_model(variant)
     kwargs = dict(seq_len=SEQ, bos_id=BOS, pad_id=PAD)
@@ -163,7 +167,7 @@ def test_loglikelihood_equals_per_token_forwards_and_greedy_flags(variant):
     assert results[0][1] is bool(np.array_equal(continuation, greedy))
     from_bos, _ = explicit_continuation(model_def, params, empty, greedy, context_order=order, **kwargs)
     assert results[3][0] == pytest.approx(float(np.sum(from_bos)), abs=1e-4)
-    if variant == "a3":  # the context as one group: a different (valid) conditional
+    if variant != "causal":  # the context as one group: a different (valid) conditional
         ar, _ = explicit_continuation(model_def, params, context, continuation, context_order="group", **kwargs)
         got = score.loglikelihood(model_def, params, requests[:1], context_order="group", **kwargs)[0][0]
         assert got == pytest.approx(float(np.sum(ar)), abs=1e-4)

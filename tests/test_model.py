@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from a3jax import layout as layout_lib
 from a3jax import orders
 from a3jax.layout import build_layout, stack_layouts
 from a3jax.model import ModelConfig, Transformer
@@ -41,9 +42,10 @@ GROUPINGS = {
 }
 
 
+@pytest.mark.parametrize("query_input", ["vector", "shift"])
 @pytest.mark.parametrize("name", sorted(GROUPINGS))
-def test_probabilities_sum_to_one_over_all_sequences(name):
-    model = tiny_model()
+def test_probabilities_sum_to_one_over_all_sequences(name, query_input):
+    model = tiny_model(query_input=query_input)
     groups = GROUPINGS[name]
     sequences = np.array(list(itertools.product(range(5), repeat=4)), np.int32)
     batch = as_batch([build_layout([seq], [groups], 6, bos_id=BOS, pad_id=PAD) for seq in sequences])
@@ -65,22 +67,31 @@ def test_causal_variant_normalises_too():
     assert abs(probs.sum() - 1.0) < 1e-5
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_no_mask_leak_in_gradients(seed):
+def leak_influence(seed, query_input="vector"):
+    """(influence [row i, key j] of the logits on the input embeddings, layout) of two random
+    documents in random groups."""
     rng = np.random.default_rng(seed)
     sampler = orders.parse_sampler("random_sizes(1,3)")
     docs = [rng.integers(0, 3, size=7), rng.integers(0, 3, size=5)]
     groups = [sampler(len(d), rng) for d in docs]
     layout = build_layout(docs, groups, 16, bos_id=BOS, pad_id=PAD)
     batch = as_batch([layout])
-    model = tiny_model(seed=seed)
+    model = tiny_model(seed=seed, query_input=query_input)
     embeds = model.embed_tokens(batch["tokens"])[0]
 
     def logits_of(embeds_NxD):
         return model(batch, inputs_embeds=embeds_NxD[None])[0]
 
     jac = jax.jit(jax.jacrev(logits_of))(embeds)  # [N, V, N, D]
-    influence = np.abs(np.asarray(jac)).sum(axis=(1, 3))  # [row i, key j]
+    return np.abs(np.asarray(jac)).sum(axis=(1, 3)), layout
+
+
+@pytest.mark.parametrize("query_input", ["vector", "shift"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_mask_leak_in_gradients(seed, query_input):
+    """A target's logits depend on no token of its own or a later group (for the shifted query
+    stream: token i - 1 never reaches the row of position i unless i - 1 is in an earlier group)."""
+    influence, layout = leak_influence(seed, query_input)
     seg, grp = layout["segment_ids"], layout["groups"]
     real = seg > 0
     visible = (seg[:, None] == seg[None, :]) & (grp[None, :] < grp[:, None])
@@ -91,6 +102,42 @@ def test_no_mask_leak_in_gradients(seed):
     # Padding never influences real rows; visible earlier groups do influence targets.
     assert np.all(influence[np.ix_(real, ~real)] == 0.0)
     assert np.all(influence[targets[:, None] & visible] > 0)
+
+
+def test_the_leak_check_has_power_against_a_shift_that_ignores_groups(monkeypatch):
+    """A shifted query stream that read token i - 1 whatever its group would leak: the gradient
+    check above finds it."""
+    from a3jax.model import transformer
+
+    def leaky(segment_ids, positions, groups):
+        previous, _ = layout_lib.previous_slots(segment_ids, positions, groups)
+        return previous, (segment_ids > 0) & (positions > 0)  # "known" regardless of the groups
+
+    monkeypatch.setattr(transformer, "previous_slots", leaky)
+    influence, layout = leak_influence(0, "shift")
+    seg, grp = layout["segment_ids"], layout["groups"]
+    visible = (seg[:, None] == seg[None, :]) & (grp[None, :] < grp[:, None])
+    forbidden = (layout["loss_mask"] > 0)[:, None] & ~visible
+    assert np.any(influence[forbidden] > 0)
+
+
+def test_previous_slots_finds_the_previous_position_and_whether_it_is_known():
+    docs = [np.array([5, 6, 7, 8]), np.array([9, 9])]
+    groups = [np.array([2, 1, 1, 3]), np.array([1, 1])]
+    layout = build_layout(docs, groups, 10, bos_id=BOS, pad_id=PAD, align=1)
+    previous, known = (np.asarray(a)[0] for a in layout_lib.previous_slots(
+        layout["segment_ids"][None], layout["positions"][None], layout["groups"][None]))
+    for slot in range(10):
+        segment, position = layout["segment_ids"][slot], layout["positions"][slot]
+        if segment == 0 or position == 0:
+            assert not known[slot]
+            continue
+        prev = previous[slot]
+        assert layout["segment_ids"][prev] == segment and layout["positions"][prev] == position - 1
+        assert known[slot] == (layout["groups"][prev] < layout["groups"][slot])
+    # doc 0 (groups 2 1 1 3): position 1 (after BOS), 4 (after 3: group 1 < 3); not 2 (after 1, a
+    # later group) nor 3 (same group); doc 1: position 1 only
+    assert known.sum() == 3
 
 
 def test_logprobs_invariant_to_packing_and_document_order():
@@ -207,6 +254,10 @@ def test_model_config_errors_name_the_value():
         ModelConfig(n_heads=4, n_kv_heads=3)
     with pytest.raises(ValueError, match=r"unknown config key model.d_modle \(did you mean model.d_model\?\)"):
         ModelConfig.from_mapping({"d_modle": 3})
+    with pytest.raises(ValueError, match=r"model.query_input='shift' shapes the query stream.*variant='causal'"):
+        ModelConfig(variant="causal", query_input="shift")
+    with pytest.raises(ValueError, match=r"model.query_input='previous' is not one of \('vector', 'shift'\)"):
+        ModelConfig(query_input="previous")
 
 
 def test_model_config_defaults_to_float32_compute():
@@ -216,3 +267,49 @@ def test_model_config_defaults_to_float32_compute():
 
     assert ModelConfig().dtype == "float32"
     assert model_config(load_config("llama3_1b")).dtype == "bfloat16"
+
+
+# ---- the shifted query stream: a converted causal model, exactly ---------------------------------
+
+def _causal_and_shifted(dtype="float32", seed=0):
+    """A random causal model and the same weights as a shifted-query a3 model (plus a query vector)."""
+    from a3jax.model.params import abstract_params, causal_to_a3, init_model
+
+    causal_cfg = ModelConfig(variant="causal", vocab_size=50, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
+                             ffn_dim=64, dtype=dtype, init_std=0.3)
+    causal_def, causal_params = init_model(causal_cfg, seed)
+    a3_def, _ = abstract_params(ModelConfig(**{**causal_cfg.to_dict(), "rope_scaling": causal_cfg.rope_scaling,
+                                               "variant": "a3", "query_input": "shift"}))
+    a3_params, _ = causal_to_a3(jax.tree.map(np.asarray, causal_params), seed)
+    return causal_def.bind(causal_params), a3_def.bind(a3_params)
+
+
+def _ar_log_probs(model, docs):
+    layout = build_layout(docs, [np.arange(1, d.size + 1) for d in docs], 40, bos_id=48, pad_id=49)
+    log_probs, weights = model_log_probs(model, as_batch([layout]))
+    return np.asarray(log_probs)[0], np.asarray(weights)[0]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-4), ("float64", 1e-10)])
+def test_a_causal_model_converted_to_shifted_a3_is_the_causal_model_under_ar(dtype, tolerance):
+    """Under 'ar', right after conversion, the shifted A3 model's query row of position i computes
+    what the causal model's row i - 1 computes: the same log-probs at every position (float32 to
+    1e-4, float64 to 1e-10). The paper's query vector does not (the control)."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", dtype == "float64")
+    try:
+        causal, shifted = _causal_and_shifted(dtype)
+        rng = np.random.default_rng(1)
+        docs = [rng.integers(0, 48, 21), rng.integers(0, 48, 12)]  # two documents packed in one row
+        causal_lp, causal_w = _ar_log_probs(causal, docs)
+        shifted_lp, shifted_w = _ar_log_probs(shifted, docs)
+        vector = Transformer(ModelConfig(**{**shifted.cfg.to_dict(), "rope_scaling": shifted.cfg.rope_scaling,
+                                            "query_input": "vector"}), rngs=nnx.Rngs(0))
+        nnx.update(vector, nnx.state(shifted, nnx.Param))
+        vector_lp, _ = _ar_log_probs(vector, docs)
+    finally:
+        jax.config.update("jax_enable_x64", before)
+    np.testing.assert_array_equal(causal_w, shifted_w)  # the same targets: every token after BOS
+    assert causal_w.sum() == 33 and causal_lp.dtype == np.dtype(dtype)
+    assert np.abs(shifted_lp - causal_lp).max() <= tolerance
+    assert np.abs(vector_lp - causal_lp).max() > 1.0  # the paper's conversion loses the AR model

@@ -19,9 +19,9 @@ CONTEXT = 1  # the known token at position 1; positions 2..5 are generated
 ORDERS = {"ar": None, "scrambled": np.array([0, 3, 1, 4, 2])}  # group ids rank positions 2..5: 4, 2, 5, 3
 
 
-def _model(vocab=3, seed=4, init_std=1.0):
+def _model(vocab=3, seed=4, init_std=1.0, query_input="vector"):
     cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=64,
-                      dtype="float32", init_std=init_std)
+                      dtype="float32", init_std=init_std, query_input=query_input)
     return init_model(cfg, seed)
 
 
@@ -66,10 +66,11 @@ def _chi_square(samples, expected):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("order", ["ar", "scrambled"])
-@pytest.mark.parametrize("k", [2, 4])
-def test_samples_follow_the_one_at_a_time_joint_exactly(order, k):
-    model_def, params = _model()
+@pytest.mark.parametrize("order, k, query_input", [
+    ("ar", 2, "vector"), ("ar", 4, "vector"), ("scrambled", 2, "vector"), ("scrambled", 4, "vector"),
+    ("ar", 4, "shift"), ("scrambled", 2, "shift")])
+def test_samples_follow_the_one_at_a_time_joint_exactly(order, k, query_input):
+    model_def, params = _model(query_input=query_input)
     n = 12_000
     result = _sample(model_def, params, f"speculative({k}, order={'ar' if order == 'ar' else 'groups'})", n, order)
     groupings = np.unique(np.stack(result.groups), axis=0)

@@ -214,6 +214,37 @@ def test_init_from_a_causal_run_starts_a3_from_its_weights(tmp_path, small_corpu
 
 
 @pytest.mark.slow
+def test_a_trained_causal_run_converted_to_shifted_a3_is_lossless_under_ar(tmp_path, small_corpus):
+    """A causal model trained for 40 steps, started from by a3 runs (train.init_from): with
+    model.query_input=shift the a3 model's held-out log-probs under 'ar' are the causal model's at
+    every target (float32, 1e-4); with the paper's query vector they are far off."""
+    import jax.numpy as jnp
+
+    from a3jax.configs import parse
+    from a3jax.data import ByteTokenizer, eval_batch
+    from a3jax.model.params import abstract_params
+
+    from support import model_log_probs
+
+    causal_cfg = micro_config("model.variant=causal", "orders.curriculum=ar", "orders.eval=ar", "train.steps=40")
+    causal = train(causal_cfg, tmp_path / "causal", corpus=small_corpus, progress=False)
+    batch = {k: jnp.asarray(v) for k, v in eval_batch(causal_cfg, small_corpus, ByteTokenizer(), "ar", 4).items()}
+    causal_model = abstract_params(parse(causal_cfg).model)[0].bind(causal["params"])
+    reference, weights = (np.asarray(a) for a in model_log_probs(causal_model, batch))
+    assert weights.sum() > 100 and -reference[weights > 0].mean() < 4.0  # trained: well below ln(259) = 5.6
+    gaps = {}
+    for query_input in ("shift", "vector"):
+        a3_cfg = micro_config(f"train.init_from={tmp_path / 'causal'}", f"model.query_input={query_input}")
+        start = train(a3_cfg, tmp_path / f"a3-{query_input}", corpus=small_corpus, progress=False, stop_after=0)
+        a3_model = abstract_params(parse(a3_cfg).model)[0].bind(start["params"])
+        log_probs, a3_weights = (np.asarray(a) for a in model_log_probs(a3_model, batch))
+        np.testing.assert_array_equal(a3_weights, weights)
+        gaps[query_input] = np.abs(log_probs - reference)[weights > 0].max()
+    assert gaps["shift"] <= 1e-4, gaps
+    assert gaps["vector"] > 0.5, gaps
+
+
+@pytest.mark.slow
 def test_init_from_refuses_another_architecture(tmp_path, small_corpus):
     train(micro_config("train.steps=2"), tmp_path / "small", corpus=small_corpus, progress=False)
     config = micro_config(f"train.init_from={tmp_path / 'small'}", "model.ffn_dim=96")

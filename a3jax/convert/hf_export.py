@@ -266,7 +266,7 @@ def export_hf(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int
         for key, value in _token_ids(meta).items():
             hf.setdefault(key, value)
         hf["a3"] = {"variant": cfg.variant, "query_embed": QUERY_KEY if "query_embed" in params else None,
-                    "step": int(step), "exported_by": "a3jax"}
+                    "query_input": cfg.query_input, "step": int(step), "exported_by": "a3jax"}
         (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
         # safetensors writes its files readable by their owner only (0600); give them the mode of
         # every other file here (the umask's), so a shared cluster's other users can load them.

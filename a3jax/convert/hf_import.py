@@ -55,6 +55,7 @@ import numpy as np
 from a3jax.errors import UserError
 from a3jax.model.config import ModelConfig, RopeScaling
 from a3jax.model.params import abstract_params, initial_query_vector
+from a3jax.variants import variant_of
 
 # a3jax layer param -> (HF name inside model.layers.<i>., stored transposed in HF)
 LAYER_KEYS = {
@@ -136,7 +137,8 @@ def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling]:
 def model_config_from_hf(hf: Mapping[str, Any], variant: str = "a3",
                          base: Mapping[str, Any] | None = None) -> ModelConfig:
     """The ModelConfig of an HF LLaMA config.json. Architecture fields come from `hf`; the rest
-    (dtype, attention backend, remat, init_std) from `base` (a model config mapping) if given."""
+    (dtype, attention backend, remat, init_std, query_input) from `base` (a model config mapping) if
+    given, except that an a3jax export's query vector keeps the query input it was trained with."""
     model_type = hf.get("model_type")
     architectures = hf.get("architectures") or []
     if model_type != "llama" and not (model_type is None and "LlamaForCausalLM" in architectures):
@@ -174,6 +176,11 @@ def model_config_from_hf(hf: Mapping[str, Any], variant: str = "a3",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),  # LlamaConfig's default
     )
     values["rope_scaling"] = dataclasses.asdict(scaling)
+    exported = hf.get("a3") or {}  # what `a3jax export` records next to the HF keys
+    if not variant_of(variant).query_stream:
+        values["query_input"] = "vector"
+    elif exported.get("query_embed") and exported.get("query_input"):
+        values["query_input"] = exported["query_input"]  # the query vector was trained with this input
     try:
         return ModelConfig.from_mapping(values)
     except (TypeError, ValueError) as error:

@@ -9,6 +9,10 @@ key gets a zero attention output. Keys and values come from the content stream o
 streams share every weight; pre-norm LLaMA layers (RMSNorm, rotate-half RoPE with llama3
 scaling, GQA, SwiGLU). `forward` returns the query stream's logits (token i's own prediction);
 an export without `model.query_embed` (variant causal) returns the content stream's logits.
+config.json's "a3": {"query_input": "shift"} (a3jax's model.query_input) makes the query row of
+position i read the embedding of token i - 1 where that token is in an earlier group of the same
+document (else the query vector), at RoPE position i - 1; found here by a dense search over the
+row, independently of a3jax's slot arithmetic.
 
     model = A3Reference.from_pretrained("exported/")
     logits = model(tokens, positions, groups, segment_ids)   # [B, N, V] float32
@@ -86,6 +90,7 @@ class A3Reference(nn.Module):
         self.weights = nn.ParameterDict({k.replace(".", "__"): nn.Parameter(v, requires_grad=False)
                                          for k, v in tensors.items()})
         self.has_query = QUERY_KEY in tensors
+        self.shifted = self.has_query and (config.get("a3") or {}).get("query_input", "vector") == "shift"
         inv = inverse_frequencies(self.head_dim, config.get("rope_theta", 10000.0), config.get("rope_scaling"))
         self.register_buffer("inv_freq", torch.from_numpy(inv), persistent=False)
 
@@ -110,7 +115,7 @@ class A3Reference(nn.Module):
         out = torch.einsum("bhsn,bhnd->bhsd", probs, v.float()) * sees_any
         return out.to(v.dtype)
 
-    def _layer(self, i, content, query, cos, sin, masks):
+    def _layer(self, i, content, query, rope_content, rope_query, masks):
         b, n, _ = content.shape
         p = f"model.layers.{i}."
         rows = content if query is None else torch.cat([content, query], dim=1)
@@ -122,9 +127,10 @@ class A3Reference(nn.Module):
 
         k = heads(content_normed @ self.w(p + "self_attn.k_proj.weight").T, self.n_kv_heads)
         v = heads(content_normed @ self.w(p + "self_attn.v_proj.weight").T, self.n_kv_heads)
-        k = _rotate(k, cos, sin)
+        k = _rotate(k, *rope_content)
         q = heads(normed @ self.w(p + "self_attn.q_proj.weight").T, self.n_heads)
-        q = torch.cat([_rotate(q[:, :, s:s + n], cos, sin) for s in range(0, q.shape[2], n)], dim=2)
+        q = torch.cat([_rotate(q[:, :, s:s + n], *rope) for s, rope in zip(range(0, q.shape[2], n),
+                                                                          (rope_content, rope_query))], dim=2)
         attn = self._attention(q, k, v, masks)
         attn = attn.transpose(1, 2).reshape(b, rows.shape[1], -1)
         rows = rows + attn @ self.w(p + "self_attn.o_proj.weight").T
@@ -148,13 +154,22 @@ class A3Reference(nn.Module):
         content_mask = same & (groups[:, None, :] <= groups[:, :, None])
         query_mask = same & (groups[:, None, :] < groups[:, :, None])
         masks = content_mask if query is None else torch.cat([content_mask, query_mask], dim=1)
-        angles = positions.float()[..., None] * self.inv_freq
-        angles = torch.cat([angles, angles], dim=-1)[:, None]
-        cos, sin = torch.cos(angles), torch.sin(angles)
+        query_positions = positions
+        if self.shifted:  # row i reads token i - 1 where the query mask shows it
+            previous = query_mask & (positions[:, None, :] == positions[:, :, None] - 1)
+            previous_token = (previous.long() * tokens[:, None, :]).sum(-1)
+            query = torch.where(previous.any(-1)[..., None], embed[previous_token], query)
+            query_positions = (positions - 1).clamp(min=0)
         for i in range(self.n_layers):
-            content, query = self._layer(i, content, query, cos, sin, masks)
+            content, query = self._layer(i, content, query, self._rope(positions), self._rope(query_positions),
+                                         masks)
         norm = self.w("model.norm.weight")
         return _rms_norm(content, norm, self.eps), None if query is None else _rms_norm(query, norm, self.eps)
+
+    def _rope(self, positions):
+        angles = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq
+        angles = torch.cat([angles, angles], dim=-1)[:, None]
+        return torch.cos(angles), torch.sin(angles)
 
     def logits(self, hidden):
         head = self.w("model.embed_tokens.weight") if self.tied else self.w("lm_head.weight")

@@ -31,6 +31,7 @@ class KVCache(NamedTuple):
     """Content-stream keys and values of the committed tokens, per layer.
 
     k, v: [L, B, S, Hkv, Dh] in the compute dtype, RoPE applied at each key's original position.
+    tokens: [B, S] int32 committed tokens (the shifted query stream reads the previous one);
     positions: [B, S] int32 original positions; groups: [B, S] int32 group ids (increasing over
     calls); valid: [B, S] bool (slot holds a committed token).
     length: int32 scalar, slots used so far (every call appends the same number to every row).
@@ -38,6 +39,7 @@ class KVCache(NamedTuple):
 
     k: jax.Array
     v: jax.Array
+    tokens: jax.Array
     positions: jax.Array
     groups: jax.Array
     valid: jax.Array
@@ -47,10 +49,9 @@ class KVCache(NamedTuple):
 def init_cache(cfg: ModelConfig, batch: int, size: int) -> KVCache:
     shape = (cfg.n_layers, batch, size, cfg.n_kv_heads, cfg.head_dim)
     dtype = jnp.dtype(cfg.dtype)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                   positions=jnp.zeros((batch, size), jnp.int32), groups=jnp.zeros((batch, size), jnp.int32),
-                   valid=jnp.zeros((batch, size), bool),
-                   length=jnp.zeros((), jnp.int32))
+    slots = lambda dtype=jnp.int32: jnp.zeros((batch, size), dtype)  # noqa: E731  (distinct buffers: donated)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), tokens=slots(), positions=slots(),
+                   groups=slots(), valid=slots(bool), length=jnp.zeros((), jnp.int32))
 
 
 def _append(buffer, new, start):
@@ -88,6 +89,7 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
         newest = jnp.max(jnp.where(cache.valid, cache.groups, -1), axis=1, keepdims=True)
         commit_groups = jnp.broadcast_to(newest + 1, (b, c))
     commit_groups = commit_groups.astype(jnp.int32)
+    tokens = _append(cache.tokens, commit_tokens.astype(jnp.int32), start)
     positions = _append(cache.positions, commit_positions.astype(jnp.int32), start)
     groups = _append(cache.groups, commit_groups, start)
     valid = _append(cache.valid, commit_valid, start)
@@ -101,13 +103,17 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
     query_BxQxD = rope_query = query_mask_BxQxS = None
     if facts.query_stream:
         q_len = query_positions.shape[1]
-        query_BxQxD = model.query_inputs((b, q_len, cfg.d_model))
-        rope_query = rope_for(cfg, query_positions)
         query_mask_BxQxS = valid[:, None, :]
         if query_groups is not None:
             query_mask_BxQxS = query_mask_BxQxS & (groups[:, None, :] < query_groups.astype(jnp.int32)[:, :, None])
         else:
             query_mask_BxQxS = jnp.broadcast_to(query_mask_BxQxS, (b, q_len, valid.shape[1]))
+        # the previous position's token, where the query row sees it (the shifted query stream)
+        previous_BxQxS = query_mask_BxQxS & (positions[:, None, :] == query_positions[:, :, None] - 1)
+        previous_token_BxQ = jnp.sum(jnp.where(previous_BxQxS, tokens[:, None, :], 0), axis=-1)
+        query_BxQxD, query_rope_positions = model.query_rows(
+            query_positions, model.embed_tokens(previous_token_BxQ), jnp.any(previous_BxQxS, axis=-1))
+        rope_query = rope_for(cfg, query_rope_positions)
 
     def body(carry, xs):
         p, k_cache, v_cache = xs
@@ -126,7 +132,8 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
 
     (content_BxCxD, query_BxQxD), (k_all, v_all) = jax.lax.scan(
         body, (content_BxCxD, query_BxQxD), (model.layer_params(), cache.k, cache.v))
-    cache = KVCache(k=k_all, v=v_all, positions=positions, groups=groups, valid=valid, length=start + c)
+    cache = KVCache(k=k_all, v=v_all, tokens=tokens, positions=positions, groups=groups, valid=valid,
+                    length=start + c)
     if facts.next_token:
         last = jnp.argmax(jnp.where(commit_valid, commit_positions, -1), axis=1)
         rows_BxRxD = jnp.take_along_axis(content_BxCxD, last[:, None, None], axis=1)

@@ -12,8 +12,12 @@ from a3jax.variants import VARIANTS, Variant, variant_of
 
 REMAT_POLICIES = ("none", "full", "dots")
 ROPE_SCALINGS = ("none", "llama3")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float64")  # float64: exactness checks under jax_enable_x64
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "pallas", "splash", "tokamax")  # see model/attention.py
+# The query stream's inputs (query-stream variants): "vector", the paper's one learned vector at
+# token i's position; "shift", token i - 1's embedding when i - 1 is in an earlier group (else the
+# vector), at RoPE position i - 1: under 'ar' a converted causal model exactly (model/transformer.py).
+QUERY_INPUTS = ("vector", "shift")
 # How the model computes, not what it computes: a checkpoint resumes under other values of these.
 EXECUTION_FIELDS = ("attention", "attention_chunks", "remat")
 
@@ -46,6 +50,7 @@ class ModelConfig:
     attention_chunks: int = 1  # static prefix chunks for the dense backends (see prefix_chunks.py)
     dtype: str = "float32"  # compute dtype; the accelerator presets (llama3_*) set bfloat16
     remat: str = "none"
+    query_input: str = "vector"  # "vector" (the paper's) or "shift" (see QUERY_INPUTS)
 
     def __post_init__(self):
         if self.head_dim == 0:
@@ -66,6 +71,11 @@ class ModelConfig:
              f"model.attention={self.attention!r} is not one of {ATTENTION_BACKENDS}"),
             (isinstance(self.attention_chunks, int) and self.attention_chunks >= 1,
              f"model.attention_chunks={self.attention_chunks!r} must be an integer >= 1"),
+            (self.query_input in QUERY_INPUTS,
+             f"model.query_input={self.query_input!r} is not one of {QUERY_INPUTS}"),
+            (self.query_input == "vector" or self.variant not in VARIANTS or variant_of(self.variant).query_stream,
+             f"model.query_input={self.query_input!r} shapes the query stream, which a "
+             f"model.variant={self.variant!r} model does not have; set --config.model.query_input=vector"),
             (self.rope_scaling.kind in ROPE_SCALINGS,
              f"model.rope_scaling.kind={self.rope_scaling.kind!r} is not one of {ROPE_SCALINGS}"),
         ]
@@ -83,6 +93,16 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def shifted_query(self) -> bool:
+        """Query rows read the previous token when it is known (query_input='shift')."""
+        return self.query_input == "shift" and self.facts.query_stream
+
+    @property
+    def accumulation_dtype(self):
+        """The dtype of norms, softmax and matmul accumulation: float32, or float64 for float64 models."""
+        return "float64" if self.dtype == "float64" else "float32"
 
     @property
     def facts(self) -> Variant:

@@ -27,15 +27,16 @@ def _masked_attention(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask_BxSxN):
     b, s, n_heads, head_dim = q_BxSxHxD.shape
     n_kv = k_BxNxKxD.shape[2]
     q_BxSxKxGxD = q_BxSxHxD.reshape(b, s, n_kv, n_heads // n_kv, head_dim)
+    acc = jnp.promote_types(q_BxSxHxD.dtype, jnp.float32)  # float64 for float64 models
     scores = jnp.einsum(
-        "bskgd,bnkd->bkgsn", q_BxSxKxGxD, k_BxNxKxD, preferred_element_type=jnp.float32
-    ) / jnp.sqrt(jnp.float32(head_dim))
+        "bskgd,bnkd->bkgsn", q_BxSxKxGxD, k_BxNxKxD, preferred_element_type=acc
+    ) / jnp.sqrt(jnp.asarray(head_dim, acc))
     mask = mask_BxSxN[:, None, None, :, :]
     # Masked scores get a large finite negative (not -inf) so a fully masked row stays finite;
     # its output is zeroed below, which also zeroes its gradients.
     probs = jax.nn.softmax(jnp.where(mask, scores, -1e30), axis=-1)
     out = jnp.einsum("bkgsn,bnkd->bskgd", probs.astype(v_BxNxKxD.dtype), v_BxNxKxD,
-                     preferred_element_type=jnp.float32)
+                     preferred_element_type=acc)
     sees_any_key = jnp.any(mask_BxSxN, axis=-1)[:, :, None, None]
     out = out.reshape(b, s, n_heads, head_dim) * sees_any_key
     return out.astype(q_BxSxHxD.dtype)

@@ -13,10 +13,11 @@ from a3jax.model.config import RopeScaling
 
 @functools.cache
 def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling) -> np.ndarray:
-    """Per-pair inverse frequencies [head_dim // 2], with the llama3 frequency-band rescaling."""
+    """Per-pair inverse frequencies [head_dim // 2] (float64), with the llama3 frequency-band
+    rescaling. rope_tables rounds them to the tables' dtype (float32 for every model but float64)."""
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     if scaling.kind == "none":
-        return inv_freq.astype(np.float32)
+        return inv_freq
     # llama3: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
     low_freq_wavelen = scaling.original_max_position / scaling.low_freq_factor
     high_freq_wavelen = scaling.original_max_position / scaling.high_freq_factor
@@ -27,12 +28,13 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling) -> np
     )
     blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled
     is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-    return np.where(is_medium, blended, scaled).astype(np.float32)
+    return np.where(is_medium, blended, scaled)
 
 
-def rope_tables(positions_BxN, inv_freq):
-    """cos and sin tables [B, N, head_dim] (float32) for integer positions."""
-    angles_BxNxH = positions_BxN.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+def rope_tables(positions_BxN, inv_freq, dtype=jnp.float32):
+    """cos and sin tables [B, N, head_dim] (float32; float64 for float64 models) for integer positions."""
+    freq_H = jnp.asarray(np.asarray(inv_freq, np.float64).astype(dtype))  # rounded to the tables' dtype
+    angles_BxNxH = positions_BxN.astype(dtype)[..., None] * freq_H
     angles_BxNxD = jnp.concatenate([angles_BxNxH, angles_BxNxH], axis=-1)
     return jnp.cos(angles_BxNxD), jnp.sin(angles_BxNxD)
 
@@ -44,5 +46,6 @@ def apply_rope(x_BxNxHxD, cos_BxNxD, sin_BxNxD):
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     cos = cos_BxNxD[:, :, None, :]
     sin = sin_BxNxD[:, :, None, :]
-    out = x_BxNxHxD.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin
+    acc = jnp.promote_types(cos.dtype, jnp.float32)
+    out = x_BxNxHxD.astype(acc) * cos + rotated.astype(acc) * sin
     return out.astype(x_BxNxHxD.dtype)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from a3jax.layout import previous_slots
 from a3jax.model import attention as attention_lib
 from a3jax.model import rope
 from a3jax.model.config import ModelConfig
@@ -72,13 +73,15 @@ def param_logical_axes(params: dict, table: dict = PARAM_AXES) -> dict:
 
 
 def rms_norm(x, weight, eps):
-    x32 = x.astype(jnp.float32)
+    acc = jnp.promote_types(x.dtype, jnp.float32)  # float32 (float64 for float64 models)
+    x32 = x.astype(acc)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (normed * weight.astype(jnp.float32)).astype(x.dtype)
+    return (normed * weight.astype(acc)).astype(x.dtype)
 
 
 def dense(x, w):
-    return jnp.einsum("...d,df->...f", x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    return jnp.einsum("...d,df->...f", x, w, preferred_element_type=acc).astype(x.dtype)
 
 
 class Rope(NamedTuple):
@@ -90,7 +93,7 @@ class Rope(NamedTuple):
 
 def rope_for(cfg: ModelConfig, positions_BxR) -> Rope:
     inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    return Rope(*rope.rope_tables(positions_BxR, inv_freq))
+    return Rope(*rope.rope_tables(positions_BxR, inv_freq, jnp.dtype(cfg.accumulation_dtype)))
 
 
 def _heads(cfg: ModelConfig, x_BxRxD, w, n_heads, rope_tables: Rope | None = None):
@@ -194,9 +197,26 @@ class Transformer(nnx.Module):
         """The stacked layer weights [L, ...] in the compute dtype."""
         return {name: self.layers[name][...].astype(self.compute_dtype) for name in LAYER_PARAMS}
 
-    def query_inputs(self, shape_BxQxD):
-        """The query stream's input rows: the learned query vector at every row."""
+    def query_vector(self, shape_BxQxD):
+        """The learned query vector at every row."""
         return jnp.broadcast_to(self.query_embed[...].astype(self.compute_dtype), shape_BxQxD)
+
+    def query_rows(self, positions_BxQ, previous_BxQxD=None, previous_known_BxQ=None):
+        """The query stream's input rows and RoPE positions for rows that predict `positions`.
+
+        query_input='vector' (the paper's): the query vector at the target's own position.
+        query_input='shift': the row predicting position i reads the previous token's embedding
+        (previous_BxQxD) where it is known -- position i - 1 in an earlier group -- and the query
+        vector otherwise, at RoPE position i - 1 ("the token after position i - 1"). Under the
+        'ar' order a converted causal model's row i - 1 is then computed exactly. The caller
+        decides what is known (the layout in training, the cache's visible slots in decoding).
+        """
+        shape = positions_BxQ.shape + (self.cfg.d_model,)
+        rows_BxQxD = self.query_vector(shape)
+        if not self.cfg.shifted_query:
+            return rows_BxQxD, positions_BxQ
+        rows_BxQxD = jnp.where(previous_known_BxQ[..., None], previous_BxQxD.astype(rows_BxQxD.dtype), rows_BxQxD)
+        return rows_BxQxD, jnp.maximum(positions_BxQ - 1, 0)
 
     def masked_rows(self, batch):
         """The rows a masked-inputs model (mdlm) reads as MASK: targets, i.e. group >= 1 of a real document."""
@@ -221,8 +241,14 @@ class Transformer(nnx.Module):
         if facts.bidirectional:
             groups = jnp.zeros_like(groups)  # one group: every row sees its whole document
             group_size = None  # the grid alignment no longer describes the visibility
-        query_BxNxD = self.query_inputs(content_BxNxD.shape) if facts.query_stream else None
-        rope_rows = rope_for(cfg, batch["positions"])
+        rope_rows = rope_query = rope_for(cfg, batch["positions"])
+        query_BxNxD = None
+        if facts.query_stream:
+            previous_BxN, known_BxN = previous_slots(segment_ids, batch["positions"], groups)
+            previous_BxNxD = jnp.take_along_axis(content_BxNxD, previous_BxN[..., None], axis=1)
+            query_BxNxD, query_positions = self.query_rows(batch["positions"], previous_BxNxD, known_BxN)
+            if cfg.shifted_query:
+                rope_query = rope_for(cfg, query_positions)
 
         def attend(q_content, q_query, k, v):
             return attention_lib.two_stream_attention(
@@ -230,7 +256,7 @@ class Transformer(nnx.Module):
                 chunks=cfg.attention_chunks, causal=facts.next_token)
 
         def step(carry, layer_params, update_content=True):
-            content, query = layer(cfg, layer_params, *carry, rope_rows, rope_rows, attend, update_content)
+            content, query = layer(cfg, layer_params, *carry, rope_rows, rope_query, attend, update_content)
             return (constrain_batch(content), None if query is None else constrain_batch(query)), None
 
         params = self.layer_params()
@@ -256,8 +282,9 @@ class Transformer(nnx.Module):
 
     def logits(self, hidden_BxNxD):
         """float32 logits [B, N, V] from final-normed hidden states."""
+        acc = jnp.promote_types(hidden_BxNxD.dtype, jnp.float32)
         logits_BxNxV = jnp.einsum("bnd,dv->bnv", hidden_BxNxD, self.head().astype(hidden_BxNxD.dtype),
-                                  preferred_element_type=jnp.float32)
+                                  preferred_element_type=acc)
         if self.facts.masked_inputs:  # MASK is an input only: never predicted
             logits_BxNxV = logits_BxNxV.at[..., self.cfg.mask_token_id].set(MASK_LOGIT)
         return logits_BxNxV

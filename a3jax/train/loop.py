@@ -101,7 +101,7 @@ def _weights_from(exp: Experiment) -> dict:
     step, source, _, params = load_params(exp.train.init_from)
     here = exp.model.to_dict()
     differs = {k: (v, here[k]) for k, v in source.to_dict().items()
-               if k not in ("variant", "dtype", "init_std") + EXECUTION_FIELDS and v != here[k]}
+               if k not in ("variant", "query_input", "dtype", "init_std") + EXECUTION_FIELDS and v != here[k]}
     if differs:
         raise UserError(f"train.init_from={exp.train.init_from} holds a different model: "
                          + ", ".join(f"model.{k}={a!r} there, {b!r} here" for k, (a, b) in differs.items()))
