@@ -47,6 +47,8 @@ COMMANDS = {
         "train": Command("A3 vs causal train step: tokens/s, TFLOP/s, MFU, memory", "a3jax.bench.train"),
         "decode": Command("infilling with the KV cache vs recompute", "a3jax.bench.decode"),
         "data": Command("tokens/s of the data pipeline by source and workers", "a3jax.bench.data"),
+        "plan": Command("the train step's memory plan and largest batch, here or for an H100/H200 without one",
+                        "a3jax.bench.plan"),
     }),
     "lm-eval": Command("lm-evaluation-harness's command line with the a3jax model (pip install 'a3jax[eval]')",
                        "a3jax.eval.lm_eval_cli", raw=True),
@@ -121,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as error:
             print(f"a3jax {argv[0]}: error: {error}", file=sys.stderr)
             return 2
+    from a3jax.xla_flags import apply_gpu_flags
+
+    apply_gpu_flags()  # before JAX starts a backend: XLA reads XLA_FLAGS once
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
     if not os.environ.get("A3JAX_DEBUG"):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from a3jax.model.transformer import MASK_LOGIT
+
 
 def mdlm_weights(batch):
     """float32 [B, N]: L_d / m_d on the target rows of document d (segment), 0 elsewhere."""
@@ -63,6 +65,60 @@ def target_predictions(logits_BxNxV, batch, facts):
         if facts.masked_inputs:
             weights_BxN = mdlm_weights(batch)
     return jnp.where(weights_BxN > 0, picked_BxN, 0.0), weights_BxN, predicted_BxN == tokens_BxN
+
+
+def prediction_targets(batch, facts):
+    """(token [B, N], weight [B, N]) that each PREDICTING row scores: its own token, or for a
+    next-token variant the next token of its document (weight 0 at a document's last row)."""
+    tokens_BxN = batch["tokens"]
+    weights_BxN = batch["loss_mask"].astype(jnp.float32)
+    if facts.next_token:
+        tail = ((0, 0), (0, 1))
+        same_doc = batch["segment_ids"][:, 1:] == batch["segment_ids"][:, :-1]
+        return (jnp.pad(tokens_BxN[:, 1:], tail),
+                jnp.pad(weights_BxN[:, 1:] * same_doc.astype(jnp.float32), tail))
+    if facts.masked_inputs:
+        weights_BxN = mdlm_weights(batch)
+    return tokens_BxN, weights_BxN
+
+
+def target_log_probs_chunked(hidden_BxNxD, head_DxV, batch, facts, chunk: int, mask_id: int | None = None):
+    """target_log_probs without the [B, N, V] logits: the rows are scored `chunk` at a time (a
+    scan whose body is rematerialised, so the backward pass also holds one chunk's [chunk, V]
+    logits at a time). hidden_BxNxD: the final-normed hidden states of the predicting stream;
+    head_DxV: the output projection; mask_id: a vocabulary id whose logit is pinned to MASK_LOGIT
+    (masked inputs, mdlm). Equal to the dense path up to float rounding (tests/test_loss.py)."""
+    b, n, d = hidden_BxNxD.shape
+    targets_BxN, weights_BxN = prediction_targets(batch, facts)
+    rows = b * n
+    chunk = max(1, min(int(chunk), rows))
+    padded = -(-rows // chunk) * chunk
+    hidden_RxD = jnp.pad(hidden_BxNxD.reshape(rows, d), ((0, padded - rows), (0, 0)))
+    targets_R = jnp.pad(targets_BxN.reshape(rows), (0, padded - rows))
+    head_DxV = head_DxV.astype(hidden_BxNxD.dtype)
+    acc = jnp.promote_types(hidden_BxNxD.dtype, jnp.float32)
+
+    @jax.checkpoint
+    def score(hidden_CxD, targets_C):
+        logits_CxV = jnp.einsum("cd,dv->cv", hidden_CxD, head_DxV, preferred_element_type=acc)
+        if mask_id is not None:
+            logits_CxV = logits_CxV.at[:, mask_id].set(MASK_LOGIT)
+        picked_C = jnp.take_along_axis(logits_CxV, targets_C[:, None], axis=-1)[:, 0]
+        return picked_C - jax.nn.logsumexp(logits_CxV, axis=-1)
+
+    picked_R = jax.lax.map(lambda xs: score(*xs), (hidden_RxD.reshape(-1, chunk, d), targets_R.reshape(-1, chunk)))
+    picked_BxN = picked_R.reshape(padded)[:rows].reshape(b, n)
+    if facts.next_token:  # back to the target rows: row i - 1 scored token i
+        picked_BxN = jnp.pad(picked_BxN[:, :-1], ((0, 0), (1, 0)))
+        weights_BxN = jnp.pad(weights_BxN[:, :-1], ((0, 0), (1, 0)))
+    return jnp.where(weights_BxN > 0, picked_BxN, 0.0), weights_BxN
+
+
+def loss_sums(log_probs_BxN, weights_BxN):
+    """(mean loss, {nll_sum, n_targets}) from target log-probs and weights."""
+    n_targets = jnp.sum(weights_BxN)
+    nll_sum = -jnp.sum(log_probs_BxN * weights_BxN)
+    return nll_sum / jnp.maximum(n_targets, 1.0), {"nll_sum": nll_sum, "n_targets": n_targets}
 
 
 def mean_loss(logits_BxNxV, batch, facts):

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The prepared GPU run: correctness of every GPU attention backend against xla on the device first,
-# then the three benchmark tables (attention, train step, decode), each written to $OUT.
+# The prepared GPU run (about 8 minutes on one H100/H200): correctness of every GPU attention backend
+# against xla on the device first, then side by side in one run: attention; the 1B train step (A3
+# and causal) at batch 4 and 8 with the chunked loss, the largest batch, and the profile's top ops;
+# remat policies and the loss without chunks; the XLA GPU flags off; decoding. Each table goes to
+# $OUT. tests/test_device_script.py dry-runs every check on a CPU with tiny arguments.
 #
 # On the development machine (once): fetch the Python 3.12 wheels the GPU image lacks into .whl/
 #   bash launch/device_checks.sh --fetch-wheels
@@ -75,21 +78,28 @@ for name in ("flax", "optax", "orbax.checkpoint", "grain", "ml_collections", "te
     except Exception as error:  # noqa: BLE001
         print(name, "MISSING:", error)
 EOF
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$OUT/versions.txt"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$OUT/versions.txt"
+fi
 
-CHECKS=${A3JAX_CHECKS:-"parity attention train decode"}
+CHECKS=${A3JAX_CHECKS:-"parity attention train settings flags decode"}
 for check in $CHECKS; do
   case $check in
     parity)     # every GPU backend (cudnn, pallas, tokamax) compiled on the device vs xla: values + grads
       run parity 180 "$A3JAX bench parity ${A3JAX_PARITY_ARGS:-}" ;;
     attention)  # B=2, N=4096, 16 q / 4 kv heads, D=128, bf16, fwd and fwd+bwd, all GPU rows
       run attention 240 "$A3JAX bench attention ${A3JAX_ATTN_ARGS:-}" ;;
-    train)      # 1B shape, seq 2048, bf16: A3 per backend and causal in one run
-      run train 300 "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_TRAIN_ARGS:---repeats 5 --batch-sizes 8 --backends auto,cudnn,pallas --max-batch} --profile /tmp/a3jax-profile"
+    train)      # 1B shape, seq 2048, bf16, chunked loss, XLA GPU flags on: A3 and causal at batch 4
+                # and 8, the largest batch (measured against the plan), the top ops of a profile
+      run train 330 "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_TRAIN_ARGS:---repeats 5 --batch-sizes 4,8 --loss-chunks 2048 --max-batch} --profile /tmp/a3jax-profile"
       # the A3 step's trace, flattened into $OUT (only files two folders deep come back)
       find /tmp/a3jax-profile -maxdepth 1 -name 'train_a3.xplane.pb.gz' -size -16M -exec cp {} "$OUT/" \; ;;
-    decode)     # infill 256 of 1,024 in 64 steps of 4, batch 8, at the 1B shape
-      run decode 240 "$A3JAX bench decode ${A3JAX_DECODE_ARGS:---config experiments/llama3_1b.py}" ;;
-    *) echo "unknown check $check (parity, attention, train, decode)" ;;
+    settings)   # A3 at batch 8: remat none / save_attention (dots is in `train`), and the full logits
+      run settings 240 "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_SETTINGS_ARGS:---repeats 3 --batch-sizes 8 --variants a3 --remats none,save_attention,dots --loss-chunks 2048} && XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_SETTINGS_ARGS:---repeats 3 --batch-sizes 8 --variants a3} --loss-chunks 0" ;;
+    flags)      # the XLA GPU flags off (a3jax/xla_flags.py): a new process, XLA reads XLA_FLAGS once
+      run flags 180 "A3JAX_XLA_GPU_FLAGS=0 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_FLAGS_ARGS:---repeats 5 --batch-sizes 8 --loss-chunks 2048}" ;;
+    decode)     # infill 256 of 1,024 in 64 steps of 4, batch 8, at the 1B shape; speculative(4) vs ar
+      run decode 240 "$A3JAX bench decode ${A3JAX_DECODE_ARGS:---config experiments/llama3_1b.py --speculative 4}" ;;
+    *) echo "unknown check $check (parity, attention, train, settings, flags, decode)" ;;
   esac
 done

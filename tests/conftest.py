@@ -54,7 +54,7 @@ def fast_compile_options() -> dict | None:
 # Markers (`make test-fast` runs neither): `slow` on tests that take more than ~6 s on 2 cores
 # (decorated where they are defined); `e2e` on whole modules that run whole programs: CLI
 # subprocesses, training runs to completion, the demo, several processes, a built wheel.
-E2E_MODULES = ("tests/reliability/", "tests/test_multiprocess.py", "tests/test_demo.py",
+E2E_MODULES = ("tests/reliability/", "tests/test_multiprocess.py", "tests/test_demo.py", "tests/test_device_script.py",
                "tests/test_packaging.py", "tests/test_sweep.py", "tests/test_lm_eval.py", "tests/test_bench.py")
 
 

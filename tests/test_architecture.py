@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "a3jax"
 
 # Lowest first. A module belongs to the level of the longest prefix that matches its name.
 LEVELS = [
-    ("foundations", ["a3jax._lazy", "a3jax.errors", "a3jax.schema", "a3jax.layout", "a3jax.orders",
+    ("foundations", ["a3jax._lazy", "a3jax.errors", "a3jax.schema", "a3jax.xla_flags", "a3jax.layout", "a3jax.orders",
                      "a3jax.kernels"]),
     ("model", ["a3jax.model", "a3jax.variants", "a3jax.flops", "a3jax.loss"]),
     ("configs and data", ["a3jax.configs", "a3jax.data", "a3jax.parallel", "a3jax.checkpoint",
@@ -144,3 +144,32 @@ def test_the_variant_name_check_has_power():
                'if "mdlm" == cfg.variant:']
     assert variant_name_tests("\n".join(planted)) == planted
     assert variant_name_tests('variant = "a3"\nif cfg.facts.next_token:\nraise ValueError(f"variant={v!r}")') == []
+
+
+def test_gpu_xla_flags_are_added_only_where_the_user_did_not_set_them(monkeypatch):
+    from a3jax import xla_flags
+
+    merged = xla_flags.with_gpu_flags("--xla_gpu_enable_triton_gemm=true --xla_force_host_platform_device_count=8")
+    assert "--xla_gpu_enable_triton_gemm=true" in merged and "--xla_gpu_enable_triton_gemm=false" not in merged
+    assert "--xla_gpu_enable_latency_hiding_scheduler=true" in merged
+    assert merged.startswith("--xla_gpu_enable_triton_gemm=true --xla_force_host_platform_device_count=8")
+    monkeypatch.setattr(xla_flags, "cuda_installed", lambda: True)
+    env = {"XLA_FLAGS": ""}
+    assert xla_flags.apply_gpu_flags(env) and len(env["XLA_FLAGS"].split()) == len(xla_flags.HOPPER_FLAGS)
+    assert not xla_flags.apply_gpu_flags({"A3JAX_XLA_GPU_FLAGS": "0"})
+    monkeypatch.setattr(xla_flags, "cuda_installed", lambda: False)
+    assert not xla_flags.apply_gpu_flags({})
+
+
+def test_every_gpu_xla_flag_is_known_to_this_jaxlib():
+    """XLA aborts on an unknown flag: a fresh process with all of them set starts and computes."""
+    import os
+    import subprocess
+    import sys
+
+    from a3jax import xla_flags
+
+    env = {**os.environ, "XLA_FLAGS": xla_flags.with_gpu_flags(""), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "3.0", done.stderr[-500:]

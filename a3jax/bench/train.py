@@ -9,6 +9,7 @@ pass a small shape, e.g. `--config=tiny`.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 
 import jax
@@ -47,10 +48,17 @@ def device_bytes_limit() -> int | None:
 
 
 def measure(config, variant: str, order: str, repeats: int, attention: str | None = None,
-            batch_size: int | None = None, run_steps: bool = True, profile_dir: str = "") -> dict:
+            batch_size: int | None = None, run_steps: bool = True, profile_dir: str = "",
+            remat: str | None = None, loss_chunk: int | None = None) -> dict:
     """One variant's step: compiled, its XLA memory plan, and (run_steps) the median step time."""
     config = config.copy_and_resolve_references()
     config.model.variant = variant
+    if not variant_of(variant).query_stream:
+        config.model.query_input = "vector"
+    if remat is not None:
+        config.model.remat = remat
+    if loss_chunk is not None:
+        config.train.loss_chunk = loss_chunk
     only = variant_of(variant).only_order
     if only is not None:  # e.g. the causal control trains and evaluates left to right only
         config.orders.curriculum, config.orders.eval = only, (only,)
@@ -58,6 +66,7 @@ def measure(config, variant: str, order: str, repeats: int, attention: str | Non
         config.model.attention = attention
     if batch_size is not None:
         config.train.batch_size = batch_size
+    config.train.grad_accum = 1  # one step over the whole batch: what the table measures
     exp = parse(config)
     cfg = exp.model
     mesh = parallel.make_mesh(exp.mesh)
@@ -71,9 +80,11 @@ def measure(config, variant: str, order: str, repeats: int, attention: str | Non
         opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
         batch_sh = parallel.batch_sharding(mesh)
         batch = parallel.global_batch(sorted_layout(batch_size, seq_len, order), batch_sh)
-        step = make_train_step(model_def, tx, learning_rate_schedule(exp.train), (params_sh, opt_sh, batch_sh))
+        step = make_train_step(model_def, tx, learning_rate_schedule(exp.train), (params_sh, opt_sh, batch_sh),
+                               loss_chunk=exp.train.loss_chunk)
         compiled = step.lower(params, opt_state, 0, batch).compile()
-        row = {"variant": variant, "order": order, "batch": batch_size,
+        row = {"variant": variant, "order": order, "batch": batch_size, "remat": cfg.remat,
+               "loss_chunk": exp.train.loss_chunk,
                "attention": resolve_backend(cfg.attention, jax.default_backend(), dtype=cfg.dtype),
                "plan_bytes": _memory_plan_bytes(compiled)}
         if not run_steps:
@@ -87,7 +98,7 @@ def measure(config, variant: str, order: str, repeats: int, attention: str | Non
         ms = median_ms(run, repeats=repeats)
         loss = float(run())
         if profile_dir:  # two more steps under the profiler (xprof / TensorBoard reads the trace)
-            with jax.profiler.trace(profile_dir):
+            with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
                 for _ in range(2):
                     jax.block_until_ready(run())
     tokens_per_s = batch_size * seq_len / (ms / 1e3)
@@ -131,6 +142,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="",
                         help="write a profiler trace of 3 steps of the first A3 row to this folder "
                              "(and a gzipped copy of the trace at its top, train_a3.xplane.pb.gz)")
+    parser.add_argument("--remats", default="",
+                        help="comma-separated model.remat policies to measure (default: the config's)")
+    parser.add_argument("--loss-chunks", default="",
+                        help="comma-separated train.loss_chunk values (0 = full logits; default: the config's)")
     parser.add_argument("--max-batch", action="store_true",
                         help="also find the largest per-device batch that fits, for each variant")
 
@@ -159,32 +174,48 @@ def main(args, overrides=()) -> int:
         raise UserError(f"--variants has {unknown}; choose from a3, causal")
     sizes = [int(b) for b in args.batch_sizes.split(",") if b] or [exp.train.batch_size]
     backends = [b for b in args.backends.split(",") if b] or [None]
-    plans = [(b, "a3", args.order, a) for b in sizes for a in backends if "a3" in variants]
-    plans += [(b, "causal", "ar", args.causal_backend or None) for b in sizes if "causal" in variants]
+    remats = [r for r in args.remats.split(",") if r] or [None]
+    chunks = [int(c) for c in args.loss_chunks.split(",") if c != ""] or [None]
+    settings = [(r, c) for r in remats for c in chunks]
+    plans = [(b, "a3", args.order, a, r, c) for b in sizes for a in backends for r, c in settings if "a3" in variants]
+    plans += [(b, "causal", "ar", args.causal_backend or None, r, c) for b in sizes for r, c in settings
+              if "causal" in variants]
     rows, profiled = [], False
-    for batch, variant, order, attention in plans:
+    for batch, variant, order, attention, remat, chunk in plans:
         profile = args.profile if not profiled else ""  # the first row: a3's when it is measured
         profiled = profiled or bool(profile)
         try:
-            rows.append(measure(config, variant, order, args.repeats, attention, batch, profile_dir=profile))
+            rows.append(measure(config, variant, order, args.repeats, attention, batch, profile_dir=profile,
+                                remat=remat, loss_chunk=chunk))
         except Exception as error:  # noqa: BLE001  (report and go on: out of memory, a compile error)
             rows.append({"variant": variant, "order": order, "batch": batch, "attention": attention or cfg.attention,
+                         "remat": remat or cfg.remat, "loss_chunk": exp.train.loss_chunk if chunk is None else chunk,
                          "failed": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:160]})
     if args.profile and profiled:
         _gzip_trace(args.profile)
+        from a3jax.bench.profile import print_top_ops
+
+        try:
+            print_top_ops(args.profile, title=" of the first row's step")
+        except UserError as error:  # the profiled row failed: the table says why
+            print(f"no profile summary: {error}")
     print(f"train step on {jax.device_count()} x {jax.devices()[0].device_kind} (jax {jax.__version__}): "
           f"d_model={cfg.d_model} layers={cfg.n_layers} seq={exp.data.seq_len} {cfg.dtype} "
-          f"remat={cfg.remat}, median of {args.repeats}")
-    print(f"{'variant':<8}{'order':<11}{'attention':<10}{'batch':>6}{'step ms':>10}{'tokens/s':>11}"
-          f"{'TFLOP/s/dev':>12}{'MFU':>7}{'x causal':>9}{'plan GiB':>9}")
-    causal_ms = {r["batch"]: r["step_ms"] for r in rows if r["variant"] == "causal" and "step_ms" in r}
+          f"remat={cfg.remat}, median of {args.repeats}; XLA GPU flags "
+          f"{'on' if 'xla_gpu_enable_latency_hiding_scheduler' in os.environ.get('XLA_FLAGS', '') else 'off'}")
+    print(f"{'variant':<8}{'order':<11}{'attention':<10}{'remat':<15}{'chunk':>6}{'batch':>6}{'step ms':>10}"
+          f"{'tokens/s':>11}{'TFLOP/s/dev':>12}{'MFU':>7}{'x causal':>9}{'plan GiB':>9}")
+    causal_ms = {(r["batch"], r["remat"], r["loss_chunk"]): r["step_ms"] for r in rows
+                 if r["variant"] == "causal" and "step_ms" in r}
     for r in rows:
-        head = f"{r['variant']:<8}{r['order']:<11}{r['attention']:<10}{r['batch']:>6}"
+        head = (f"{r['variant']:<8}{r['order']:<11}{r['attention']:<10}{r['remat']:<15}{r['loss_chunk']:>6}"
+                f"{r['batch']:>6}")
         if "failed" in r:
             print(f"{head}  failed: {r['failed']}")
             continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        ratio = f"{r['step_ms'] / causal_ms[r['batch']]:.2f}" if r["batch"] in causal_ms else "n/a"
+        key = (r["batch"], r["remat"], r["loss_chunk"])
+        ratio = f"{r['step_ms'] / causal_ms[key]:.2f}" if key in causal_ms else "n/a"
         print(f"{head}{r['step_ms']:>10.1f}{r['tokens_per_s']:>11,.0f}{r['tflops_per_device']:>12.2f}{mfu:>7}"
               f"{ratio:>9}{_gib(r['plan_bytes']):>9}")
     flop_ratio = (flops.train_flops_per_token(cfg, exp.data.seq_len)

@@ -89,6 +89,9 @@ class TrainConfig:
     b2: float = 0.95
     eps: float = 1e-8
     clip_norm: float = 1.0
+    # Cross-entropy `loss_chunk` rows at a time, never materialising the [B, N, V] logits (0 = at
+    # once). Changes memory, not values: the Llama presets use it.
+    loss_chunk: int = 0
     query_lr_scale: float = 1.0  # the query stream's vector learns at this multiple of train.lr
     # Start a fresh run from the latest weights of another workdir (e.g. a causal model, adapted to
     # a3: every weight copied, the query vector made by query_init: "normal" or "mean").
@@ -197,6 +200,7 @@ def _check_values(data: DataConfig, orders: OrdersConfig, train: TrainConfig) ->
          f"orders.group_size_scope={orders.group_size_scope!r} is not one of {GROUP_SIZE_SCOPES}"),
         (data.worker_count >= 0, f"data.worker_count={data.worker_count} must be >= 0"),
         (train.query_lr_scale > 0, f"train.query_lr_scale={train.query_lr_scale} must be > 0"),
+        (train.loss_chunk >= 0, f"train.loss_chunk={train.loss_chunk} must be >= 0 (0 = the full logits)"),
         (train.query_init in QUERY_INITS, f"train.query_init={train.query_init!r} is not one of {QUERY_INITS}"),
     ]
     for ok, message in checks:

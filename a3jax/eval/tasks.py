@@ -407,6 +407,36 @@ def fill_windows(parts: ModelParts, windows, *, plan: str = "ar", temperature: f
     return {"predictions": predictions, "references": references, "hits": hits}
 
 
+def speculative_calls(parts: ModelParts, windows, *, k: int = 4, temperature: float = 1.0, seed: int = 0,
+                      batch_size: int = 8) -> dict:
+    """speculative(k) sampling of window[start:stop] given the rest of each window: tokens per
+    model call per row (one-at-a-time decoding makes one call per token), and how often each draft
+    position was accepted."""
+    SampleConfig, generate = _generate()
+    tokenizer = parts.tokenizer
+    tokens = calls = 0
+    offered, accepted = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    for first in range(0, len(windows), batch_size):
+        chunk = windows[first:first + batch_size]
+        documents, known = [], []
+        for window, start, stop in chunk:
+            mask = np.ones(window.size, bool)
+            mask[start:stop] = False
+            documents.append(np.where(mask, window, tokenizer.pad_id).astype(np.int32))
+            known.append(mask)
+        result = generate(parts.model_def, parts.params, documents, known, bos_id=tokenizer.bos_id,
+                          pad_id=tokenizer.pad_id, eos_id=None,
+                          sampling=SampleConfig(plan=f"speculative({k})", temperature=temperature,
+                                                seed=seed + first))
+        tokens += sum(stop - start for _, start, stop in chunk)
+        calls += int(result.stats["row_calls"].sum())
+        offered += result.stats["offered"]
+        accepted += result.stats["accepted"]
+    rates = [float(a) / max(float(o), 1.0) for a, o in zip(accepted, offered)]
+    return {"tokens_per_call": tokens / max(calls, 1), "tokens": tokens, "row_calls": calls,
+            "acceptance_by_position": rates}
+
+
 def infill(model, corpus, *, span: int = 32, num_examples: int = 8, seed: int = 0, plan: str = "ar",
            temperature: float = 0.0, batch_size: int = 8, seq_len: int | None = None,
            progress: bool = False, mode: str = "cached") -> dict:

@@ -10,7 +10,10 @@ from a3jax.errors import ConfigError
 from a3jax.schema import parse_section
 from a3jax.variants import VARIANTS, Variant, variant_of
 
-REMAT_POLICIES = ("none", "full", "dots")
+# none: keep every activation; full: recompute the whole layer in the backward pass; dots: keep the
+# matmul outputs without batch dimensions (XLA's dots_with_no_batch_dims_saveable); save_attention:
+# keep the attention outputs and the q/k/v projections (the kernel is not rerun backward).
+REMAT_POLICIES = ("none", "full", "dots", "save_attention")
 ROPE_SCALINGS = ("none", "llama3")
 DTYPES = ("float32", "bfloat16", "float64")  # float64: exactness checks under jax_enable_x64
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "pallas", "splash", "tokamax")  # see model/attention.py
@@ -19,7 +22,7 @@ ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "pallas", "splash", "tokamax")  # 
 # vector), at RoPE position i - 1: under 'ar' a converted causal model exactly (model/transformer.py).
 QUERY_INPUTS = ("vector", "shift")
 # How the model computes, not what it computes: a checkpoint resumes under other values of these.
-EXECUTION_FIELDS = ("attention", "attention_chunks", "remat")
+EXECUTION_FIELDS = ("attention", "attention_chunks", "remat", "unroll_layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +53,9 @@ class ModelConfig:
     attention_chunks: int = 1  # static prefix chunks for the dense backends (see prefix_chunks.py)
     dtype: str = "float32"  # compute dtype; the accelerator presets (llama3_*) set bfloat16
     remat: str = "none"
+    # The layer stack is one lax.scan (compile time and program size independent of depth); True
+    # unrolls it (each layer its own code: sometimes faster to run, slower to compile).
+    unroll_layers: bool = False
     query_input: str = "vector"  # "vector" (the paper's) or "shift" (see QUERY_INPUTS)
 
     def __post_init__(self):

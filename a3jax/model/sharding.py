@@ -74,6 +74,28 @@ def batch_axes(mesh, batch_size: int) -> tuple[str, ...] | None:
     return axes
 
 
+def constrain(x, *logical_axes):
+    """x split over the mesh axes that the rule table gives each logical axis (None: replicated),
+    dimension by dimension; an axis that does not divide its dimension is dropped (that dimension
+    stays replicated). Without a mesh (or on one device) a no-op."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    spec = []
+    for size, name in zip(x.shape, logical_axes):
+        if name is None:
+            spec.append(None)
+            continue
+        if name == "batch":
+            spec.append(batch_axes(mesh, size))
+            continue
+        axes = tuple(a for a in logical_to_mesh(name) if a in mesh.axis_names and mesh.shape[a] > 1)
+        spec.append(axes if axes and size % math.prod(mesh.shape[a] for a in axes) == 0 else None)
+    if all(s is None for s in spec):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
 def constrain_batch(x):
     """x [B, ...] split over the mesh's batch axes (when they divide B)."""
     mesh = jax.sharding.get_abstract_mesh()

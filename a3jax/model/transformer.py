@@ -30,12 +30,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from a3jax.layout import previous_slots
 from a3jax.model import attention as attention_lib
 from a3jax.model import rope
 from a3jax.model.config import ModelConfig
-from a3jax.model.sharding import constrain_batch
+from a3jax.model.sharding import constrain, constrain_batch
 
 MASK_LOGIT = -1e9  # the mdlm variant's logit for the MASK id: probability exactly 0 in float32
 LAYER_PARAMS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
@@ -99,7 +100,7 @@ def rope_for(cfg: ModelConfig, positions_BxR) -> Rope:
 def _heads(cfg: ModelConfig, x_BxRxD, w, n_heads, rope_tables: Rope | None = None):
     """x @ w as [B, R, n_heads, head_dim], rotated by `rope_tables` when given."""
     b, r = x_BxRxD.shape[:2]
-    out_BxRxHxK = dense(x_BxRxD, w).reshape(b, r, n_heads, cfg.head_dim)
+    out_BxRxHxK = checkpoint_name(dense(x_BxRxD, w).reshape(b, r, n_heads, cfg.head_dim), "projections")
     if rope_tables is None:
         return out_BxRxHxK
     return rope.apply_rope(out_BxRxHxK, rope_tables.cos, rope_tables.sin)
@@ -126,7 +127,8 @@ def layer(cfg: ModelConfig, p, content_BxCxD, query_BxQxD, rope_content: Rope, r
     if query_BxQxD is not None:
         query_normed_BxQxD = rms_norm(query_BxQxD, p["attn_norm"], cfg.norm_eps)
         q_query = _heads(cfg, query_normed_BxQxD, p["wq"], cfg.n_heads, rope_query)
-    out_content, out_query = attend(q_content, q_query, k_BxCxGxK, v_BxCxGxK)
+    out_content, out_query = (None if o is None else checkpoint_name(o, "attention")
+                              for o in attend(q_content, q_query, k_BxCxGxK, v_BxCxGxK))
     if update_content:
         content_BxCxD = residual_tail(cfg, p, content_BxCxD, out_content)
     if query_BxQxD is not None:
@@ -140,6 +142,7 @@ def residual_tail(cfg: ModelConfig, p, x_BxRxD, attn_BxRxHxK):
     x_BxRxD = x_BxRxD + dense(attn_BxRxHxK.reshape(b, r, cfg.q_dim), p["wo"])
     mlp_in_BxRxD = rms_norm(x_BxRxD, p["mlp_norm"], cfg.norm_eps)
     hidden_BxRxF = jax.nn.silu(dense(mlp_in_BxRxD, p["w_gate"])) * dense(mlp_in_BxRxD, p["w_up"])
+    hidden_BxRxF = constrain(hidden_BxRxF, "batch", None, "mlp")
     return x_BxRxD + dense(hidden_BxRxF, p["w_down"])
 
 
@@ -148,6 +151,8 @@ def _remat(fn, policy: str):
         return fn
     if policy == "full":
         return jax.checkpoint(fn)
+    if policy == "save_attention":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names("attention", "projections"))
     return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
 
 
@@ -196,6 +201,11 @@ class Transformer(nnx.Module):
     def layer_params(self) -> dict:
         """The stacked layer weights [L, ...] in the compute dtype."""
         return {name: self.layers[name][...].astype(self.compute_dtype) for name in LAYER_PARAMS}
+
+    def stacked_params(self) -> dict:
+        """The stacked layer weights [L, ...] as stored (float32 masters): cast one layer at a time
+        inside the layer scan, so no compute-dtype copy of the whole stack exists."""
+        return {name: self.layers[name][...] for name in LAYER_PARAMS}
 
     def query_vector(self, shape_BxQxD):
         """The learned query vector at every row."""
@@ -255,17 +265,20 @@ class Transformer(nnx.Module):
                 q_content, q_query, k, v, segment_ids, groups, backend=cfg.attention, group_size=group_size,
                 chunks=cfg.attention_chunks, causal=facts.next_token)
 
+        dtype = self.compute_dtype
+
         def step(carry, layer_params, update_content=True):
+            layer_params = {name: w.astype(dtype) for name, w in layer_params.items()}  # this layer only
             content, query = layer(cfg, layer_params, *carry, rope_rows, rope_query, attend, update_content)
             return (constrain_batch(content), None if query is None else constrain_batch(query)), None
 
-        params = self.layer_params()
+        params = self.stacked_params()
         skip_last = query_BxNxD is not None and not full_content
         n_scanned = cfg.n_layers - 1 if skip_last else cfg.n_layers
         carry = (content_BxNxD, query_BxNxD)
         if n_scanned:
             scanned = jax.tree.map(lambda a: a[:n_scanned], params)
-            carry, _ = jax.lax.scan(_remat(step, cfg.remat), carry, scanned, unroll=True)
+            carry, _ = jax.lax.scan(_remat(step, cfg.remat), carry, scanned, unroll=bool(cfg.unroll_layers))
         if skip_last:
             last = jax.tree.map(lambda a: a[-1], params)
             carry, _ = step(carry, last, update_content=False)
@@ -285,6 +298,7 @@ class Transformer(nnx.Module):
         acc = jnp.promote_types(hidden_BxNxD.dtype, jnp.float32)
         logits_BxNxV = jnp.einsum("bnd,dv->bnv", hidden_BxNxD, self.head().astype(hidden_BxNxD.dtype),
                                   preferred_element_type=acc)
+        logits_BxNxV = constrain(logits_BxNxV, "batch", None, "vocab")
         if self.facts.masked_inputs:  # MASK is an input only: never predicted
             logits_BxNxV = logits_BxNxV.at[..., self.cfg.mask_token_id].set(MASK_LOGIT)
         return logits_BxNxV

@@ -171,6 +171,40 @@ def _infill(record: dict, policy, corpus, loaded, infill: dict) -> None:
         record["infill"].append(entry)
 
 
+def _natural_spans(record: dict, policy, corpus, loaded, settings: dict) -> None:
+    """record["extra"]: greedy infilling of the natural held-out spans (token accuracy, exact match)
+    and speculative(k) sampling of them (tokens per call, first-draft acceptance), when asked."""
+    from a3jax.eval import tasks
+    from a3jax.eval.spans import find_spans
+
+    spans_settings, speculative = settings.get("spans"), settings.get("speculative")
+    if not spans_settings:
+        return
+    extra = record.setdefault("extra", {})
+    parts = tasks.model_parts(loaded)
+    spans = find_spans(corpus.eval_docs, loaded.tokenizer, loaded.experiment.data.seq_len,
+                       int(spans_settings["per_kind"]), seed=int(spans_settings["seed"]))
+    plan, mode = spans_settings["plan"], policy.decode_modes[0]
+    why = _plan_unavailable(policy, plan, mode) if spans else "no natural span in the held-out files"
+    if why is None:
+        out = tasks.infill_spans(parts, spans, plan=plan, mode=mode)
+        extra["spans token acc"] = out["token_acc"]
+        extra["spans exact match"] = out["exact_match"]
+    else:
+        record["unavailable"]["spans"] = why
+    if not speculative:
+        return
+    k = int(speculative["k"])
+    why = _plan_unavailable(policy, f"speculative({k})", "cached") if spans else "no natural span"
+    if why is not None:
+        record["unavailable"][f"speculative({k})"] = why
+        return
+    out = tasks.speculative_calls(parts, [(s.window, s.start, s.stop) for s in spans], k=k,
+                                  temperature=float(speculative["temperature"]), seed=int(speculative["seed"]))
+    extra[f"speculative({k}) tokens/call"] = out["tokens_per_call"]
+    extra[f"speculative({k}) accept 2nd draft"] = out["acceptance_by_position"][1] if k > 1 else None
+
+
 def evaluate_point(workdir: str | pathlib.Path, settings: dict, *, point: Point | None = None,
                    corpus=None) -> dict:
     """Post-training metrics of a workdir's latest checkpoint (the eval_final.json record).
@@ -200,5 +234,6 @@ def evaluate_point(workdir: str | pathlib.Path, settings: dict, *, point: Point 
     if not policy.exact_likelihood:  # no order likelihoods (mdlm): its own eval orders give a bound
         record["nll_bound"] = _bounds(corpus, loaded, settings, workdir)
     _infill(record, policy, corpus, loaded, settings["infill"])
+    _natural_spans(record, policy, corpus, loaded, settings)
     record["seconds"] = round(time.perf_counter() - started, 2)
     return record

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from a3jax.errors import UserError
 from a3jax.study.plots import PLOTS, write_plots
-from a3jax.study.runs import INFILL_COLUMNS, Run, collect, columns, dig, finite, number, run_values
+from a3jax.study.runs import INFILL_COLUMNS, Run, collect, columns, dig, extra_columns, finite, number, run_values
 
 WARN = "⚠"
 
@@ -81,11 +81,12 @@ def _tokens(value) -> str:
 
 # ---- sections ------------------------------------------------------------------------------------
 
-def _runs_table(runs: Sequence[Run], values: dict, orders, bounds, plans) -> list[str]:
-    """One row per run: variant, curriculum, seed, tokens, final loss, NLL per order, bounds, infilling."""
+def _runs_table(runs: Sequence[Run], values: dict, orders, bounds, plans, extras=()) -> list[str]:
+    """One row per run: variant, curriculum, seed, tokens, final loss, NLL per order, bounds,
+    infilling, extra measurements."""
     header = ["run", "variant", "curriculum", "seed", "tokens", "final train loss"]
     header += [f"NLL {o}" for o in orders] + [f"{b} NLL upper bound" for b in bounds]
-    header += [f"infill {p} ({s} steps)" for p, s in plans]
+    header += [f"infill {p} ({s} steps)" for p, s in plans] + list(extras)
     rows = []
     for run in runs:
         v = values[run.label]
@@ -97,15 +98,16 @@ def _runs_table(runs: Sequence[Run], values: dict, orders, bounds, plans) -> lis
         for plan, _ in plans:
             cells = [v[f"infill/{plan}/{k}"] for k in INFILL_COLUMNS]
             row.append("n/a" if all(c is None for c in cells) else " / ".join(_fmt(c) for c in cells))
+        row += [_fmt(v.get(f"extra/{key}")) for key in extras]
         rows.append(row)
     return _md_table(header, rows) if rows else ["(no run has metrics yet)"]
 
 
-def _seeds_table(runs: Sequence[Run], groups, values: dict, orders, bounds, plans) -> list[str]:
+def _seeds_table(runs: Sequence[Run], groups, values: dict, orders, bounds, plans, extras=()) -> list[str]:
     """One row per group (a point over its seeds): mean ± half the range of each column."""
     header = ["point", "variant", "runs", "tokens", "final train loss"] + [f"NLL {o}" for o in orders]
     header += [f"{b} NLL upper bound" for b in bounds]
-    header += [f"infill {p} ({s} steps)" for p, s in plans]
+    header += [f"infill {p} ({s} steps)" for p, s in plans] + list(extras)
     rows = []
     for group in groups:
         members = [r for r in runs if r.group == group]
@@ -120,6 +122,7 @@ def _seeds_table(runs: Sequence[Run], groups, values: dict, orders, bounds, plan
         for plan, _ in plans:
             cells = [pick(f"infill/{plan}/{k}") for k in INFILL_COLUMNS]
             row.append("n/a" if all(c is None for c in cells) else " / ".join(_fmt_agg(c, n, 2) for c in cells))
+        row += [_fmt_agg(_aggregate([values[r.label].get(f"extra/{key}") for r in members]), n) for key in extras]
         rows.append(row)
     return _md_table(header, rows) if rows else ["(nothing to average)"]
 
@@ -162,6 +165,7 @@ def build_report(dirs: Sequence[str | pathlib.Path], out_dir: str | pathlib.Path
     orders, bounds, plans = columns(runs)
     table_runs = [r for r in runs if r.metrics or r.eval]
     values = {r.label: run_values(r, orders, bounds, plans) for r in table_runs}
+    extras = extra_columns(table_runs)
 
     lines = ["# Ablation report", "", f"Generated {time.strftime('%Y-%m-%d %H:%M')} by "
              f"`a3jax report {' '.join(str(d) for d in dirs)} --out {out_dir}`.", ""]
@@ -174,11 +178,11 @@ def build_report(dirs: Sequence[str | pathlib.Path], out_dir: str | pathlib.Path
               "Held-out NLL in nats per token (bits per byte in brackets) under each order; "
               "infilling cells are exact match / ROUGE-L F1 / token accuracy of the span. "
               "n/a: not measured (reasons below).", ""]
-    lines += _runs_table(table_runs, values, orders, bounds, plans)
+    lines += _runs_table(table_runs, values, orders, bounds, plans, extras)
     lines += ["", "## Averaged over seeds", "", "mean ± half the range over the runs of a point (runs: how "
               "many; (n=k) where only k of them have a finite value). Infilling: exact match / ROUGE-L / "
               "token accuracy.", ""]
-    lines += _seeds_table(table_runs, groups, values, orders, bounds, plans)
+    lines += _seeds_table(table_runs, groups, values, orders, bounds, plans, extras)
     notes = _notes(runs, bounds)
     if notes:
         lines += ["", "## Not measured / labels", ""] + [f"- {n}" for n in notes]

@@ -33,6 +33,24 @@ def _log(message: str) -> None:
     print(f"[a3jax sweep] {message}", file=sys.stderr, flush=True)
 
 
+# ---- a sweep on subword tokens -------------------------------------------------------------------
+
+def with_tokenizer(sweep, root, overrides: Sequence[str]) -> list[str]:
+    """The command line's overrides, plus, for a sweep file with BPE_VOCAB = N (and no
+    data.tokenizer override), the byte-level BPE of N tokens that every point trains on: trained
+    once on the base config's training files into ROOT/tokenizer.json (a3jax/data/bpe.py)."""
+    from a3jax.configs import load_config_module, override_key
+    from a3jax.data.bpe import bpe_overrides, ensure_bpe
+
+    overrides = normal_overrides(overrides)
+    module = load_config_module(sweep.path)
+    vocab = int(getattr(module, "BPE_VOCAB", 0))
+    if not vocab or any(override_key(o) == "data.tokenizer" for o in overrides):
+        return overrides
+    path = ensure_bpe(vocab, pathlib.Path(root) / "tokenizer.json", module.get_config(), overrides, log=_log)
+    return overrides + bpe_overrides(vocab, path)
+
+
 # ---- commands for separate jobs ------------------------------------------------------------------
 
 def sweep_command(config_path, root, overrides=(), only=None) -> str:
@@ -47,6 +65,7 @@ def commands(config_path, root, *, overrides: Sequence[str] = (), only=None) -> 
     """Per point: `a3jax train ... && a3jax sweep ... --only NAME` (the second call finds the point
     trained and only evaluates it)."""
     sweep = load_sweep(config_path)
+    overrides = with_tokenizer(sweep, root, overrides)
     lines = []
     for point in select(sweep.points, only):
         point_config(sweep, point, overrides, root)  # a bad point fails here, not in the job
@@ -106,6 +125,7 @@ def run_sweep(config_path, root, *, overrides: Sequence[str] = (), only=None, pr
     sweep = load_sweep(config_path)
     root = pathlib.Path(root)
     chosen = select(sweep.points, only)
+    overrides = with_tokenizer(sweep, root, overrides)
     experiments = {p.name: point_config(sweep, p, overrides, root) for p in chosen}  # fail fast, name the point
     owner = (read_json(root / SWEEP_FILE) or {}).get("config")
     if owner and pathlib.Path(owner).resolve() != sweep.path.resolve():

@@ -208,6 +208,8 @@ def _eval_numbers(record) -> dict:
         for key, value in (entry.get("metrics") or {}).items():
             if key in ("exact_match", "rouge1", "rouge2", "rougeL", "token_acc"):
                 out[f"infill/{entry.get('plan')}/{key}"] = value
+    for key, value in (record.get("extra") or {}).items():
+        out[f"extra/{key}"] = value
     return out
 
 
@@ -277,6 +279,12 @@ def columns(runs: Sequence[Run]) -> tuple[list[str], list[str], list[tuple[str, 
     return orders, bounds, plans
 
 
+def extra_columns(runs: Sequence[Run]) -> list[str]:
+    """The extra measurements (eval_final.json "extra": natural spans, speculative decoding) of
+    any run, in first-seen order."""
+    return _first_seen(key for run in runs for key in (dig(run.eval, "extra") or {}))
+
+
 def _bound_value(run: Run, name: str, key: str):
     values = dig(run.eval, "nll_bound", name) or {}
     if key in values:
@@ -307,4 +315,6 @@ def run_values(run: Run, orders, bounds, plans) -> dict:
         metrics = (infill_entry(run, plan) or {}).get("metrics") or {}
         for key in INFILL_COLUMNS:
             values[f"infill/{plan}/{key}"] = metrics.get(key)
+    for key in extra_columns([run]):
+        values[f"extra/{key}"] = dig(run.eval, "extra", key)
     return values

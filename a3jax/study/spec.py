@@ -7,7 +7,11 @@ A sweep file is a config file (get_config() gives the base config) that also def
       without a trailing -sN / _seedN), which the report averages over.
   get_eval() -> {"orders": [...], "nll_rows": N, "nll_batch_size": B,
                  "infill": {"span": T, "num_examples": N, "seed": S, "temperature": 0.0,
-                            "batch_size": B, "plans": ["ar", "blocks(4)", ...]}}   (optional)
+                            "batch_size": B, "plans": ["ar", "blocks(4)", ...]},
+                 "spans": {"per_kind": 16, "seed": 0, "plan": "ar"},            (optional: natural spans)
+                 "speculative": {"k": 4, "temperature": 1.0, "seed": 0}}        (optional: on those spans)
+  BPE_VOCAB = N (optional): `a3jax sweep` trains a byte-level BPE of N tokens on the base config's
+      training files into ROOT/tokenizer.json and runs every point on it (as the demo does).
 
 This module only reads and checks; it imports nothing of a3jax at import time (the command line
 builds its parser from it cheaply).
@@ -26,9 +30,14 @@ from a3jax.errors import UserError
 
 POINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 SEED_SUFFIX = re.compile(r"[-_](?:s|seed)\d+$")
-EVAL_KEYS = {"orders", "nll_rows", "nll_batch_size", "infill"}
+EVAL_KEYS = {"orders", "nll_rows", "nll_batch_size", "infill", "spans", "speculative"}
 INFILL_DEFAULTS = {"span": 32, "num_examples": 8, "seed": 0, "temperature": 0.0, "batch_size": 8,
                    "plans": ["ar"]}
+# natural held-out spans (a3jax/eval/spans.py: identifiers, return expressions, argument lists,
+# docstring lines), filled greedily: token accuracy and exact match
+SPANS_DEFAULTS = {"per_kind": 16, "seed": 0, "plan": "ar"}
+# speculative(k) sampling of those spans: tokens per model call and acceptance of each draft position
+SPECULATIVE_DEFAULTS = {"k": 4, "temperature": 1.0, "seed": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +151,20 @@ def _check_eval(spec, path) -> dict:
         orders = [str(o).strip() for o in orders]
         for order in orders:
             parse_sampler(order)
+    extras = {}
+    for key, defaults in (("spans", SPANS_DEFAULTS), ("speculative", SPECULATIVE_DEFAULTS)):
+        value = spec.get(key)
+        if value is None:
+            extras[key] = None
+            continue
+        bad = set(value) - set(defaults)
+        if bad:
+            raise UserError(f"{path}: get_eval()[{key!r}] has unknown keys {sorted(bad)}; valid: {sorted(defaults)}")
+        extras[key] = {**defaults, **value}
+    if extras["speculative"] is not None and extras["spans"] is None:
+        raise UserError(f"{path}: get_eval()['speculative'] samples the natural spans: give 'spans' too")
     return {"orders": orders, "nll_rows": spec.get("nll_rows"), "nll_batch_size": spec.get("nll_batch_size", 8),
-            "infill": infill}
+            "infill": infill, **extras}
 
 
 def eval_settings(sweep_eval: dict, exp) -> dict:
@@ -154,6 +175,8 @@ def eval_settings(sweep_eval: dict, exp) -> dict:
         "nll_rows": int(sweep_eval["nll_rows"] or exp.train.eval_rows),
         "nll_batch_size": int(sweep_eval["nll_batch_size"]),
         "infill": dict(sweep_eval["infill"]),
+        "spans": sweep_eval.get("spans"),
+        "speculative": sweep_eval.get("speculative"),
     }
 
 

@@ -134,7 +134,8 @@ def _train_on_mesh(exp: Experiment, workdir, tokenizer, checkpointer, stop_after
         (workdir / "config.json").write_text(json.dumps(exp.raw.to_dict(), indent=2, default=list))
     train_step = make_train_step(model_def, tx, learning_rate_schedule(exp.train), shardings,
                                  grad_accum=exp.train.grad_accum,
-                                 inject_nan_at_steps=exp.train.inject_nan_at_steps)
+                                 inject_nan_at_steps=exp.train.inject_nan_at_steps,
+                                 loss_chunk=exp.train.loss_chunk)
     writer = MetricWriter(workdir, resume_step=start) if is_chief else NullWriter()
     saver = CheckpointSaver(checkpointer, checkpointer.latest_step())
     window = MetricWindow(writer, tokens_per_step=exp.tokens_per_step, n_devices=mesh.size,
@@ -172,7 +173,9 @@ def _train_on_mesh(exp: Experiment, workdir, tokenizer, checkpointer, stop_after
                 done = summary["step"] = step + 1
                 window.add(done, metrics)
                 bar.update(1)
-                stop = stops.agreed()
+                # several processes agree on stopping only at log boundaries (one small all-gather
+                # per log_every steps, not per step); a single process reads its own flag
+                stop = stops.agreed(at_sync_point=done % t.log_every == 0 or done == end)
                 if done % t.log_every == 0 or done == end or stop:
                     flush()
                 if done % t.eval_every == 0 or done == total:

@@ -1,9 +1,10 @@
 """Stop requests from SIGTERM / SIGINT (preemption, Ctrl-C), agreed on by every process.
 
 The first signal only sets a flag: the loop finishes its step, saves a checkpoint at that step
-boundary and returns. A second signal exits at once (exit code 128 + signal number), without
-saving: the last complete checkpoint stays the resume point, and a checkpoint being written is
-never picked up (orbax renames a finished checkpoint into place; see checkpoint.py).
+boundary and returns (with several processes, at the next log boundary, where they agree). A
+second signal exits at once (exit code 128 + signal number), without saving: the last complete
+checkpoint stays the resume point, and a checkpoint being written is never picked up (orbax
+renames a finished checkpoint into place; see checkpoint.py).
 """
 
 from __future__ import annotations
@@ -47,13 +48,17 @@ class StopRequests:
         print(f"[a3jax] {name}: finishing this step, then saving a checkpoint (send it again to exit "
               "at once)", file=sys.stderr, flush=True)
 
-    def agreed(self) -> str | None:
-        """The signal name if any process was asked to stop (a collective when multi-process: every
-        process must call it at the same steps)."""
+    def agreed(self, at_sync_point: bool = True) -> str | None:
+        """The signal name if any process was asked to stop. With several processes this is a
+        collective (every process must call it at the same steps), made only at sync points (the
+        loop's log boundaries: at most train.log_every steps late); elsewhere None. One process
+        answers from its own flag at every step."""
         import jax
 
         if jax.process_count() == 1:
             return self.signal_name
+        if not at_sync_point:
+            return None
         from jax.experimental import multihost_utils
 
         codes = multihost_utils.process_allgather(np.int32(0 if self.signal_name is None else 1 + SIGNALS.index(

@@ -6,12 +6,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from a3jax.loss import eval_totals, mean_loss
+from a3jax.loss import eval_totals, loss_sums, target_log_probs, target_log_probs_chunked
 from a3jax.model.params import ModelDef, abstract_params, init_model  # noqa: F401  (the model's home)
 
 
+def model_loss(model, batch, group_size=None, loss_chunk: int = 0):
+    """(mean loss, {nll_sum, n_targets}) of a batch. loss_chunk > 0 scores the rows that many at a
+    time from the hidden states and the head, never holding the [B, N, V] logits (loss.py)."""
+    facts = model.facts
+    if not loss_chunk:
+        return loss_sums(*target_log_probs(model(batch, group_size=group_size), batch, facts))
+    hidden = model.hidden_states(batch, group_size=group_size)[facts.predicts_from]
+    mask_id = model.cfg.mask_token_id if facts.masked_inputs else None
+    return loss_sums(*target_log_probs_chunked(hidden, model.head(), batch, facts, loss_chunk, mask_id))
+
+
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule, shardings=None,
-                    grad_accum: int = 1, inject_nan_at_steps: tuple[int, ...] = ()):
+                    grad_accum: int = 1, inject_nan_at_steps: tuple[int, ...] = (), loss_chunk: int = 0):
     """The jitted step. shardings = (params, opt_state, batch) NamedSharding trees, or None.
 
     grad_accum > 1 splits the batch into that many micro-batches (scanned) and sums their NLL
@@ -21,12 +32,12 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
     A step whose loss or gradients are not finite leaves params and optimizer state unchanged
     (metric `skipped` = 1); its batch is consumed and the schedule moves on with the step number.
     inject_nan_at_steps: a testing aid, steps whose gradients are replaced by NaN.
+    loss_chunk: rows per cross-entropy chunk (train.loss_chunk; 0 = the full logits).
     The step takes `group_size` (static, 5th positional): the batch's one group size when its rows are
     grid-aligned (data.align_groups), for the static-mask attention backends; one compile per size.
     """
     def nll_sum(p, micro, group_size):
-        model = model_def.bind(p)
-        _, aux = mean_loss(model(micro, group_size=group_size), micro, model.facts)
+        _, aux = model_loss(model_def.bind(p), micro, group_size, loss_chunk)
         return aux["nll_sum"], aux["n_targets"]
 
     def train_step(params, opt_state, step, batch, group_size=None):
