@@ -172,7 +172,7 @@ def main(args, overrides=()) -> int:
     if spans:
         prompt = _write_prompt(tokenizer, spans, workdir / "prompt.txt")
         print(f"\n(more: {prompt} holds a held-out snippet with its [gap:N]; sample it exactly in fewer calls with\n"
-              f"  a3jax sample --workdir {a3_dir} --prompt-file {prompt} --plan 'speculative(4)' "
+              f"  a3jax sample --workdir {a3_dir} --prompt-file {prompt} --plan speculative "
               "--temperature 0.8 --num-samples 3)")
     _say(f"demo done in {time.perf_counter() - started:.0f} s; workdir {workdir} "
          f"(pretrain/ and a3/: metrics.jsonl, tensorboard/, checkpoints/)")

@@ -13,7 +13,9 @@ def test_bench_train_prints_both_variants_and_the_ratio(capsys):
                      "--config.model.ffn_dim=64", "--config.data.seq_len=32", "--config.mesh.devices=1"])
     out = capsys.readouterr().out
     assert code == 0
-    rows = re.findall(r"^(a3|causal)\s+\S+\s+(\w+)\s+(\d+)\s+([\d.]+)\s+([\d,]+)\s+\S+\s+\S+\s+([\d.]+)", out, re.M)
+    # variant, order, attention, remat, loss chunk, batch, step ms, tokens/s, TFLOP/s, MFU, x causal
+    rows = re.findall(r"^(a3|causal)\s+\S+\s+(\w+)\s+\S+\s+\d+\s+(\d+)\s+([\d.]+)\s+([\d,]+)\s+\S+\s+\S+\s+([\d.]+)",
+                      out, re.M)
     assert [r[0] for r in rows] == ["a3", "causal"]
     assert [r[1] for r in rows] == ["xla", "xla"]  # auto resolves to xla on the CPU
     assert all(float(ms) > 0 for *_, ms, _, _ in rows)
@@ -28,7 +30,7 @@ def test_bench_train_backends_and_batch_sizes_give_one_row_each(capsys):
                      "--batch-sizes=2,4", "--backends=xla,pallas", "--variants=a3"])
     out = capsys.readouterr().out
     assert code == 0
-    rows = re.findall(r"^a3\s+\S+\s+(\w+)\s+(\d+)\s+[\d.]+", out, re.M)
+    rows = re.findall(r"^a3\s+\S+\s+(\w+)\s+\S+\s+\d+\s+(\d+)\s+[\d.]+", out, re.M)
     assert rows == [("xla", "2"), ("pallas", "2"), ("xla", "4"), ("pallas", "4")]
     assert "causal" not in out.split("FLOP ratio")[0].split("\n", 2)[2]
 

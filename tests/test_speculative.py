@@ -15,6 +15,8 @@ from a3jax.layout import build_layout, unsort
 from a3jax.model import ModelConfig
 from a3jax.model.params import init_model
 
+from support import model_log_probs
+
 CONTEXT = 1  # the known token at position 1; positions 2..5 are generated
 ORDERS = {"ar": None, "scrambled": np.array([0, 3, 1, 4, 2])}  # group ids rank positions 2..5: 4, 2, 5, 3
 
@@ -85,7 +87,9 @@ def test_samples_follow_the_one_at_a_time_joint_exactly(order, k, query_input):
     assert _chi_square(samples, expected) > 1e-3
     # fewer calls than one per position (5 per row for 'ar' incl. the prefill)
     assert result.stats["calls"] < 5
-    assert result.stats["accepted"][0] == result.stats["offered"][0]  # the first draft is always accepted
+    by_source = result.stats["by_source"]  # every draft offered is counted once, under its source
+    assert sum(v["offered"] for v in by_source.values()) == result.stats["offered"].sum()
+    assert sum(v["accepted"] for v in by_source.values()) == result.stats["accepted"].sum()
     # the same test rejects independent sampling within groups of k (blocks(k) / k-wide groups)
     if order == "ar":
         blocky = _sample(model_def, params, f"blocks({k})", n, order)
@@ -119,7 +123,6 @@ def test_shaped_sampling_follows_the_shaped_joint():
 @pytest.mark.slow
 @pytest.mark.parametrize("plan", ["speculative(3)", "speculative(4, adaptive)", "speculative(2, order=random)"])
 def test_log_probs_equal_a_full_forward_under_the_singletons_used(plan):
-    from support import model_log_probs
 
     model_def, params = _model(vocab=12, init_std=0.3)
     rng = np.random.default_rng(2)
@@ -194,3 +197,52 @@ def test_the_same_seed_samples_the_same_with_x64_on():
         jax.config.update("jax_enable_x64", before)
     for a, b in zip(reference.tokens, result.tokens):
         np.testing.assert_array_equal(a, b)
+
+
+def _completion_joint(model_def, params, template, known, grouping):
+    """P of every completion of `template`'s unknown positions under `grouping` (the one the
+    sampler used: given tokens left to right, then the generated ones one at a time)."""
+    model = model_def.bind(params)
+    gaps = np.flatnonzero(~known)
+    sequences = np.array(list(itertools.product(range(3), repeat=gaps.size)), np.int32)
+    docs = []
+    for s in sequences:
+        doc = template.copy()
+        doc[gaps] = s
+        docs.append(doc)
+    layouts = [build_layout([d], [grouping], template.size + 2, bos_id=0, pad_id=0) for d in docs]
+    batch = {k: jnp.asarray(np.stack([lay[k] for lay in layouts])) for k in layouts[0]}
+    log_probs, _ = model_log_probs(model, batch)
+    log_probs = np.asarray(log_probs)
+    probs = np.array([np.exp(unsort(log_probs[i], lay, 1)[gaps + 1].sum()) for i, lay in enumerate(layouts)])
+    return sequences, probs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("draft, query_input", [("copy", "vector"), ("auto", "shift")])
+def test_copied_and_mixed_drafts_sample_the_joint_exactly(draft, query_input):
+    """Point-mass drafts copied from the known text (a right-hand context that repeats the left),
+    alone or mixed with the model's drafts, still sample the one-at-a-time joint exactly; the same
+    test rejects blocks(4)."""
+
+
+    model_def, params = _model(query_input=query_input)
+    template = np.array([1, 2, 0, 0, 0, 0, 1, 2, 1, 2], np.int32)
+    known = np.array([1, 1, 0, 0, 0, 0, 1, 1, 1, 1], bool)
+    n = 12_000
+    result = generate(model_def, params, [template] * n, [known] * n, bos_id=0, pad_id=0, eos_id=None,
+                      sampling=SampleConfig(plan=f"speculative(4, draft={draft})", seed=3))
+    assert result.stats["by_source"]["copy"]["offered"] > n  # copying really happened
+    if draft == "auto":
+        assert result.stats["by_source"]["model"]["offered"] > n // 10
+    groupings = np.unique(np.stack(result.groups), axis=0)
+    assert len(groupings) == 1
+    sequences, probs = _completion_joint(model_def, params, template, known, groupings[0])
+    assert abs(probs.sum() - 1) < 1e-5 and probs.max() / probs.min() > 20
+    samples = np.stack([t[~known] for t in result.tokens])
+    expected = np.zeros(81)
+    expected[sequences @ (3 ** np.arange(3, -1, -1))] = probs * n
+    assert _chi_square(samples, expected) > 1e-3
+    blocky = generate(model_def, params, [template] * n, [known] * n, bos_id=0, pad_id=0, eos_id=None,
+                      sampling=SampleConfig(plan="blocks(4)", seed=3))
+    assert _chi_square(np.stack([t[~known] for t in blocky.tokens]), expected) < 1e-6

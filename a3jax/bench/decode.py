@@ -94,7 +94,8 @@ def speculative_rows(model_def, params, cfg, docs, known, args, special) -> list
     speculative plans, beside ar and blocks(k) (cached mode, same documents, same temperature)."""
     k = args.speculative
     rows = []
-    for plan in ("ar", f"blocks({k})", f"speculative({k})", f"speculative({k}, adaptive)"):
+    for plan in ("ar", f"blocks({k})", f"speculative({k}, draft=model)", f"speculative({k}, draft=copy)",
+                 f"speculative({k})", f"speculative({2 * k}, adaptive)"):
         sampling = SampleConfig(plan=plan, temperature=args.temperature, seed=0, stop_at_eos=False)
         out = {}
 
@@ -111,9 +112,12 @@ def speculative_rows(model_def, params, cfg, docs, known, args, special) -> list
         row_calls = int(stats["row_calls"].sum()) if "row_calls" in stats else calls * len(docs)
         offered = stats.get("offered")
         # per row: the calls a row took part in (rows of a batch finish at different calls)
+        sources = {name: v["accepted"] / v["offered"] for name, v in stats.get("by_source", {}).items()
+                   if v["offered"]}
         rows.append({"plan": plan, "ms": ms, "calls": calls, "calls_per_token": row_calls / generated,
                      "acceptance": None if offered is None else
-                     [a / o if o else float("nan") for a, o in zip(stats["accepted"], offered)]})
+                     [a / o if o else float("nan") for a, o in zip(stats["accepted"], offered)],
+                     "sources": sources})
     return rows
 
 
@@ -175,11 +179,13 @@ def main_speculative(args, overrides=()) -> int:
     print(f"decode on {jax.devices()[0].device_kind} (jax {jax.__version__}): {what}; d_model={cfg.d_model} "
           f"layers={cfg.n_layers}; batch {args.batch} x {args.row_len} tokens, infill {args.gap} positions, "
           f"temperature {args.temperature}; median of {args.repeats}")
-    print(f"{'plan':<26}{'ms':>9}{'calls':>7}{'calls/token':>13}{'x ar':>7}  acceptance by draft position")
-    ar = rows[0]["calls_per_token"]
+    print(f"{'plan':<34}{'ms':>9}{'x ar ms':>8}{'calls':>7}{'calls/token':>13}{'x ar':>7}  "
+          "acceptance by source; by draft position")
+    ar, ar_ms = rows[0]["calls_per_token"], rows[0]["ms"]
     for r in rows:
         acceptance = "" if r["acceptance"] is None else " ".join(f"{a:.2f}" for a in r["acceptance"])
-        print(f"{r['plan']:<26}{r['ms']:>9.1f}{r['calls']:>7}{r['calls_per_token']:>13.3f}"
-              f"{ar / r['calls_per_token']:>7.2f}  {acceptance}")
+        sources = " ".join(f"{name} {rate:.2f}" for name, rate in (r.get("sources") or {}).items())
+        print(f"{r['plan']:<34}{r['ms']:>9.1f}{r['ms'] / ar_ms:>8.2f}{r['calls']:>7}{r['calls_per_token']:>13.3f}"
+              f"{ar / r['calls_per_token']:>7.2f}  {sources}{'; ' if sources else ''}{acceptance}")
     return 0
 

@@ -66,7 +66,7 @@ def _append(buffer, new, start):
 
 
 def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid, query_positions,
-           commit_groups=None, query_groups=None):
+           commit_groups=None, query_groups=None, query_previous=None):
     """Commits the next group(s) of each row and predicts the next positions, in one call.
 
     commit_tokens, commit_positions, commit_valid: [B, C] (invalid slots are ignored, never seen);
@@ -75,7 +75,10 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
     only; Q may be 0); query_groups: [B, Q] a query row sees the valid slots of groups < its id
     (None: every valid slot, the groups committed in this call included) -- several groups
     committed in one call can then each be verified against exactly the groups before it
-    (speculative decoding). Every layer is the model's own (model/transformer.layer) with an
+    (speculative decoding). query_previous: (tokens [B, Q], known [B, Q]), the previous-position
+    token a shifted query row reads where known (default: the cache's visible slot at position - 1,
+    the exact rule; a speculative driver passes an undecided draft here to chain its proposals).
+    Every layer is the model's own (model/transformer.layer) with an
     `attend` that appends the committed rows' keys/values to the cache and reads it.
     Returns (cache, logits): float32 [B, Q, V] query-stream logits; for a next-token model
     (causal), [B, 1, V] from the valid committed row with the largest position (it predicts that
@@ -111,8 +114,11 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
         # the previous position's token, where the query row sees it (the shifted query stream)
         previous_BxQxS = query_mask_BxQxS & (positions[:, None, :] == query_positions[:, :, None] - 1)
         previous_token_BxQ = jnp.sum(jnp.where(previous_BxQxS, tokens[:, None, :], 0), axis=-1)
+        previous_known_BxQ = jnp.any(previous_BxQxS, axis=-1)
+        if query_previous is not None:
+            previous_token_BxQ, previous_known_BxQ = query_previous
         query_BxQxD, query_rope_positions = model.query_rows(
-            query_positions, model.embed_tokens(previous_token_BxQ), jnp.any(previous_BxQxS, axis=-1))
+            query_positions, model.embed_tokens(previous_token_BxQ), previous_known_BxQ)
         rope_query = rope_for(cfg, query_rope_positions)
 
     def body(carry, xs):

@@ -11,10 +11,14 @@ Dynamic plans look at the model's predictions for every remaining position and c
   confidence(steps=T, schedule=cosine)                          few first, more later (MaskGIT)
 Speculative plans sample EXACTLY from the one-position-at-a-time joint of an order (ar, random, or
 the caller's groups as a ranking) in fewer model calls (decode/speculative.py):
-  speculative(k)                        k drafts per round
-  speculative(k, adaptive)              k moves between 1 and the given k with the acceptance
+  speculative                           the best exact plan measured: speculative(4), drafts from the
+                                        known text where it repeats, else (chained) from the model
+  speculative(k)                        up to k drafts per round
+  speculative(k, adaptive)              each row drafts as many as its acceptance makes worthwhile
+  speculative(k, draft=model)           drafts from the model only (draft=copy: from the text only
+                                        where it repeats; draft=auto, the default: either)
   speculative(k, order=random)          a random order of the unknown positions (order=groups: the
-                                        caller's group ids rank the positions)
+                                        caller's group ids rank the positions); copies need 'ar'
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from a3jax.orders import normal_spec
 
 STATIC = ("ar", "blocks", "random", "groups")
 SPECULATIVE_ORDERS = ("ar", "random", "groups")
+DRAFT_SOURCES = ("auto", "model", "copy")
+BEST_SPECULATIVE = "speculative(4)"  # what a bare `speculative` means (fewest calls and ms: BENCHMARKS.md)
 DYNAMIC = {"confidence": "confidence", "entropy": "entropy", "margin": "margin", "random_pick": "random"}
 SCHEDULES = ("linear", "cosine")
 
@@ -43,6 +49,7 @@ class Plan:
     schedule: str = "linear"
     adaptive: bool = False  # speculative only: k adapts to the acceptance (the given k is the most)
     order: str = "ar"  # speculative only: the order whose one-at-a-time joint is sampled
+    draft: str = "auto"  # speculative only: where drafts come from (DRAFT_SOURCES)
 
     @property
     def speculative(self) -> bool:
@@ -108,6 +115,8 @@ def parse_plan(spec: str) -> Plan:
             raise UserError(f"plan {spec!r}: {name!r} takes no arguments")
         return Plan(name)
     if name == "speculative":
+        if args is None:  # bare `speculative`: the best exact plan
+            return parse_plan(BEST_SPECULATIVE)
         return _speculative(spec, positional, keywords, integer)
     if name in ("blocks", "random"):
         if keywords or len(positional) > 1 or (name == "blocks" and not positional):
@@ -136,9 +145,9 @@ def parse_plan(spec: str) -> Plan:
 def _speculative(spec: str, positional: list[str], keywords: dict, integer) -> Plan:
     adaptive = "adaptive" in positional
     positional = [p for p in positional if p != "adaptive"]
-    unknown = set(keywords) - {"k", "adaptive", "order"}
+    unknown = set(keywords) - {"k", "adaptive", "order", "draft"}
     if unknown:
-        raise UserError(f"plan {spec!r}: unknown argument(s) {sorted(unknown)}; use k, adaptive, order")
+        raise UserError(f"plan {spec!r}: unknown argument(s) {sorted(unknown)}; use k, adaptive, order, draft")
     if len(positional) + ("k" in keywords) != 1:
         raise UserError(f"plan {spec!r}: write speculative(k) with one integer k (drafts per round)")
     k = integer(positional[0] if positional else keywords["k"], "k")
@@ -149,7 +158,13 @@ def _speculative(spec: str, positional: list[str], keywords: dict, integer) -> P
     order = keywords.get("order", "ar")
     if order not in SPECULATIVE_ORDERS:
         raise UserError(f"plan {spec!r}: order={order!r} is not one of {SPECULATIVE_ORDERS}")
-    return Plan("speculative", k=k, adaptive=adaptive, order=order)
+    draft = keywords.get("draft", "auto")
+    if draft not in DRAFT_SOURCES:
+        raise UserError(f"plan {spec!r}: draft={draft!r} is not one of {DRAFT_SOURCES}")
+    if draft == "copy" and order != "ar":
+        raise UserError(f"plan {spec!r}: copied drafts follow the text left to right; use order=ar or "
+                        "draft=model")
+    return Plan("speculative", k=k, adaptive=adaptive, order=order, draft=draft)
 
 
 def static_groups(plan: Plan, unknown_positions: np.ndarray, rng: np.random.Generator,

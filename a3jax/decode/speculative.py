@@ -1,33 +1,47 @@
-"""Exact parallel decoding: any-subset speculative sampling from one A3 model (Guo & Ermon 2025).
+"""Exact parallel decoding: any-subset speculative sampling from one A3 model (Guo & Ermon 2025),
+with drafts from the model itself and from the known text.
 
 The target is the model's FINEST joint along an order o_1, o_2, ... of the unknown positions: one
-position at a time, p(x_{o_j} | everything committed before). One A3 model both drafts and
-verifies, with the exact KV cache (decode/cache.py):
+position at a time, p(x_{o_j} | everything committed before). Every ROUND is ONE model call
+against the exact KV cache (decode/cache.py) that
+  commits  the token resampled at the last round's rejection (if any) and k drafts d_1..d_k of the
+           next positions, as singleton groups;
+  verifies each draft: the query row of o_j sees the committed tokens and d_<j only
+           (cache.extend's query_groups), giving the target's conditional p_j;
+  proposes the next positions: query rows that see every draft, whose distributions (and one
+           sampled token each) go into a per-position proposal table for later rounds.
+Draft d_j is accepted with probability min(1, p_j(d_j) / q_j(d_j)); at the first rejection a token
+is sampled from the normalised max(0, p_j - q_j) and the round ends (its token is committed by the
+next round's call). This is standard speculative sampling: for ANY draft distribution q_j that is
+fixed before the target is read -- point masses included -- every committed token follows p_j
+exactly. Rejected drafts' cache slots are marked invalid.
 
-  draft    the query rows of the next k positions of the order against the cache: q_j =
-           p(x_{o_j} | committed), for all j at once; drafts d_j ~ q_j independently.
-  verify   ONE call commits d_1..d_k as k singleton groups and asks the query rows of o_1..o_k,
-           row j seeing the committed tokens and d_<j only (cache.extend's query_groups):
-           p_j = p(x_{o_j} | committed, d_<j), the target's conditionals.
-  accept   d_j with probability min(1, p_j(d_j) / q_j(d_j)); at the first rejection, sample from
-           the normalised max(0, p_j - q_j) and stop. Standard speculative sampling: every
-           committed token follows p_j exactly. p_1 = q_1, so a round commits at least one token.
-The accepted drafts' content keys/values were computed under exactly the committed visibility,
-so they stay in the cache; the slots of rejected drafts are marked invalid. The same verify call
-also asks the query rows of the NEXT positions given all k drafts: when every draft is accepted
-they are the next round's draft distributions, and the round cost one call. After a rejection the
-resampled token's content row is committed by a draft call before the next verify (two calls).
-
-Temperature, top-k and top-p shape p and q the same way (sampling.filter_logits), so the samples
-follow the one-at-a-time joint of the shaped conditionals; the reported log-probs are the model's
-(temperature 1, unfiltered) under the singleton grouping actually used (GenerateResult.groups).
-`adaptive`: k doubles (up to the plan's k) after a round where the batch accepted >= 80% of its
-drafts and halves (down to 1) below 40%.
+Draft sources (`draft=`):
+  model  the proposal table: the distribution the model computed for that position in a proposal
+         row given every token decided so far, and a token sampled from it (after a rejection the
+         table is proposed afresh given the resampled token: a round that drafts nothing);
+  copy   a point mass on the text's own continuation wherever the text offers one: the longest
+         earlier (or later: the right context of a gap) match of the last 2-8 decided tokens,
+         followed for up to k tokens (order 'ar' only; code repeats identifiers); model drafts
+         elsewhere;
+  auto   copy where a match exists and copying has been accepted at least as often as the model's
+         drafts (or no fresh proposal is at hand), else model.
+Chained proposals (a model with the shifted query stream, model.query_input=shift, in the order
+'ar'): the proposal of position p + 1 is re-run, in the same call, with the token just proposed
+for p as its previous-token input, one row per pass, so drafts follow each other the way subword
+tokens do (the next-but-one token depends on the next). Unchained proposals are the model's
+marginals given the decided tokens only; on the demo's subword model chaining raised the model
+drafts' acceptance from about 0.35 to 0.69 (BENCHMARKS.md).
+With `adaptive`, each row drafts as many positions as its source's running acceptance rate a makes
+worthwhile (until a^k < 1/4), at most the plan's k. Temperature, top-k and top-p shape p and q the
+same way (sampling.filter_logits); the reported log-probs are the model's (temperature 1,
+unfiltered) under the singleton grouping actually used (GenerateResult.groups).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import sys
 
 import jax
@@ -37,6 +51,9 @@ from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
 from a3jax.decode.sampling import filter_logits
+
+SOURCES = ("model", "copy")
+MIN_MATCH, MAX_MATCH = 2, 8  # copy drafts: the suffix lengths searched, longest first
 
 
 def shaped_probs(logits, temperature: float, top_k: int, top_p: float):
@@ -48,54 +65,97 @@ def shaped_probs(logits, temperature: float, top_k: int, top_p: float):
     return jax.nn.softmax(logits / temperature, axis=-1)
 
 
+def _sample(key, probs):
+    return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)
+
+
+def _store(table, index_BxR, values):
+    """table [B, L + 1, ...] with values [B, R, ...] written at index (L: the discard slot)."""
+    rows = jnp.arange(table.shape[0])[:, None]
+    return table.at[rows, index_BxR].set(values.astype(table.dtype))
+
+
 @functools.lru_cache(maxsize=16)
-def _calls(model_def, temperature: float, top_k: int, top_p: float):
+def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool = False):
     shape = functools.partial(shaped_probs, temperature=temperature, top_k=top_k, top_p=top_p)
 
-    @functools.partial(jax.jit, donate_argnums=(1,))
-    def draft(params, cache, tokens, positions, valid, groups, query_positions, key):
-        """Commit (the prefill or the resampled tokens) and draft the next positions."""
+    @functools.partial(jax.jit, donate_argnums=(1, 2, 3))
+    def prefill(params, cache, table_q, table_tok, tokens, positions, valid, groups, query_positions,
+                write_index, key):
+        """Commits the prompt; the first proposals into the table."""
         cache, logits = cache_lib.extend(model_def.bind(params), cache, tokens, positions, valid,
                                          query_positions, groups)
-        q = shape(logits)
-        return cache, q, jax.random.categorical(key, jnp.log(q), axis=-1).astype(jnp.int32)
+        probs = shape(logits)
+        return cache, _store(table_q, write_index, probs), _store(table_tok, write_index, _sample(key, probs))
 
-    @functools.partial(jax.jit, donate_argnums=(1,))
-    def verify(params, cache, drafts, q, positions, valid, groups, query_positions, query_groups, key):
-        """Commit the k drafts as singleton groups; p_j for each; the next block's q and drafts;
-        accept/reject. Returns (cache, accepted count, resampled token, log-probs of d_j and of
-        the resampled token at temperature 1, next q, next drafts)."""
-        k = drafts.shape[1]
-        cache, logits = cache_lib.extend(model_def.bind(params), cache, drafts, positions, valid,
+    @functools.partial(jax.jit, donate_argnums=(1, 2, 3))
+    def round_(params, cache, table_q, table_tok, pending, pending_position, pending_valid, copy_tokens, is_copy,
+               draft_index, draft_positions, draft_valid, groups, query_positions, query_groups, write_index, key):
+        """One round: commit the pending token and the drafts, verify, propose. Returns (cache,
+        tables, accepted count, drafts, resampled token, temperature-1 log-probs of the drafts and
+        of the resampled token)."""
+        b, k = draft_valid.shape
+        rows = jnp.arange(b)[:, None]
+        drafts = jnp.where(is_copy, copy_tokens, table_tok[rows, draft_index])
+        draft_q = jnp.where(is_copy[..., None], jax.nn.one_hot(drafts, table_q.shape[-1], dtype=jnp.float32),
+                            table_q[rows, draft_index])
+        tokens = jnp.concatenate([pending[:, None], drafts], 1)
+        positions = jnp.concatenate([pending_position[:, None], draft_positions], 1)
+        valid = jnp.concatenate([pending_valid[:, None], draft_valid], 1)
+        cache, logits = cache_lib.extend(model_def.bind(params), cache, tokens, positions, valid,
                                          query_positions, groups, query_groups)
-        p = shape(logits[:, :k])
-        next_q = shape(logits[:, k:])
+        probs = shape(logits)
+        p = probs[:, :k]
         accept_key, resample_key, draft_key = jax.random.split(key, 3)
         p_d = jnp.take_along_axis(p, drafts[..., None], -1)[..., 0]
-        q_d = jnp.take_along_axis(q, drafts[..., None], -1)[..., 0]
+        q_d = jnp.take_along_axis(draft_q, drafts[..., None], -1)[..., 0]
         # float32 whatever jax_enable_x64 says: the same seed accepts the same drafts either way
         uniform = jax.random.uniform(accept_key, drafts.shape, jnp.float32)
-        accepted = (uniform * q_d < p_d) | ~valid  # invalid (beyond the order) never stop the run
+        accepted = (uniform * q_d < p_d) | ~draft_valid  # invalid (beyond the round) never stop the run
         n = jnp.sum(jnp.cumprod(accepted.astype(jnp.int32), axis=1), axis=1)
-        n = jnp.minimum(n, jnp.sum(valid, axis=1))
-        at = jnp.minimum(n, k - 1)  # the rejected draft's index (when n < valid count)
-        take = lambda x: jnp.take_along_axis(x, at[:, None, None], 1)[:, 0]  # noqa: E731
-        residual = jnp.maximum(take(p) - take(q), 0.0)
+        n = jnp.minimum(n, jnp.sum(draft_valid, axis=1))
+        at = jnp.minimum(n, k - 1)[:, None, None]  # the rejected draft's index (when n < drafts offered)
+        residual = jnp.maximum(jnp.take_along_axis(p, at, 1)[:, 0] - jnp.take_along_axis(draft_q, at, 1)[:, 0], 0.0)
         mass = jnp.sum(residual, -1, keepdims=True)
-        residual = jnp.where(mass > 0, residual / jnp.maximum(mass, 1e-30), take(p))
-        resampled = jax.random.categorical(resample_key, jnp.log(residual), axis=-1).astype(jnp.int32)
+        residual = jnp.where(mass > 0, residual / jnp.maximum(mass, 1e-30), jnp.take_along_axis(p, at, 1)[:, 0])
+        resampled = _sample(resample_key, residual)
         log_p = jax.nn.log_softmax(logits[:, :k].astype(jnp.float32), -1)
         draft_log_p = jnp.take_along_axis(log_p, drafts[..., None], -1)[..., 0]
-        resampled_log_p = jnp.take_along_axis(take(log_p), resampled[:, None], -1)[:, 0]
-        next_drafts = jax.random.categorical(draft_key, jnp.log(next_q), axis=-1).astype(jnp.int32)
-        return cache, n, resampled, draft_log_p, resampled_log_p, next_q, next_drafts
+        resampled_log_p = jnp.take_along_axis(jnp.take_along_axis(log_p, at, 1)[:, 0], resampled[:, None], -1)[:, 0]
+        proposed = _sample(draft_key, probs)
+        if chain:  # proposal j + 1 reads proposal j as its previous token (shifted query stream)
+            proposed, probs = _chain(params, cache, proposed, probs, query_positions, query_groups, k, draft_key)
+        table_q = _store(table_q, write_index, probs)
+        table_tok = _store(table_tok, write_index, proposed)
+        return cache, table_q, table_tok, n, drafts, resampled, draft_log_p, resampled_log_p
+
+    def _chain(params, cache, proposed, probs, query_positions, query_groups, k, key):
+        """Chained proposals: the proposal row of position P_{j+1} re-run with the token sampled for
+        P_j as its previous-token input (when P_j = P_{j+1} - 1), one row per pass; its
+        distribution replaces the unchained one. Any proposal distribution keeps the sampling
+        exact (it is fixed before the target reads it); these follow the text's dependencies."""
+        model = model_def.bind(params)
+        b, width = proposed.shape
+        empty_tokens = jnp.zeros((b, 0), jnp.int32)
+        empty_valid = jnp.zeros((b, 0), bool)
+        for j in range(k + 1, width):
+            chained = query_positions[:, j] == query_positions[:, j - 1] + 1
+            _, logits = cache_lib.extend(model, cache, empty_tokens, empty_tokens, empty_valid,
+                                         query_positions[:, j:j + 1], empty_tokens, query_groups[:, j:j + 1],
+                                         (proposed[:, j - 1:j], chained[:, None]))
+            q = shape(logits)[:, 0]
+            key, sub = jax.random.split(key)
+            token = _sample(sub, q)
+            probs = probs.at[:, j].set(jnp.where(chained[:, None], q, probs[:, j]))
+            proposed = proposed.at[:, j].set(jnp.where(chained, token, proposed[:, j]))
+        return proposed, probs
 
     @jax.jit
     def invalidate(cache, keep):
         """Marks cache slots invalid where keep is False (rejected drafts)."""
         return cache._replace(valid=cache.valid & keep)
 
-    return draft, verify, invalidate
+    return prefill, round_, invalidate
 
 
 def _order(plan, unknown: np.ndarray, rng, user_groups) -> np.ndarray:
@@ -108,6 +168,36 @@ def _order(plan, unknown: np.ndarray, rng, user_groups) -> np.ndarray:
     return unknown[np.lexsort((unknown, ranks))]
 
 
+def copy_continuation(text: np.ndarray, position: int, k: int) -> np.ndarray:
+    """Up to k tokens continuing the longest match of the MAX_MATCH..MIN_MATCH tokens before
+    `position` elsewhere in `text` (int [L + 1], index = document position, -1 = unknown): the
+    nearest match before `position` wins, then the nearest after it (the right-hand context)."""
+    for n in range(MAX_MATCH, MIN_MATCH - 1, -1):
+        if position - n < 1:
+            continue
+        suffix = text[position - n:position]
+        if np.any(suffix < 0):
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(text, n)  # windows[s] = text[s:s + n]
+        ends = np.flatnonzero(np.all(windows == suffix, axis=1)) + n  # the position after each match
+        ends = ends[(ends != position) & (ends < text.size)]
+        ends = ends[text[ends] >= 0]
+        if not ends.size:
+            continue
+        before, after = ends[ends < position], ends[ends > position]
+        start = int(before.max()) if before.size else int(after.min())
+        run = text[start:start + k]
+        stop = np.flatnonzero(run < 0)
+        return run[: stop[0]] if stop.size else run
+    return text[:0]
+
+
+def _drafts_worth(rate: float, k_max: int) -> int:
+    """Draft until the chance that all drafts so far are accepted falls below 1/4."""
+    rate = min(max(rate, 1e-3), 0.999)
+    return int(min(k_max, max(1, math.ceil(math.log(0.25) / math.log(rate)))))
+
+
 def generate_speculative(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
                          groups, prefill, output, progress):
     """The speculative driver (see the module docstring). `prefill` is sampler._prefill's
@@ -118,103 +208,155 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
     orders = [_order(plan, u, np.random.default_rng([int(sampling.seed), b]),
                      None if groups is None else groups[b]) for b, u in enumerate(unknown)]
     k_max = plan.k
-    k = k_max if not plan.adaptive else max(1, k_max // 2)
-    draft, verify, invalidate = _calls(model_def, float(sampling.temperature), int(sampling.top_k),
-                                       float(sampling.top_p))
+    source_mode = plan.draft if plan.order == "ar" else "model"  # copying follows the text left to right
+    chain = bool(cfg.shifted_query and plan.order == "ar" and plan.draft != "copy_only")
+    prefill_call, round_call, invalidate = _calls(model_def, float(sampling.temperature), int(sampling.top_k),
+                                                  float(sampling.top_p), chain)
     tokens0, positions0, valid0, groups0 = prefill
     longest = max(o.size for o in orders)
-    cache = cache_lib.init_cache(cfg, batch, tokens0.shape[1] + longest * (k_max + 1) + 1)
-    group_next = groups0.max(axis=1).astype(np.int64) + 1  # the next free group id per row
-    done = np.zeros(batch, np.int64)  # positions of the order committed, per row
-    stop = np.array([o.size for o in orders], np.int64)  # the order's end (earlier after a generated EOS)
-    key = jax.random.key(int(sampling.seed))
-    stats = {"calls": 0, "offered": np.zeros(k_max, np.int64), "accepted": np.zeros(k_max, np.int64),
-             "row_calls": np.zeros(batch, np.int64)}
-
-    order_mat = np.zeros((batch, longest + k_max + 1), np.int32)  # each order, 0-padded
+    width = k_max + 1  # per round: the pending token + k drafts
+    # every round decides >= 1 position, except a round that only proposes (after a rejection, with
+    # nothing to copy), which is followed by one that decides: at most 2 rounds per position
+    rounds_bound = 2 * longest + 2
+    capacity = tokens0.shape[1] + rounds_bound * width
+    cache = cache_lib.init_cache(cfg, batch, capacity)
+    length = tokens0.shape[1]  # slots used (host copy of cache.length: no device sync)
+    vocab = cfg.vocab_size
+    slots = longest + 1  # order indices 0..longest-1, and a discard slot
+    table_q = jnp.zeros((batch, slots, vocab), jnp.float32)
+    table_tok = jnp.zeros((batch, slots), jnp.int32)
+    filled = np.zeros((batch, slots), bool)
+    order_mat = np.zeros((batch, longest + 1), np.int32)
     for b, order in enumerate(orders):
         order_mat[b, :order.size] = order
+    stop = np.array([o.size for o in orders], np.int64)  # the order's end (earlier after a generated EOS)
+    decided = np.zeros(batch, np.int64)  # order positions whose token is decided (in the cache, or pending)
+    pending = np.full(batch, -1, np.int64)  # a resampled token not yet in the cache (at order[decided - 1])
+    group_next = groups0.max(axis=1).astype(np.int64) + 1
+    text = [np.concatenate([[bos_id], np.where(m, d, -1)]).astype(np.int64) for d, m in zip(documents, known)]
+    rate = {s: np.full(batch, 0.6) for s in SOURCES}  # running acceptance per source and row
+    stats = {"calls": 0, "offered": np.zeros(k_max, np.int64), "accepted": np.zeros(k_max, np.int64),
+             "row_calls": np.zeros(batch, np.int64),
+             "by_source": {s: {"offered": 0, "accepted": 0, "rounds": 0} for s in SOURCES}}
+    key = jax.random.key(int(sampling.seed))
 
-    def upcoming(width):
-        """[B, width] positions of the next `width` entries of each order (0 beyond its end)."""
-        cols = done[:, None] + np.arange(width)[None, :]
-        picked = order_mat[np.arange(batch)[:, None], np.minimum(cols, order_mat.shape[1] - 1)]
-        return np.where(cols < stop[:, None], picked, 0)
-
-    # round 0: the prefill commit and the first drafts in one call
-    pending = (tokens0, positions0, valid0, groups0)
-    q = drafts = None
-    step = 0
-    bar = tqdm(total=sum(stop), desc="decode", unit="tok", disable=not progress, file=sys.stderr)
-    while (done < stop).any():
-        step += 1
-        key, draft_key, verify_key = jax.random.split(key, 3)
-        if pending is not None:  # commit what the cache lacks; draft the next k_max positions
-            query = upcoming(k_max)
-            needs = pending[2][:, 0] if step > 1 else (done < stop)  # rows with a token to commit
-            cache, new_q, new_drafts = draft(params, cache, *(jnp.asarray(x) for x in pending),
-                                             jnp.asarray(query), draft_key)
-            if step == 1:
-                q, drafts = new_q, new_drafts
-            else:  # rows whose drafts were all accepted keep the proposals they already had
-                keep_old = jnp.asarray(~needs)[:, None]
-                q = jnp.where(keep_old[..., None], q, new_q)
-                drafts = jnp.where(keep_old, drafts, new_drafts)
-            stats["calls"] += 1
-            stats["row_calls"] += needs & (done < stop)
-            pending = None
-        # verify the first k drafts; ask for the next k_max positions given all k
-        positions = upcoming(k + k_max)
-        valid = positions[:, :k] > 0
-        commit_groups = group_next[:, None] + np.arange(k)[None, :]
-        query_groups = np.concatenate([commit_groups, np.broadcast_to(group_next[:, None] + k, (batch, k_max))], 1)
-        cache, n, resampled, draft_lp, resampled_lp, next_q, next_drafts = verify(
-            params, cache, drafts[:, :k], q[:, :k], jnp.asarray(positions[:, :k]), jnp.asarray(valid),
-            jnp.asarray(commit_groups, jnp.int32), jnp.asarray(positions),
-            jnp.asarray(query_groups, jnp.int32), verify_key)
+    # the prefill: the prompt, and proposals for the first k_max positions
+    key, sub = jax.random.split(key)
+    first = np.zeros((batch, k_max), np.int32)
+    first_index = np.full((batch, k_max), slots - 1, np.int32)
+    for b in range(batch):
+        for j in range(min(k_max, stop[b])):
+            first[b, j], first_index[b, j] = order_mat[b, j], j
+            filled[b, j] = True
+    cache, table_q, table_tok = prefill_call(params, cache, table_q, table_tok, *prefill, first, first_index, sub)
+    stats["calls"] += 1
+    stats["row_calls"] += stop > 0
+    bar = tqdm(total=int(stop.sum()), desc="decode", unit="tok", disable=not progress, file=sys.stderr)
+    while (decided < stop).any():
+        pend_tok = np.zeros(batch, np.int32)
+        pend_pos = np.zeros(batch, np.int32)
+        pend_valid = np.zeros(batch, bool)
+        copy_tok = np.zeros((batch, k_max), np.int32)
+        is_copy = np.zeros((batch, k_max), bool)
+        draft_index = np.full((batch, k_max), slots - 1, np.int32)
+        draft_pos = np.zeros((batch, k_max), np.int32)
+        draft_valid = np.zeros((batch, k_max), bool)
+        commit_groups = np.zeros((batch, width), np.int32)
+        query_pos = np.zeros((batch, 2 * k_max), np.int32)
+        query_groups = np.zeros((batch, 2 * k_max), np.int32)
+        write_index = np.full((batch, 2 * k_max), slots - 1, np.int32)
+        sources, offered = [None] * batch, np.zeros(batch, np.int64)
+        for b in range(batch):
+            if decided[b] >= stop[b]:
+                continue
+            g = int(group_next[b])
+            if pending[b] >= 0:  # last round's resampled token enters the cache now
+                pend_tok[b], pend_pos[b], pend_valid[b] = pending[b], order_mat[b, decided[b] - 1], True
+            commit_groups[b, 0] = g
+            start = int(decided[b])
+            room = int(min(k_max, stop[b] - start))
+            copied = copy_continuation(text[b], int(order_mat[b, start]), room) if source_mode != "model" else []
+            model_ready = bool(filled[b, start])
+            use_copy = len(copied) > 0 and (source_mode == "copy" or not model_ready
+                                            or rate["copy"][b] >= rate["model"][b])
+            source = "copy" if use_copy else "model"
+            want = _drafts_worth(rate[source][b], room) if plan.adaptive else room
+            if use_copy:
+                count = min(want, len(copied))
+                copy_tok[b, :count], is_copy[b, :count] = copied[:count], True
+            else:  # model drafts need a proposal for each position, consecutively from the first
+                count = 0
+                while count < want and filled[b, start + count]:
+                    count += 1
+            for j in range(count):
+                draft_index[b, j] = start + j
+                draft_pos[b, j] = order_mat[b, start + j]
+                draft_valid[b, j] = True
+                commit_groups[b, 1 + j] = g + 1 + j
+                query_pos[b, j], query_groups[b, j] = order_mat[b, start + j], g + 1 + j
+            for j in range(k_max):  # proposals for the positions after the drafts, given all of them
+                i = start + count + j
+                if i < stop[b]:
+                    query_pos[b, k_max + j], query_groups[b, k_max + j] = order_mat[b, i], g + 1 + count
+                    write_index[b, k_max + j] = i
+            sources[b], offered[b] = source, count
+        if length + width > capacity:  # a bug: the cache would overwrite its last slots
+            raise RuntimeError(f"speculative decoding ran out of cache slots ({capacity}); report a bug")
+        key, sub = jax.random.split(key)
+        cache, table_q, table_tok, n, drafts, resampled, draft_lp, resampled_lp = round_call(
+            params, cache, table_q, table_tok, pend_tok, pend_pos, pend_valid, copy_tok, is_copy, draft_index,
+            draft_pos, draft_valid, commit_groups, query_pos, query_groups, write_index, sub)
         stats["calls"] += 1
-        stats["row_calls"] += done < stop
-        n, resampled, draft_lp, resampled_lp = map(np.asarray, (n, resampled, draft_lp, resampled_lp))
-        offered = valid.sum(axis=1)
-        accepted = np.where(offered > 0, n, 0)
-        rejected = accepted < offered  # rejected at draft `accepted`: its resampled token is pending
-        for j in range(k):
-            stats["offered"][j] += int((offered > j).sum())
-            stats["accepted"][j] += int((accepted > j).sum())
-        cols = np.arange(k + 1)[None, :]
-        rows = np.flatnonzero(rejected)
-        tokens = np.pad(np.asarray(drafts[:, :k]), ((0, 0), (0, 1)))
-        tokens[rows, accepted[rows]] = resampled[rows]
-        log_p = np.pad(draft_lp, ((0, 0), (0, 1)))
-        log_p[rows, accepted[rows]] = resampled_lp[rows]
-        ok = (cols < accepted[:, None]) | (rejected[:, None] & (cols == accepted[:, None]))
-        # the step of a token is its rank in the commit order: the sampled joint is one position
-        # at a time (GenerateResult.groups are then singletons in that order)
-        output.record(done[:, None] + cols + 1, tokens, np.pad(positions[:, :k], ((0, 0), (0, 1))), ok, log_p)
-        start = int(cache.length) - k
+        n, drafts, resampled, draft_lp, resampled_lp = map(np.asarray, (n, drafts, resampled, draft_lp, resampled_lp))
+        start_slot, length = length, length + width
         keep = np.ones(cache.valid.shape, bool)
-        keep[:, start:start + k] = ~(rejected[:, None] & (cols[:, :k] >= accepted[:, None]))
-        pending_groups = group_next + accepted
-        group_next += accepted + rejected
-        done += accepted + rejected
-        all_accepted = not rejected.any()
+        rec_step = np.zeros((batch, width), np.int64)
+        rec_tok = np.zeros((batch, width), np.int64)
+        rec_pos = np.zeros((batch, width), np.int64)
+        rec_valid = np.zeros((batch, width), bool)
+        rec_lp = np.zeros((batch, width))
+        for b in range(batch):
+            if sources[b] is None:
+                continue
+            stats["row_calls"][b] += 1
+            filled[b, write_index[b][write_index[b] < slots - 1]] = True
+            count, accepted = int(offered[b]), int(min(n[b], offered[b]))
+            keep[b, start_slot + 1 + accepted:start_slot + 1 + count] = False  # the rejected drafts' slots
+            group_next[b] += 1 + count
+            pending[b] = -1  # committed by this call (if there was one)
+            if count == 0:  # no draft this round: it only proposed
+                continue
+            for j in range(count):
+                stats["offered"][j] += 1
+                stats["accepted"][j] += j < accepted
+            source = stats["by_source"][sources[b]]
+            source["offered"] += count
+            source["accepted"] += accepted
+            source["rounds"] += 1
+            rate[sources[b]][b] = 0.7 * rate[sources[b]][b] + 0.3 * (accepted / count)
+            took = accepted + (accepted < count)  # the accepted drafts, and the resampled token
+            start = int(decided[b])
+            positions = order_mat[b, start:start + took]
+            values = np.append(drafts[b, :accepted], resampled[b:b + 1] if took > accepted else [])
+            rec_step[b, :took] = start + 1 + np.arange(took)  # rank in the order: singleton groups
+            rec_tok[b, :took], rec_pos[b, :took], rec_valid[b, :took] = values, positions, True
+            rec_lp[b, :took] = np.append(draft_lp[b, :accepted], resampled_lp[b:b + 1] if took > accepted else [])
+            text[b][positions] = values
+            decided[b] += took
+            if took > accepted:
+                pending[b] = resampled[b]
+                # the proposals were made given drafts that are now rejected: propose afresh given
+                # the resampled token (a round without model drafts) unless the text offers a copy
+                filled[b] = False
+            bar.update(took)
+        output.record(rec_step, rec_tok, rec_pos, rec_valid, rec_lp)
         for b in [b for b, cut in enumerate(output.eos_at) if cut is not None]:
-            rest = orders[b][done[b]:]  # nothing after a generated EOS is generated
-            orders[b] = np.concatenate([orders[b][:done[b]], rest[rest <= output.eos_at[b]]])
+            rest = orders[b][decided[b]:]  # nothing after a generated EOS is generated
+            orders[b] = np.concatenate([orders[b][:decided[b]], rest[rest <= output.eos_at[b]]])
             stop[b] = min(stop[b], orders[b].size)
             order_mat[b] = 0
             order_mat[b, :orders[b].size] = orders[b]
         if not keep.all():
             cache = invalidate(cache, jnp.asarray(keep))
-        bar.update(int(accepted.sum() + rejected.sum()))
-        # rows whose drafts were all accepted: the next block is drafted already (given all k)
-        q, drafts = next_q, next_drafts
-        if rows.size:  # rejected rows: their resampled token is committed, and they draft, next call
-            pending = (np.where(rejected, resampled, pad_id)[:, None].astype(np.int32),
-                       np.where(rejected, positions[np.arange(batch), np.minimum(accepted, k - 1)], 0)[:, None]
-                       .astype(np.int32), rejected[:, None], pending_groups[:, None].astype(np.int32))
-        if plan.adaptive:
-            rate = float(accepted.sum()) / max(int(offered.sum()), 1)
-            k = min(k_max, 2 * k) if rate >= 0.8 and all_accepted else (max(1, k // 2) if rate < 0.4 else k)
     bar.close()
     return output, stats["calls"], stats
