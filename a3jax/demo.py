@@ -3,7 +3,9 @@ can read.
 
   1. pretrain a causal LLaMA on the embedded stdlib corpus, left to right (WORKDIR/pretrain);
   2. convert it to A3 in-process (every weight copied, plus the query vector, as `a3jax convert`
-     does) and adapt it through the paper's five stages (WORKDIR/a3);
+     does) with the shifted query stream (under `ar` the converted model IS the causal model) and
+     adapt it to any order on half `ar`, half `random(4)` groups (WORKDIR/a3; the recipe the study
+     in docs/ablation/shift chose over the paper's query vector and five stages);
   3. fill masked spans of held-out code: an identifier, a return expression, an argument list and a
      docstring line, each under the orders `ar`, `blocks(4)` and a dynamic plan, with the time
      each took; the exact log-likelihood of one snippet under two orders; and greedy infilling
@@ -143,7 +145,8 @@ def main(args, overrides=()) -> int:
          f"rows of {pretrain.data.seq_len} {unit}) for {pretrain.train.steps} steps -> {workdir / 'pretrain'}")
     causal = train(pretrain, workdir / "pretrain", corpus=corpus, progress=not args.no_progress)
     a3_dir = workdir / "a3"
-    _say(f"2/3 adapting to any order for {adapt.train.steps} steps: {adapt.orders.curriculum} -> {a3_dir}")
+    _say(f"2/3 converting to A3 (query input: {adapt.model.query_input}) and adapting to any order for "
+         f"{adapt.train.steps} steps: {adapt.orders.curriculum} -> {a3_dir}")
     summary = train(adapt, a3_dir, corpus=corpus, progress=not args.no_progress)
 
     _say("3/3 infilling held-out code")

@@ -531,3 +531,18 @@ def test_cached_generate_with_x64_gives_the_same_samples(variant, plan):
     np.testing.assert_array_equal(cache.groups, reference.state.groups)
 
 
+
+
+def test_a_new_seed_reuses_the_compiled_step():
+    """The step is compiled once per model and sampling settings, not once per seed (a loop over
+    seeds recompiled every call)."""
+    from a3jax.decode import sampler
+
+    model_def, params = _model()
+    doc = np.array([BOS, 3, 4, 5, 6, 7, 8, 9], np.int32)
+    known = np.arange(doc.size) < 3
+    sampler._static_step.cache_clear()
+    draws = [generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD,
+                      sampling=SampleConfig(plan="ar", temperature=1.0, seed=seed)).tokens[0] for seed in range(4)]
+    assert sampler._static_step.cache_info().currsize == 1
+    assert len({tuple(d) for d in draws}) > 1  # the seeds still sample differently

@@ -246,3 +246,44 @@ def test_copied_and_mixed_drafts_sample_the_joint_exactly(draft, query_input):
     blocky = generate(model_def, params, [template] * n, [known] * n, bos_id=0, pad_id=0, eos_id=None,
                       sampling=SampleConfig(plan="blocks(4)", seed=3))
     assert _chi_square(np.stack([t[~known] for t in blocky.tokens]), expected) < 1e-6
+
+
+def _copy_reference(text, position, k, shortest=2, longest=8):
+    """The copy rule written plainly: for each suffix length, longest first, every match in the
+    text; the nearest before `position` wins, else the nearest after."""
+    for n in range(longest, shortest - 1, -1):
+        suffix = text[position - n:position]
+        if position - n < 1 or np.any(suffix < 0):
+            continue
+        ends = [e for e in range(n, text.size) if e != position and text[e] >= 0
+                and np.array_equal(text[e - n:e], suffix)]
+        if not ends:
+            continue
+        before = [e for e in ends if e < position]
+        begin = max(before) if before else min(ends)
+        run = text[begin:begin + k]
+        cut = np.flatnonzero(run < 0)
+        return run[:cut[0]] if cut.size else run
+    return text[:0]
+
+
+def test_copy_drafts_follow_the_longest_nearest_match():
+    from a3jax.decode.speculative import MAX_MATCH, MIN_MATCH, copy_continuation
+
+    assert (MIN_MATCH, MAX_MATCH) == (2, 8)
+    rng = np.random.default_rng(0)
+    found = 0
+    for _ in range(3000):
+        length, vocab = int(rng.integers(3, 50)), int(rng.integers(2, 5))
+        text = rng.integers(0, vocab, length + 1)
+        text[0] = 9  # BOS: never part of a suffix
+        text[rng.random(length + 1) < rng.random() * 0.5] = -1
+        text[0] = 9
+        position, k = int(rng.integers(1, length + 1)), int(rng.integers(1, 6))
+        got = copy_continuation(text, position, k)
+        np.testing.assert_array_equal(got, _copy_reference(text, position, k))
+        found += got.size > 0
+    assert found > 600  # the cases exercise matches, not only misses (980 of 3000)
+    # the right-hand context of a gap: `x = f(` [gap] `x = f(a)` copies `a)`
+    text = np.array([9, 1, 2, 3, -1, -1, -1, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(copy_continuation(text, 4, 3), [4, 5])

@@ -114,7 +114,9 @@ def speculative_rows(model_def, params, cfg, docs, known, args, special) -> list
         # per row: the calls a row took part in (rows of a batch finish at different calls)
         sources = {name: v["accepted"] / v["offered"] for name, v in stats.get("by_source", {}).items()
                    if v["offered"]}
+        passes = stats.get("passes", calls)  # sequential passes through the layer stack (a chained round: k)
         rows.append({"plan": plan, "ms": ms, "calls": calls, "calls_per_token": row_calls / generated,
+                     "passes": passes,
                      "acceptance": None if offered is None else
                      [a / o if o else float("nan") for a, o in zip(stats["accepted"], offered)],
                      "sources": sources})
@@ -179,13 +181,14 @@ def main_speculative(args, overrides=()) -> int:
     print(f"decode on {jax.devices()[0].device_kind} (jax {jax.__version__}): {what}; d_model={cfg.d_model} "
           f"layers={cfg.n_layers}; batch {args.batch} x {args.row_len} tokens, infill {args.gap} positions, "
           f"temperature {args.temperature}; median of {args.repeats}")
-    print(f"{'plan':<34}{'ms':>9}{'x ar ms':>8}{'calls':>7}{'calls/token':>13}{'x ar':>7}  "
+    print(f"{'plan':<34}{'ms':>9}{'x ar ms':>8}{'calls':>7}{'passes':>7}{'calls/token':>13}{'x ar':>7}  "
           "acceptance by source; by draft position")
     ar, ar_ms = rows[0]["calls_per_token"], rows[0]["ms"]
     for r in rows:
         acceptance = "" if r["acceptance"] is None else " ".join(f"{a:.2f}" for a in r["acceptance"])
         sources = " ".join(f"{name} {rate:.2f}" for name, rate in (r.get("sources") or {}).items())
-        print(f"{r['plan']:<34}{r['ms']:>9.1f}{r['ms'] / ar_ms:>8.2f}{r['calls']:>7}{r['calls_per_token']:>13.3f}"
+        print(f"{r['plan']:<34}{r['ms']:>9.1f}{r['ms'] / ar_ms:>8.2f}{r['calls']:>7}{r['passes']:>7}"
+              f"{r['calls_per_token']:>13.3f}"
               f"{ar / r['calls_per_token']:>7.2f}  {sources}{'; ' if sources else ''}{acceptance}")
     return 0
 

@@ -34,7 +34,9 @@ class KVCache(NamedTuple):
     tokens: [B, S] int32 committed tokens (the shifted query stream reads the previous one);
     positions: [B, S] int32 original positions; groups: [B, S] int32 group ids (increasing over
     calls); valid: [B, S] bool (slot holds a committed token).
-    length: int32 scalar, slots used so far (every call appends the same number to every row).
+    length: int32, slots used so far: a scalar (every call appends the same number to every row),
+    or [B] per row (init_cache(per_row=True): a speculative driver moves each row's length back
+    over its rejected drafts, and the next call overwrites them).
     """
 
     k: jax.Array
@@ -46,21 +48,29 @@ class KVCache(NamedTuple):
     length: jax.Array
 
 
-def init_cache(cfg: ModelConfig, batch: int, size: int) -> KVCache:
+def init_cache(cfg: ModelConfig, batch: int, size: int, per_row: bool = False) -> KVCache:
     shape = (cfg.n_layers, batch, size, cfg.n_kv_heads, cfg.head_dim)
     dtype = jnp.dtype(cfg.dtype)
     slots = lambda dtype=jnp.int32: jnp.zeros((batch, size), dtype)  # noqa: E731  (distinct buffers: donated)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), tokens=slots(), positions=slots(),
-                   groups=slots(), valid=slots(bool), length=jnp.zeros((), jnp.int32))
+                   groups=slots(), valid=slots(bool),
+                   length=jnp.zeros((batch,) if per_row else (), jnp.int32))
 
 
 def _append(buffer, new, start):
-    """Writes new [B, C, ...] into buffer [B, S, ...] at slot `start` (same for every row).
+    """Writes new [B, C, ...] into buffer [B, S, ...] at slot `start`: a scalar (every row) or [B]
+    (each row at its own slot).
 
     Every index is an int32 array: dynamic_update_slice wants one integer type, and a Python 0
     would become int64 next to the int32 `start` when jax_enable_x64 is on."""
     start = jnp.asarray(start, jnp.int32)
     zero = jnp.zeros((), jnp.int32)
+    if start.ndim == 1:
+        def row(buffer_row, new_row, start_row):
+            index = (start_row,) + (zero,) * (buffer_row.ndim - 1)
+            return jax.lax.dynamic_update_slice(buffer_row, new_row.astype(buffer_row.dtype), index)
+
+        return jax.vmap(row)(buffer, new, start)
     index = (zero, start) + (zero,) * (buffer.ndim - 2)
     return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), index)
 
@@ -75,14 +85,15 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
     only; Q may be 0); query_groups: [B, Q] a query row sees the valid slots of groups < its id
     (None: every valid slot, the groups committed in this call included) -- several groups
     committed in one call can then each be verified against exactly the groups before it
-    (speculative decoding). query_previous: (tokens [B, Q], known [B, Q]), the previous-position
-    token a shifted query row reads where known (default: the cache's visible slot at position - 1,
-    the exact rule; a speculative driver passes an undecided draft here to chain its proposals).
+    (speculative decoding). query_previous: (tokens [B, Q], use [B, Q]): where `use`, the shifted
+    query row reads `tokens` as its previous-position token (a speculative driver's guess for a
+    position not yet decided, to chain its proposals); elsewhere the exact rule, the cache's
+    visible slot at position - 1 (default: the exact rule everywhere).
     Every layer is the model's own (model/transformer.layer) with an
     `attend` that appends the committed rows' keys/values to the cache and reads it.
     Returns (cache, logits): float32 [B, Q, V] query-stream logits; for a next-token model
     (causal), [B, 1, V] from the valid committed row with the largest position (it predicts that
-    position + 1). The caller must leave room: cache.length + C <= S.
+    position + 1). The caller must leave room: cache.length + C <= S (every row).
     """
     cfg: ModelConfig = model.cfg
     facts = model.facts
@@ -116,7 +127,9 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
         previous_token_BxQ = jnp.sum(jnp.where(previous_BxQxS, tokens[:, None, :], 0), axis=-1)
         previous_known_BxQ = jnp.any(previous_BxQxS, axis=-1)
         if query_previous is not None:
-            previous_token_BxQ, previous_known_BxQ = query_previous
+            guess_BxQ, use_BxQ = query_previous
+            previous_token_BxQ = jnp.where(use_BxQ, guess_BxQ.astype(previous_token_BxQ.dtype), previous_token_BxQ)
+            previous_known_BxQ = previous_known_BxQ | use_BxQ
         query_BxQxD, query_rope_positions = model.query_rows(
             query_positions, model.embed_tokens(previous_token_BxQ), previous_known_BxQ)
         rope_query = rope_for(cfg, query_rope_positions)

@@ -156,6 +156,11 @@ def _choose(sampling: SampleConfig, key, logits, force_tokens, force_mask):
     return tokens, picked, log_probs
 
 
+def _compiled_fields(sampling: SampleConfig) -> SampleConfig:
+    """The sampling settings a compiled step depends on: every seed shares one compilation."""
+    return dataclasses.replace(sampling, seed=0)
+
+
 @functools.lru_cache(maxsize=64)
 def _static_step(model_def, sampling: SampleConfig):
     call = _CALLS[sampling.mode]
@@ -382,7 +387,7 @@ def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *
 
     *commit, commit_groups = _prefill(documents, known, bos_id, pad_id, causal, sampling.context)
     state = _init_state(cfg, sampling.mode, documents, known, pad_id, commit[0].shape[1] + n_steps * width)
-    step = _static_step(model_def, sampling)
+    step = _static_step(model_def, _compiled_fields(sampling))
     out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     key = jax.random.key(int(sampling.seed))
     for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
@@ -439,7 +444,7 @@ def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, 
 
     *commit, commit_groups = _prefill(documents, known, bos_id, pad_id, False, sampling.context)
     state = _init_state(cfg, sampling.mode, documents, known, pad_id, commit[0].shape[1] + n_steps * width)
-    step = _dynamic_step(model_def, sampling, plan.criterion, width)
+    step = _dynamic_step(model_def, _compiled_fields(sampling), plan.criterion, width)
     out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     key = jax.random.key(int(sampling.seed))
     done_steps = 0
@@ -459,7 +464,7 @@ def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, 
         commit, commit_groups = (tokens, np.where(chosen, positions, 0), chosen), None
         done_steps = t + 1
     if keep_cache:
-        final = _static_step(model_def, sampling)
+        final = _static_step(model_def, _compiled_fields(sampling))
         state, _, _ = final(params, state, *commit, np.zeros((batch, 0), np.int32), np.zeros((batch, 0), np.int32),
                             np.zeros((batch, 0), bool), key)
     return out.result(done_steps, state if keep_cache else None)

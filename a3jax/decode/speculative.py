@@ -14,7 +14,9 @@ Draft d_j is accepted with probability min(1, p_j(d_j) / q_j(d_j)); at the first
 is sampled from the normalised max(0, p_j - q_j) and the round ends (its token is committed by the
 next round's call). This is standard speculative sampling: for ANY draft distribution q_j that is
 fixed before the target is read -- point masses included -- every committed token follows p_j
-exactly. Rejected drafts' cache slots are marked invalid.
+exactly. Each row of the cache holds only its prompt and decided tokens: a round moves the row's
+length back over its rejected drafts, and the next round's call writes over them (so the cache,
+and every call's attention, is as short as the text).
 
 Draft sources (`draft=`):
   model  the proposal table: the distribution the model computed for that position in a proposal
@@ -90,7 +92,8 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
 
     @functools.partial(jax.jit, donate_argnums=(1, 2, 3))
     def round_(params, cache, table_q, table_tok, pending, pending_position, pending_valid, copy_tokens, is_copy,
-               draft_index, draft_positions, draft_valid, groups, query_positions, query_groups, write_index, key):
+               draft_index, draft_positions, draft_valid, groups, query_positions, query_groups, write_index, key,
+               round_index):
         """One round: commit the pending token and the drafts, verify, propose. Returns (cache,
         tables, accepted count, drafts, resampled token, temperature-1 log-probs of the drafts and
         of the resampled token)."""
@@ -99,14 +102,19 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
         drafts = jnp.where(is_copy, copy_tokens, table_tok[rows, draft_index])
         draft_q = jnp.where(is_copy[..., None], jax.nn.one_hot(drafts, table_q.shape[-1], dtype=jnp.float32),
                             table_q[rows, draft_index])
-        tokens = jnp.concatenate([pending[:, None], drafts], 1)
-        positions = jnp.concatenate([pending_position[:, None], draft_positions], 1)
-        valid = jnp.concatenate([pending_valid[:, None], draft_valid], 1)
+        start = cache.length  # [B]: each row's next free slot
+
+        def commit(pending_value, drafted):  # the pending token (if any), then the drafts: no hole
+            both = jnp.concatenate([pending_value[:, None], drafted], 1)
+            return jnp.where(pending_valid[:, None], both, jnp.roll(both, -1, axis=1))
+
+        tokens, positions = commit(pending, drafts), commit(pending_position, draft_positions)
+        valid, groups = commit(pending_valid, draft_valid), commit(groups[:, 0], groups[:, 1:])
         cache, logits = cache_lib.extend(model_def.bind(params), cache, tokens, positions, valid,
                                          query_positions, groups, query_groups)
         probs = shape(logits)
         p = probs[:, :k]
-        accept_key, resample_key, draft_key = jax.random.split(key, 3)
+        accept_key, resample_key, draft_key = jax.random.split(jax.random.fold_in(key, round_index), 3)
         p_d = jnp.take_along_axis(p, drafts[..., None], -1)[..., 0]
         q_d = jnp.take_along_axis(draft_q, drafts[..., None], -1)[..., 0]
         # float32 whatever jax_enable_x64 says: the same seed accepts the same drafts either way
@@ -127,6 +135,9 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
             proposed, probs = _chain(params, cache, proposed, probs, query_positions, query_groups, k, draft_key)
         table_q = _store(table_q, write_index, probs)
         table_tok = _store(table_tok, write_index, proposed)
+        # each row keeps its pending token and accepted drafts; the next call writes over the rest
+        decided = pending_valid.astype(jnp.int32) + jnp.minimum(n, jnp.sum(draft_valid, axis=1))
+        cache = cache._replace(length=start + decided)
         return cache, table_q, table_tok, n, drafts, resampled, draft_log_p, resampled_log_p
 
     def _chain(params, cache, proposed, probs, query_positions, query_groups, k, key):
@@ -150,12 +161,7 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
             proposed = proposed.at[:, j].set(jnp.where(chained, token, proposed[:, j]))
         return proposed, probs
 
-    @jax.jit
-    def invalidate(cache, keep):
-        """Marks cache slots invalid where keep is False (rejected drafts)."""
-        return cache._replace(valid=cache.valid & keep)
-
-    return prefill, round_, invalidate
+    return prefill, round_
 
 
 def _order(plan, unknown: np.ndarray, rng, user_groups) -> np.ndarray:
@@ -171,25 +177,27 @@ def _order(plan, unknown: np.ndarray, rng, user_groups) -> np.ndarray:
 def copy_continuation(text: np.ndarray, position: int, k: int) -> np.ndarray:
     """Up to k tokens continuing the longest match of the MAX_MATCH..MIN_MATCH tokens before
     `position` elsewhere in `text` (int [L + 1], index = document position, -1 = unknown): the
-    nearest match before `position` wins, then the nearest after it (the right-hand context)."""
-    for n in range(MAX_MATCH, MIN_MATCH - 1, -1):
-        if position - n < 1:
-            continue
-        suffix = text[position - n:position]
-        if np.any(suffix < 0):
-            continue
-        windows = np.lib.stride_tricks.sliding_window_view(text, n)  # windows[s] = text[s:s + n]
-        ends = np.flatnonzero(np.all(windows == suffix, axis=1)) + n  # the position after each match
-        ends = ends[(ends != position) & (ends < text.size)]
-        ends = ends[text[ends] >= 0]
-        if not ends.size:
-            continue
-        before, after = ends[ends < position], ends[ends > position]
-        start = int(before.max()) if before.size else int(after.min())
-        run = text[start:start + k]
-        stop = np.flatnonzero(run < 0)
-        return run[: stop[0]] if stop.size else run
-    return text[:0]
+    nearest match before `position` wins, then the nearest after it (the right-hand context).
+    One vectorised pass over the text (it runs for every row of every round)."""
+    known_run = 0  # decided tokens right before `position` (BOS, index 0, never part of the suffix)
+    while known_run < MAX_MATCH and position - known_run - 1 >= 1 and text[position - known_run - 1] >= 0:
+        known_run += 1
+    if known_run < MIN_MATCH:
+        return text[:0]
+    ends = np.arange(MIN_MATCH, text.size)  # candidate matches end just before `ends`
+    ends = ends[(ends != position) & (text[ends] >= 0)]
+    back = np.arange(known_run)  # compare text[e - 1 - t] with text[position - 1 - t]
+    index = ends[:, None] - 1 - back[None, :]
+    equal = (index >= 0) & (text[np.maximum(index, 0)] == text[position - 1 - back][None, :])
+    length = np.cumprod(equal, axis=1).sum(axis=1)
+    if not ends.size or length.max() < MIN_MATCH:
+        return text[:0]
+    best = ends[length == length.max()]
+    before, after = best[best < position], best[best > position]
+    begin = int(before.max()) if before.size else int(after.min())
+    run = text[begin:begin + k]
+    stop = np.flatnonzero(run < 0)
+    return run[: stop[0]] if stop.size else run
 
 
 def _drafts_worth(rate: float, k_max: int) -> int:
@@ -209,18 +217,18 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
                      None if groups is None else groups[b]) for b, u in enumerate(unknown)]
     k_max = plan.k
     source_mode = plan.draft if plan.order == "ar" else "model"  # copying follows the text left to right
-    chain = bool(cfg.shifted_query and plan.order == "ar" and plan.draft != "copy_only")
-    prefill_call, round_call, invalidate = _calls(model_def, float(sampling.temperature), int(sampling.top_k),
-                                                  float(sampling.top_p), chain)
+    chain = bool(cfg.shifted_query and plan.order == "ar")
+    prefill_call, round_call = _calls(model_def, float(sampling.temperature), int(sampling.top_k),
+                                      float(sampling.top_p), chain)
+    passes_per_round = 1 + (k_max - 1 if chain else 0)  # sequential passes through the layer stack
     tokens0, positions0, valid0, groups0 = prefill
     longest = max(o.size for o in orders)
     width = k_max + 1  # per round: the pending token + k drafts
-    # every round decides >= 1 position, except a round that only proposes (after a rejection, with
-    # nothing to copy), which is followed by one that decides: at most 2 rounds per position
-    rounds_bound = 2 * longest + 2
-    capacity = tokens0.shape[1] + rounds_bound * width
-    cache = cache_lib.init_cache(cfg, batch, capacity)
-    length = tokens0.shape[1]  # slots used (host copy of cache.length: no device sync)
+    # a row's slots hold its prompt and its decided tokens only (a round's rejected drafts are
+    # written over by the next round), and a round writes `width` slots after them
+    capacity = tokens0.shape[1] + longest + width
+    cache = cache_lib.init_cache(cfg, batch, capacity, per_row=True)
+    length = np.full(batch, tokens0.shape[1], np.int64)  # host copy of cache.length: no device sync
     vocab = cfg.vocab_size
     slots = longest + 1  # order indices 0..longest-1, and a discard slot
     table_q = jnp.zeros((batch, slots, vocab), jnp.float32)
@@ -235,7 +243,7 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
     group_next = groups0.max(axis=1).astype(np.int64) + 1
     text = [np.concatenate([[bos_id], np.where(m, d, -1)]).astype(np.int64) for d, m in zip(documents, known)]
     rate = {s: np.full(batch, 0.6) for s in SOURCES}  # running acceptance per source and row
-    stats = {"calls": 0, "offered": np.zeros(k_max, np.int64), "accepted": np.zeros(k_max, np.int64),
+    stats = {"calls": 0, "passes": 1, "offered": np.zeros(k_max, np.int64), "accepted": np.zeros(k_max, np.int64),
              "row_calls": np.zeros(batch, np.int64),
              "by_source": {s: {"offered": 0, "accepted": 0, "rounds": 0} for s in SOURCES}}
     key = jax.random.key(int(sampling.seed))
@@ -300,16 +308,15 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
                     query_pos[b, k_max + j], query_groups[b, k_max + j] = order_mat[b, i], g + 1 + count
                     write_index[b, k_max + j] = i
             sources[b], offered[b] = source, count
-        if length + width > capacity:  # a bug: the cache would overwrite its last slots
+        if (length + width > capacity).any():  # a bug: the cache would overwrite its last slots
             raise RuntimeError(f"speculative decoding ran out of cache slots ({capacity}); report a bug")
-        key, sub = jax.random.split(key)
         cache, table_q, table_tok, n, drafts, resampled, draft_lp, resampled_lp = round_call(
             params, cache, table_q, table_tok, pend_tok, pend_pos, pend_valid, copy_tok, is_copy, draft_index,
-            draft_pos, draft_valid, commit_groups, query_pos, query_groups, write_index, sub)
+            draft_pos, draft_valid, commit_groups, query_pos, query_groups, write_index, key,
+            np.int32(stats["calls"]))
         stats["calls"] += 1
+        stats["passes"] += passes_per_round
         n, drafts, resampled, draft_lp, resampled_lp = map(np.asarray, (n, drafts, resampled, draft_lp, resampled_lp))
-        start_slot, length = length, length + width
-        keep = np.ones(cache.valid.shape, bool)
         rec_step = np.zeros((batch, width), np.int64)
         rec_tok = np.zeros((batch, width), np.int64)
         rec_pos = np.zeros((batch, width), np.int64)
@@ -321,7 +328,7 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
             stats["row_calls"][b] += 1
             filled[b, write_index[b][write_index[b] < slots - 1]] = True
             count, accepted = int(offered[b]), int(min(n[b], offered[b]))
-            keep[b, start_slot + 1 + accepted:start_slot + 1 + count] = False  # the rejected drafts' slots
+            length[b] += pend_valid[b] + accepted
             group_next[b] += 1 + count
             pending[b] = -1  # committed by this call (if there was one)
             if count == 0:  # no draft this round: it only proposed
@@ -356,7 +363,5 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
             stop[b] = min(stop[b], orders[b].size)
             order_mat[b] = 0
             order_mat[b, :orders[b].size] = orders[b]
-        if not keep.all():
-            cache = invalidate(cache, jnp.asarray(keep))
     bar.close()
     return output, stats["calls"], stats

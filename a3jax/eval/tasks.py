@@ -493,4 +493,3 @@ def infill_spans(model, spans, *, plan: str = "ar", temperature: float = 0.0, se
     out["fills"] = filled["predictions"]
     out["plan"] = plan
     return out
-    return out
