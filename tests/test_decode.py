@@ -311,11 +311,11 @@ def test_recompute_mode_follows_the_official_semantics():
 
 
 def test_one_compile_for_the_prefill_and_one_for_all_steps():
-    from a3jax.decode.sampler import _static_step
+    from a3jax.decode.sampler import _compiled_fields, _static_step
 
     model_def, params = _model()
     sampling = SampleConfig(plan="ar", seed=7)
-    step = _static_step(model_def, sampling)
+    step = _static_step(model_def, _compiled_fields(sampling))  # the step every seed shares
     before = step._cache_size()
     generate(model_def, params, [np.zeros(12, np.int32)], [np.arange(12) < 2], bos_id=BOS, pad_id=PAD,
              eos_id=EOS, sampling=sampling)
