@@ -68,7 +68,13 @@ def shaped_probs(logits, temperature: float, top_k: int, top_p: float):
 
 
 def _sample(key, probs):
-    return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)
+    """A token from each row of probs [..., V] by inverse CDF: one uniform per row, not V Gumbel
+    draws (the proposal rows of a round are many, and each draw over V costs more than the rest
+    of the round on a CPU). u in (0, 1], so a zero-probability token is never taken."""
+    u = 1.0 - jax.random.uniform(key, probs.shape[:-1] + (1,), jnp.float32)
+    cdf = jnp.cumsum(probs.astype(jnp.float32), axis=-1)
+    token = jnp.sum(cdf < u * cdf[..., -1:], axis=-1)
+    return jnp.minimum(token, probs.shape[-1] - 1).astype(jnp.int32)
 
 
 def _store(table, index_BxR, values):
