@@ -11,7 +11,7 @@ Dynamic plans look at the model's predictions for every remaining position and c
   confidence(steps=T, schedule=cosine)                          few first, more later (MaskGIT)
 Speculative plans sample EXACTLY from the one-position-at-a-time joint of an order (ar, random, or
 the caller's groups as a ranking) in fewer model calls (decode/speculative.py):
-  speculative                           the best exact plan measured: speculative(4), drafts from the
+  speculative                           the fastest exact plan measured: speculative(2), drafts from the
                                         known text where it repeats, else (chained) from the model
   speculative(k)                        up to k drafts per round
   speculative(k, adaptive)              each row drafts as many as its acceptance makes worthwhile
@@ -36,7 +36,10 @@ from a3jax.orders import normal_spec
 STATIC = ("ar", "blocks", "random", "groups")
 SPECULATIVE_ORDERS = ("ar", "random", "groups")
 DRAFT_SOURCES = ("auto", "model", "copy")
-BEST_SPECULATIVE = "speculative(4)"  # what a bare `speculative` means (fewest calls and ms: BENCHMARKS.md)
+# what a bare `speculative` means: the fastest speculative plan measured on the BPE demo model (a
+# chained round costs k passes of the layer stack; k = 2 costs the fewest passes per token and the
+# least wall time at batch 1 and 8, temperature 1 and greedy; k = 4 takes fewer calls: BENCHMARKS.md)
+BEST_SPECULATIVE = "speculative(2)"
 DYNAMIC = {"confidence": "confidence", "entropy": "entropy", "margin": "margin", "random_pick": "random"}
 SCHEDULES = ("linear", "cosine")
 
