@@ -145,8 +145,8 @@ def main(args, overrides=()) -> int:
          f"rows of {pretrain.data.seq_len} {unit}) for {pretrain.train.steps} steps -> {workdir / 'pretrain'}")
     causal = train(pretrain, workdir / "pretrain", corpus=corpus, progress=not args.no_progress)
     a3_dir = workdir / "a3"
-    _say(f"2/3 converting to A3 (query input: {adapt.model.query_input}) and adapting to any order for "
-         f"{adapt.train.steps} steps: {adapt.orders.curriculum} -> {a3_dir}")
+    _say(f"2/3 adapting to any order for {adapt.train.steps} steps (converted to A3 with query input "
+         f"{adapt.model.query_input}): {adapt.orders.curriculum} -> {a3_dir}")
     summary = train(adapt, a3_dir, corpus=corpus, progress=not args.no_progress)
 
     _say("3/3 infilling held-out code")
