@@ -85,7 +85,7 @@ fi
 CHECKS=${A3JAX_CHECKS:-"parity attention train settings flags decode"}
 for check in $CHECKS; do
   case $check in
-    parity)     # every GPU backend (cudnn, pallas, tokamax) compiled on the device vs xla: values + grads
+    parity)     # every GPU backend (cudnn, pallas, tokamax, tokamax_skip) compiled on the device vs xla: values + grads
       run parity 180 "$A3JAX bench parity ${A3JAX_PARITY_ARGS:-}" ;;
     attention)  # B=2, N=4096, 16 q / 4 kv heads, D=128, bf16, fwd and fwd+bwd, all GPU rows
       run attention 240 "$A3JAX bench attention ${A3JAX_ATTN_ARGS:-}" ;;

@@ -164,6 +164,33 @@ def test_sharded_train_step_lowers_for_cuda_with_tokamax_mosaic_gpu():
     assert not calls & {"__gpu$xla.gpu.triton", "tpu_custom_call"}
 
 
+def test_skipping_backward_lowers_for_cuda_as_two_mosaic_gpu_kernels():
+    """The block-skipping Hopper backward alone (bfloat16, GQA 2, D=128, 2N rows against N keys):
+    its dq and dk/dv kernels are two Mosaic GPU calls, and nothing falls back to XLA's attention."""
+    from a3jax.kernels.hopper_range_bwd import range_attention_bwd
+
+    b, n, h, kv, d = 2, 256, 4, 2, 128
+    shape = jax.ShapeDtypeStruct
+    rows, keys = shape((b, 2 * n, h, d), jnp.bfloat16), shape((b, n, kv, d), jnp.bfloat16)
+    ranges = shape((b, 2 * n), jnp.int32)
+    exported = jax.export.export(jax.jit(range_attention_bwd), platforms=["cuda"], disabled_checks=UNCHECKED)(
+        rows, keys, keys, rows, shape((b, h, 2 * n), jnp.float32), rows, ranges, ranges)
+    text = exported.mlir_module()
+    calls = custom_calls(text)
+    assert calls == {KERNEL_TARGETS["mosaic_gpu"]}, calls
+    assert text.count(f"@{KERNEL_TARGETS['mosaic_gpu']}") == 2
+
+
+def test_sharded_train_step_lowers_for_cuda_with_tokamax_skip():
+    """`tokamax_skip`: tokamax's forward and the skipping backward, all Mosaic GPU, in the sharded
+    train step."""
+    with tokamax_for_hopper():
+        exported = export_train_step("cuda", "tokamax_skip")
+    calls = custom_calls(exported.mlir_module())
+    assert calls & {"mosaic_gpu", "mosaic_gpu_v2"}, calls
+    assert not calls & {"__gpu$xla.gpu.triton", "tpu_custom_call"}
+
+
 def test_without_the_lowering_target_the_kernels_stay_references():
     """The control: exported for cuda but built for this CPU, the pallas kernel is interpreted
     (no Triton call) -- what `lowering_for` prevents in the tests above."""

@@ -7,7 +7,9 @@ mark uses cuDNN on a GPU and XLA elsewhere (labelled in the table).
 `tokamax` runs tokamax's flash attention (Mosaic GPU) on the sorted layout's key ranges as one
 call of 2N rows; `tokamax split` as two calls of N rows; `2x causal (tokamax)` is tokamax's own
 plain causal kernel twice (the same mark on tokamax's kernel: the gap between it and the `tokamax`
-row is the cost of the ranges, the gap to cuDNN's pair the cost of the kernel).
+row is the cost of the ranges, the gap to cuDNN's pair the cost of the kernel). On a GPU,
+`tokamax_skip` is tokamax's forward with a3jax's block-skipping Hopper backward
+(kernels/hopper_range_bwd.py): its fwd+bwd against `tokamax` is what skipping buys.
 
 `xla chunks=C` / `cudnn chunks=C` run the dense backends with static prefix chunking
 (model/prefix_chunks.py): the query stream in C chunks, the content stream one full call. The
@@ -137,6 +139,8 @@ def run(args) -> list[dict]:
                                                              tokamax_fused=False), layout)]
             if platform == "gpu":
                 timed_pair("2x causal (tokamax)", tokamax_causal_pair)
+                variants += [("tokamax_skip", functools.partial(two_stream_attention,
+                                                                backend="tokamax_skip"), layout)]
         if backend in ("xla", "cudnn") and args.chunks > 1:
             chunked = functools.partial(chunked_streams, backend=backend, chunks=args.chunks)
             variants += [(f"{backend} chunks={args.chunks}", chunked, layout),

@@ -51,7 +51,10 @@ def backends_here(platform: str, dtype: str) -> list[tuple[str, dict]]:
         rows = [("cudnn", {"backend": "cudnn"}), ("cudnn chunks=4", {"backend": "cudnn", "chunks": 4})] + rows
     if tokamax_available():
         rows += [("tokamax", {"backend": "tokamax"}),
-                 ("tokamax split", {"backend": "tokamax", "tokamax_fused": False})]
+                 ("tokamax split", {"backend": "tokamax", "tokamax_fused": False}),
+                 # tokamax's forward, a3jax's block-skipping backward (Mosaic GPU interpret mode
+                 # off a GPU: exact but slow)
+                 ("tokamax_skip", {"backend": "tokamax_skip"})]
     return rows
 
 

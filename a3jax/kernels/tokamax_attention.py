@@ -16,6 +16,12 @@ which keeps them out of the kernel's block ranges.
 `fused=True` runs both streams as one call of 2N query rows against the N keys; `fused=False`
 runs two calls of N rows. GQA is native (no repeated K/V).
 
+`backward`: "tokamax" differentiates through tokamax's own backward (dense under key ranges);
+"skip" keeps tokamax's forward (asked for its softmax residuals) and computes the gradients with
+a3jax's block-skipping Hopper kernels (kernels/hopper_range_bwd.py), which visit only the blocks
+inside each tile's ranges. On the CPU ("xla" implementation) those kernels run in Mosaic GPU's
+interpret mode: exact, slow, for the tests.
+
 `implementation`: "mosaic" is the GPU kernel (sm80/sm90/sm100); "xla" is tokamax's own reference
 implementation with the SAME mask object, which runs anywhere (the CPU tests use it).
 
@@ -28,11 +34,13 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 
 from a3jax.errors import UserError
 
 IMPLEMENTATIONS = ("mosaic", "xla")
+BACKWARDS = ("tokamax", "skip")
 TESTED_VERSIONS = ("0.0.12", "0.0.17")  # 0.0.12: the newest for Python 3.11; 0.0.17: Python >= 3.12
 
 
@@ -91,20 +99,60 @@ def _safe_ranges(key_start_BxS, key_end_BxS, real_BxS):
     return start, end, sees_any
 
 
-def _call(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, start_BxS, end_BxS, sees_any_BxS, implementation):
+def _range_forward(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, start_BxS, end_BxS, implementation,
+                   residuals=False):
     base = require_tokamax()
     mask = base.Mask(k_start=start_BxS[:, None, :], k_end=end_BxS[:, None, :])
-    out = _op(implementation)(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask=mask)
+    if not residuals:
+        return _op(implementation)(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask=mask)
+    out, (max_BxHxS, denominator_BxHxS) = _op(implementation)(
+        q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, mask=mask, return_residuals=True)
+    return out, max_BxHxS + jnp.log(denominator_BxHxS)  # the logsumexp of the scaled logits
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _skipping_call(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, start_BxS, end_BxS, implementation):
+    """tokamax's forward, a3jax's block-skipping backward (kernels/hopper_range_bwd.py)."""
+    return _range_forward(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, start_BxS, end_BxS, implementation)
+
+
+def _skipping_fwd(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, start_BxS, end_BxS, implementation):
+    out, lse_BxHxS = _range_forward(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, start_BxS, end_BxS,
+                                    implementation, residuals=True)
+    return out, (q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, start_BxS, end_BxS, out, lse_BxHxS)
+
+
+def _skipping_bwd(implementation, residuals, d_out):
+    from a3jax.kernels.hopper_range_bwd import range_attention_bwd
+
+    q, k, v, start, end, out, lse = residuals
+    dq, dk, dv = range_attention_bwd(q, k, v, out, lse, d_out, start, end,
+                                     interpret=implementation != "mosaic")
+    return dq, dk, dv, None, None
+
+
+_skipping_call.defvjp(_skipping_fwd, _skipping_bwd)
+
+
+def _call(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, start_BxS, end_BxS, sees_any_BxS, implementation,
+          backward="tokamax"):
+    if backward not in BACKWARDS:
+        raise UserError(f"tokamax backward={backward!r} is not one of {BACKWARDS}")
+    if backward == "skip":
+        out = _skipping_call(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, start_BxS, end_BxS, implementation)
+    else:
+        out = _range_forward(q_BxSxHxD, k_BxNxKxD, v_BxNxKxD, start_BxS, end_BxS, implementation)
     return jnp.where(sees_any_BxS[:, :, None, None], out, jnp.zeros((), out.dtype))
 
 
 def range_streams(q_BxRxHxD, k_BxNxKxD, v_BxNxKxD, key_starts, key_ends, real_BxN, *,
-                  fused: bool = True, implementation: str = "mosaic"):
+                  fused: bool = True, implementation: str = "mosaic", backward: str = "tokamax"):
     """Attention of R = len(key_ends) * N query rows (one block of N rows per stream, in order)
     against the N keys: row i of stream s attends [key_starts[s][i], key_ends[s][i]).
 
     Rows that see nothing, and rows with real_BxN false (padding), return exactly 0.
     fused: one kernel call over all R rows; else one call per stream.
+    backward: "tokamax" (its own) or "skip" (a3jax's block-skipping kernels; see the module doc).
     """
     n = k_BxNxKxD.shape[1]
     if q_BxRxHxD.shape[1] != n * len(key_ends):
@@ -112,9 +160,9 @@ def range_streams(q_BxRxHxD, k_BxNxKxD, v_BxNxKxD, key_starts, key_ends, real_Bx
     safe = [_safe_ranges(s, e, real_BxN) for s, e in zip(key_starts, key_ends)]
     if fused or len(safe) == 1:
         start, end, sees_any = (jnp.concatenate(x, 1) for x in zip(*safe))
-        return _call(q_BxRxHxD, k_BxNxKxD, v_BxNxKxD, start, end, sees_any, implementation)
-    outs = [_call(q_BxRxHxD[:, i * n:(i + 1) * n], k_BxNxKxD, v_BxNxKxD, *ranges, implementation)
-            for i, ranges in enumerate(safe)]
+        return _call(q_BxRxHxD, k_BxNxKxD, v_BxNxKxD, start, end, sees_any, implementation, backward)
+    outs = [_call(q_BxRxHxD[:, i * n:(i + 1) * n], k_BxNxKxD, v_BxNxKxD, *ranges, implementation,
+                  backward) for i, ranges in enumerate(safe)]
     return jnp.concatenate(outs, 1)
 
 

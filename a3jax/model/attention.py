@@ -29,7 +29,8 @@ _log = logging.getLogger("a3jax")
 
 # The kernels are imported where a backend is first used: tokamax is an optional dependency (its
 # import takes 0.9 s), and the Pallas splash module alone takes 0.17 s of every CLI start.
-HALF_PRECISION_ONLY = ("cudnn", "tokamax")  # their GPU kernels take bfloat16/float16 inputs only
+HALF_PRECISION_ONLY = ("cudnn", "tokamax", "tokamax_skip")  # their GPU kernels: bf16/f16 inputs only
+TOKAMAX_BACKENDS = ("tokamax", "tokamax_skip")
 
 
 @functools.cache
@@ -59,13 +60,20 @@ def resolve_backend(name: str, platform: str, static_groups: bool = False, dtype
     if name == "splash" and platform == "gpu":
         raise UserError("model.attention='splash' is the TPU kernel (Pallas Mosaic); on a GPU use "
                          "'auto', 'tokamax', 'cudnn' or 'pallas'")
-    if name == "tokamax":
+    if name in TOKAMAX_BACKENDS:
         from a3jax.kernels.tokamax_attention import require_tokamax
 
         require_tokamax()  # a clear error now rather than inside a traced step
         if platform != "gpu":
-            _log.info("attention backend tokamax on %s runs tokamax's XLA reference implementation "
-                      "(the Mosaic GPU kernel needs an sm80+ NVIDIA GPU)", platform)
+            _log.info("attention backend %s on %s runs tokamax's XLA reference implementation "
+                      "(the Mosaic GPU kernel needs an sm80+ NVIDIA GPU)%s", name, platform,
+                      "; its backward kernels run in Mosaic GPU's interpret mode (slow: for tests)"
+                      if name == "tokamax_skip" else "")
+        if name == "tokamax_skip" and platform == "gpu" and jax.default_backend() == "gpu":
+            major = _compute_capability_major()
+            if major != 9:
+                raise UserError(f"model.attention='tokamax_skip' runs a Hopper (sm90) backward kernel, "
+                                 f"but this GPU has compute capability {major}.x; use 'tokamax'")
     if name == "auto":
         if platform == "gpu":
             chosen = "tokamax" if _tokamax_fits_gpu() else "cudnn"
@@ -80,14 +88,17 @@ def resolve_backend(name: str, platform: str, static_groups: bool = False, dtype
     return name
 
 
+def _compute_capability_major() -> int:
+    capability = str(getattr(jax.devices()[0], "compute_capability", "0"))
+    return int(capability.split(".")[0]) if capability.split(".")[0].isdigit() else 0
+
+
 def _tokamax_fits_gpu() -> bool:
     """auto picks tokamax on Hopper/Blackwell GPUs (compute capability 9.x/10.x) when tokamax
     imports; otherwise cuDNN."""
     from a3jax.kernels.tokamax_attention import tokamax_available
 
-    capability = str(getattr(jax.devices()[0], "compute_capability", "0"))
-    major = int(capability.split(".")[0]) if capability.split(".")[0].isdigit() else 0
-    if major not in (9, 10):
+    if _compute_capability_major() not in (9, 10):
         return False
     if not tokamax_available():
         _log.info("attention backend auto: tokamax is not installed (pip install 'a3jax[gpu]'); "
@@ -116,7 +127,8 @@ def _pallas_streams(streams, q, k, v, segment_ids, groups):
     return range_attention(q, k, v, jnp.concatenate(starts, 1), jnp.concatenate(ends, 1))
 
 
-def _tokamax_streams(streams, q, k, v, segment_ids, groups, fused=True, causal=False):
+def _tokamax_streams(streams, q, k, v, segment_ids, groups, fused=True, causal=False,
+                     backward="tokamax"):
     from a3jax.kernels import tokamax_attention
 
     key_start, content_end, query_end = key_ranges(segment_ids, groups)
@@ -126,7 +138,8 @@ def _tokamax_streams(streams, q, k, v, segment_ids, groups, fused=True, causal=F
                                              implementation=implementation)
     ends = [e for e, used in zip((content_end, query_end), streams) if used]
     return tokamax_attention.range_streams(q, k, v, [key_start] * len(ends), ends, segment_ids > 0,
-                                           fused=fused, implementation=implementation)
+                                           fused=fused, implementation=implementation,
+                                           backward=backward)
 
 
 def _splash_streams(streams, group_size, q, k, v, segment_ids, groups):
@@ -173,6 +186,8 @@ def two_stream_attention(q_content, q_query, k, v, segment_ids, groups, *, backe
     group_size (static int): the rows are grid-aligned with this one group size
     (a3jax.layout); `splash` needs it, dense chunking uses it to chunk the content stream too.
     tokamax_fused: `tokamax` runs both streams as one kernel call (else one call per stream).
+    `tokamax_skip` is `tokamax` with a3jax's block-skipping backward (kernels/hopper_range_bwd.py;
+    Hopper only, not picked by `auto` until the device run has measured it).
     causal (static): the caller promises a left-to-right layout ('ar' groups, content stream only:
     the causal variant, which configs and scoring restrict to 'ar'), where the group rule is plain
     causal attention inside each document; `tokamax` then uses its causal kernel, whose backward
@@ -185,10 +200,11 @@ def two_stream_attention(q_content, q_query, k, v, segment_ids, groups, *, backe
     streams = (q_content is not None, q_query is not None)
     if backend == "pallas":  # a custom kernel: XLA cannot partition it, so shard_map it
         out = _over_mesh(functools.partial(_pallas_streams, streams), q, k, v, segment_ids, groups)
-    elif backend == "tokamax":
+    elif backend in TOKAMAX_BACKENDS:
         causal = bool(causal) and streams == (True, False)
-        out = _over_mesh(functools.partial(_tokamax_streams, streams, fused=tokamax_fused, causal=causal),
-                         q, k, v, segment_ids, groups)
+        backward = "skip" if backend == "tokamax_skip" else "tokamax"
+        out = _over_mesh(functools.partial(_tokamax_streams, streams, fused=tokamax_fused, causal=causal,
+                                           backward=backward), q, k, v, segment_ids, groups)
     elif backend == "splash":
         out = _over_mesh(functools.partial(_splash_streams, streams, int(group_size)), q, k, v,
                          segment_ids, groups)

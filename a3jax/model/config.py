@@ -16,7 +16,8 @@ from a3jax.variants import VARIANTS, Variant, variant_of
 REMAT_POLICIES = ("none", "full", "dots", "save_attention")
 ROPE_SCALINGS = ("none", "llama3")
 DTYPES = ("float32", "bfloat16", "float64")  # float64: exactness checks under jax_enable_x64
-ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "pallas", "splash", "tokamax")  # see model/attention.py
+# see model/attention.py; tokamax_skip: tokamax's forward with a3jax's block-skipping Hopper backward
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "pallas", "splash", "tokamax", "tokamax_skip")
 # The query stream's inputs (query-stream variants): "vector", the paper's one learned vector at
 # token i's position; "shift", token i - 1's embedding when i - 1 is in an earlier group (else the
 # vector), at RoPE position i - 1: under 'ar' a converted causal model exactly (model/transformer.py).
