@@ -44,6 +44,25 @@ def test_bench_attention_compares_backends_with_two_causal_calls(capsys):
     assert re.search(r"^xla\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M)
     assert re.search(r"^pallas\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M)
     assert "cudnn" in out and "needs a GPU" in out
+    pairs = dict((name, int(count.replace(",", ""))) for name, count in
+                 re.findall(r"(every pair|skipping dq|skipping dk/dv|two causal calls) ([\d,]+) \(", out))
+    assert pairs["every pair"] == 1 * 2 * 1 * 1  # 64 rows: one tile per stream, one key tile
+    assert 0 < pairs["skipping dq"] <= pairs["every pair"] and pairs["two causal calls"] == 2
+
+
+def test_backward_block_pairs_on_the_bench_layout():
+    """On the 1B bench layout the skipping backward visits about half the pairs of tokamax's
+    backward under key ranges, about what two causal calls visit (BENCHMARKS.md, issue 23)."""
+    import jax.numpy as jnp
+
+    from a3jax.bench.attention import backward_block_pairs, sorted_layout
+
+    layout = sorted_layout(2, 1024, "random(4)")
+    pairs = backward_block_pairs(jnp.asarray(layout["segment_ids"]), jnp.asarray(layout["groups"]))
+    assert pairs["every pair"] == 2 * 2 * 16 * 16
+    assert pairs["skipping dq"] == pairs["skipping dk/dv"]  # the same pairs, seen from either side
+    assert 0.45 < pairs["skipping dq"] / pairs["every pair"] < 0.6
+    assert 0.95 < pairs["skipping dq"] / pairs["two causal calls"] < 1.1
 
 
 def test_bench_decode_prints_cached_and_recompute_and_the_ratio(capsys):

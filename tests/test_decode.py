@@ -137,8 +137,7 @@ def _reference_keys_values(model, layout):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("query_input", QUERY_INPUTS)
-@pytest.mark.parametrize("plan", ["random(3)", "confidence(2)"])
+@pytest.mark.parametrize("plan, query_input", [("random(3)", "vector"), ("confidence(2)", "shift")])
 def test_cached_keys_values_equal_a_recompute_after_all_groups(plan, query_input):
     model_def, params = _model(query_input=query_input)
     model = model_def.bind(params)
@@ -160,10 +159,16 @@ def test_cached_keys_values_equal_a_recompute_after_all_groups(plan, query_input
     assert checked == 11 + 8  # every position of both documents and their BOS, each cached once
 
 
-@pytest.mark.parametrize("plan, context", [
+PLANS_AND_CONTEXTS = [
     ("ar", "ar"), ("blocks(2)", "group"), ("random(3)", "ar"), ("groups", "group"), ("confidence(2)", "ar"),
-    ("entropy(steps=3)", "group"), ("margin(steps=4, schedule=cosine)", "ar"), ("random_pick(2)", "group")])
-@pytest.mark.parametrize("query_input", QUERY_INPUTS)
+    ("entropy(steps=3)", "group"), ("margin(steps=4, schedule=cosine)", "ar"), ("random_pick(2)", "group")]
+
+
+# Every plan with the paper's query input; the shifted one under a plan of each kind (fixed order,
+# caller's groups, random, adaptive with a schedule), each context.
+@pytest.mark.parametrize("plan, context, query_input", [(p, c, "vector") for p, c in PLANS_AND_CONTEXTS] + [
+    ("ar", "ar", "shift"), ("groups", "group", "shift"), ("random(3)", "ar", "shift"),
+    ("entropy(steps=3)", "group", "shift")])
 def test_reported_log_probs_equal_the_full_forward_under_the_groups_used(plan, context, query_input):
     model_def, params = _model(query_input=query_input)
     rng = np.random.default_rng(2)

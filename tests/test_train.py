@@ -148,12 +148,12 @@ def test_pallas_and_xla_backends_train_to_the_same_losses(tmp_path, small_corpus
 @pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch_step(tmp_path, small_corpus):
     runs = {}
-    for accum in (1, 2, 4):
+    for accum in (1, 4):  # four micro-batches of 2 rows against one of 8
         config = micro_config(f"train.grad_accum={accum}", "train.steps=5", "train.eval_every=1000",
                               "train.checkpoint_every=1000", "mesh.devices=1")
         summary = train(config, tmp_path / str(accum), corpus=small_corpus, progress=False)
         runs[accum] = ([loss for _, loss in losses(tmp_path / str(accum))], summary["params"])
-    for accum in (2, 4):
+    for accum in (4,):
         np.testing.assert_allclose(runs[accum][0], runs[1][0], atol=1e-5, rtol=0)
         for a, b in zip(jax.tree.leaves(runs[accum][1]), jax.tree.leaves(runs[1][1])):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -190,8 +190,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=10)
 
 
+def backward_block_pairs(segment_ids, groups, block: int = 64) -> dict[str, int]:
+    """(q tile, key tile) pairs per head that each backward pass (dq, or dk/dv) visits for both
+    streams as one call of 2N rows: every pair (tokamax's backward under key ranges), the
+    skipping kernels' (`tokamax_skip`, `pallas`), and two causal calls of N rows (the mark)."""
+    from a3jax.kernels.range_attention import _row_block_bounds
+    from a3jax.kernels.range_attention_bwd import _key_block_lists
+    from a3jax.kernels.tokamax_attention import _safe_ranges
+
+    batch, n = segment_ids.shape
+    n_blocks = -(-n // block)
+    key_start, content_end, query_end = layout_lib.key_ranges(segment_ids, groups)
+    safe = [_safe_ranges(key_start, end, segment_ids > 0) for end in (content_end, query_end)]
+    pad = ((0, 0), (0, n_blocks * block - n))
+    start = jnp.concatenate([jnp.pad(r[0], pad) for r in safe], 1)
+    end = jnp.concatenate([jnp.pad(r[1], pad) for r in safe], 1)
+    lo, hi = _row_block_bounds(start, end, block, block)
+    count, _ = _key_block_lists(start, end, block, block, n_blocks)
+    causal = sum(min(n_blocks, i + 1) for i in range(n_blocks))
+    return {"every pair": batch * 2 * n_blocks * n_blocks, "skipping dq": int(jnp.maximum(hi - lo, 0).sum()),
+            "skipping dk/dv": int(count.sum()), "two causal calls": batch * 2 * causal}
+
+
 def main(args, overrides=()) -> int:
     if overrides:
         raise UserError(f"a3jax bench attention takes no --config overrides (got {list(overrides)})")
     print(format_table(run(args), args))
+    layout = sorted_layout(args.batch, args.seq_len, args.order)
+    pairs = backward_block_pairs(jnp.asarray(layout["segment_ids"]), jnp.asarray(layout["groups"]))
+    print("backward block pairs per head (64x64 tiles): "
+          + ", ".join(f"{name} {count:,} ({count / pairs['every pair']:.2f})" for name, count in pairs.items()))
     return 0
