@@ -58,11 +58,11 @@ demo: $(BASE_STAMP)
 	$(BIN)/a3jax demo --workdir=$(WORKDIR)
 
 test: $(TORCH_STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 # The inner loop: everything but the `slow` and `e2e` tests (a couple of minutes on 2 cores).
 test-fast: $(TORCH_STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not e2e" tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow and not e2e" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -73,7 +73,7 @@ lint: $(STAMP)
 PY313_MARKERS ?= not slow and not e2e
 test-py313: $(STAMP313)
 	$(BIN313)/python -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|flax|orbax-checkpoint|grain|numpy|tokamax) '
-	$(BIN313)/python -m pytest -q -n 2 --dist loadfile $(if $(PY313_MARKERS),-m "$(PY313_MARKERS)") tests
+	$(BIN313)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(if $(PY313_MARKERS),-m "$(PY313_MARKERS)") tests
 
 clean:
 	rm -rf $(VENV) $(VENV313) runs

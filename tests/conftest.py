@@ -58,10 +58,29 @@ E2E_MODULES = ("tests/reliability/", "tests/test_multiprocess.py", "tests/test_d
                "tests/test_packaging.py", "tests/test_sweep.py", "tests/test_lm_eval.py", "tests/test_bench.py")
 
 
+# `make test` hands whole files to 2 workers (--dist loadfile) in collection order, without
+# xdist's reorder by test count (--no-loadscope-reorder), which sent the long one-test programs
+# (device script, demo, kill -9) last and left one worker idle for minutes. The longest files
+# first (measured on 2 cores, 2026-12-03: decode ~300 s, speculative ~190 s, train ~170 s, then
+# the single long e2e tests), the many short ones fill in after.
+LONGEST_FIRST = ("tests/test_decode.py", "tests/test_speculative.py", "tests/test_train.py",
+                 "tests/test_device_script.py", "tests/test_demo.py", "tests/reliability/test_kill.py",
+                 "tests/test_parallel.py", "tests/test_splash.py", "tests/test_bench.py", "tests/test_eval.py",
+                 "tests/test_multiprocess.py", "tests/test_loss.py", "tests/test_sweep.py", "tests/test_lm_eval.py")
+
+
+def _run_rank(item) -> int:
+    for rank, module in enumerate(LONGEST_FIRST):
+        if item.nodeid.startswith(module):
+            return rank
+    return len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.startswith(E2E_MODULES):
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=_run_rank)  # stable: each file keeps its own order
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -34,6 +34,7 @@ XLA gradient there, and tests/test_lowering.py lowers them for `cuda`.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import jax
@@ -89,7 +90,10 @@ def _vector_loader(layout, interpret: bool):
     values without a register layout."""
     if interpret:
         return lambda ref, idx: ref[idx]
-    return functools.partial(_plgpu().load, layout=layout, optimized=False)
+    load = _plgpu().load
+    if "idx" in inspect.signature(load).parameters:  # jax 0.10/0.11: load(ref, idx, ...)
+        return functools.partial(load, layout=layout, optimized=False)
+    return lambda ref, idx: load(ref.at[idx], layout=layout, optimized=False)  # jax 0.12
 
 
 def _iota(shape, dim, layout, interpret: bool):
