@@ -79,7 +79,10 @@ def _transforms(shape, dtype):
 def _interpret_params(interpret: bool):
     if not interpret:
         return None
-    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+    plgpu = _plgpu()
+    if hasattr(plgpu, "InterpretGPUParams"):  # public from jax 0.12
+        return plgpu.InterpretGPUParams()
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams  # jax 0.10/0.11
 
     return InterpretGPUParams()
 
