@@ -151,6 +151,18 @@ class _Matmul:
         return pl.run_scoped(body, self.accumulator(shape))
 
 
+def _launch(kernel, out_type, tile, dtype, grid: dict, interpret: bool):
+    """Both kernels' launch: `grid` as {axis name: size}; scratch = two WGMMA operand tiles of
+    `tile` (q and dO, or k and v: each kernel writes its result through the first ones) and the
+    barrier their two TMA loads arrive on."""
+    plgpu = _plgpu()
+    return plgpu.kernel(kernel, out_type=out_type,
+                        scratch_types=[_smem(tile, dtype), _smem(tile, dtype), plgpu.Barrier(num_arrivals=2)],
+                        grid=tuple(grid.values()), grid_names=tuple(grid),
+                        compiler_params=plgpu.CompilerParams(approx_math=True),
+                        interpret=_interpret_params(interpret))
+
+
 # ----------------------------------------------------------------------------- dq
 
 def _dq_call(q, k, v, d_out, lse, delta, start, end, lo, hi, *, scale, block_q, block_k, interpret):
@@ -204,16 +216,9 @@ def _dq_call(q, k, v, d_out, lse, delta, start, end, lo, hi, *, scale, block_q, 
         plgpu.copy_smem_to_gmem(q_smem, dq_gmem.at[b, rows, h])
         plgpu.wait_smem_to_gmem(0)
 
-    return plgpu.kernel(
-        kernel,
-        out_type=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        scratch_types=[_smem((block_q, head_dim), q.dtype), _smem((block_q, head_dim), q.dtype),
-                        plgpu.Barrier(num_arrivals=2)],
-        grid=(batch, n_heads, seq // block_q),
-        grid_names=("b", "h", "q_tiles"),
-        compiler_params=plgpu.CompilerParams(approx_math=True),
-        interpret=_interpret_params(interpret),
-    )(q, k, v, d_out, lse, delta, start, end, lo, hi)
+    return _launch(kernel, jax.ShapeDtypeStruct(q.shape, q.dtype), (block_q, head_dim), q.dtype,
+                   {"b": batch, "h": n_heads, "q_tiles": seq // block_q}, interpret)(
+        q, k, v, d_out, lse, delta, start, end, lo, hi)
 
 
 # ----------------------------------------------------------------------------- dk, dv
@@ -279,16 +284,9 @@ def _dkdv_call(q, k, v, d_out, lse, delta, start, end, count, blocks, *, scale, 
         plgpu.copy_smem_to_gmem(v_smem, dv_gmem.at[b, keys, kv_head])
         plgpu.wait_smem_to_gmem(0)
 
-    return plgpu.kernel(
-        kernel,
-        out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        scratch_types=[_smem((block_k, head_dim), k.dtype), _smem((block_k, head_dim), v.dtype),
-                        plgpu.Barrier(num_arrivals=2)],
-        grid=(batch, n_kv, n_keys // block_k),
-        grid_names=("b", "kv_h", "k_tiles"),
-        compiler_params=plgpu.CompilerParams(approx_math=True),
-        interpret=_interpret_params(interpret),
-    )(q, k, v, d_out, lse, delta, start, end, count, blocks)
+    return _launch(kernel, [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+                   (block_k, head_dim), k.dtype, {"b": batch, "kv_h": n_kv, "k_tiles": n_keys // block_k},
+                   interpret)(q, k, v, d_out, lse, delta, start, end, count, blocks)
 
 
 # ----------------------------------------------------------------------------- entry point
