@@ -30,6 +30,19 @@ def test_sample_fills_the_gaps_and_keeps_the_prompt(workdir, capsys):
         assert len(text) <= len("def f(x):\n    return x") + 9
 
 
+@pytest.mark.slow
+def test_sample_with_n_gram_drafts_builds_them_from_the_training_text(workdir, capsys):
+    """speculative(k, draft=ngram) from the command line: the table comes from the workdir's own
+    corpus (the user cannot pass one), and the prompt is kept."""
+    code = cli.main(["sample", f"--workdir={workdir}", "--prompt=def f(x):[gap:8]\n    return x",
+                     "--plan=speculative(3, draft=ngram)", "--temperature=0.8"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "building the n-gram drafts" in captured.err
+    text = captured.out.split("====\n", 1)[1]
+    assert text.startswith("def f(x):") and "\n    return x" in text
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--prompt=x" + "y" * 80 + "[gap:5]"], "max length is 64"),
     (["--prompt=abc [gap:0]"], "has no room"),

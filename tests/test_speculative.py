@@ -141,8 +141,9 @@ def test_log_probs_equal_a_full_forward_under_the_singletons_used(plan):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("order", ["ar", "random"])
-@pytest.mark.parametrize("plan", ["speculative(1)", "speculative(2)", "speculative(4)", "speculative(4, adaptive)"])
+@pytest.mark.parametrize("order, plan", [(o, p) for o in ("ar", "random") for p in (
+    "speculative(1)", "speculative(2)", "speculative(4)", "speculative(4, adaptive)")] + [
+    ("ar", "speculative(4, draft=ngram)")])
 def test_greedy_speculative_equals_greedy_one_at_a_time(order, plan):
     model_def, params = _model(vocab=12, init_std=0.5)
     rng = np.random.default_rng(0)
@@ -151,8 +152,13 @@ def test_greedy_speculative_equals_greedy_one_at_a_time(order, plan):
     ref = generate(model_def, params, docs, known, bos_id=10, pad_id=11,
                    sampling=SampleConfig(plan=order, temperature=0, seed=3))
     spec = plan[:-1] + f", order={order})"
+    drafter = None
+    if "ngram" in plan:
+        from a3jax.decode.ngram import NgramDrafter
+
+        drafter = NgramDrafter([rng.integers(0, 9, 400)], 12, max_order=3)
     res = generate(model_def, params, docs, known, bos_id=10, pad_id=11,
-                   sampling=SampleConfig(plan=spec, temperature=0, seed=3))
+                   sampling=SampleConfig(plan=spec, temperature=0, seed=3), drafter=drafter)
     for a, b in zip(ref.tokens, res.tokens):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(ref.log_probs, res.log_probs):
@@ -218,23 +224,37 @@ def _completion_joint(model_def, params, template, known, grouping):
     return sequences, probs
 
 
+def _tiny_drafter():
+    """An n-gram drafter over the 3-token vocabulary that disagrees with the model often enough
+    for every branch (accept, reject, no continuation) to be taken."""
+    from a3jax.decode.ngram import NgramDrafter
+
+    return NgramDrafter([np.array([1, 2, 1, 2, 0, 1, 2, 2, 1, 0, 0, 2, 1, 2, 1, 1])], 3, max_order=3)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("draft, query_input", [("copy", "vector"), ("auto", "shift")])
+@pytest.mark.parametrize("draft, query_input", [("copy", "vector"), ("auto", "shift"), ("ngram", "shift"),
+                                                ("ngram", "vector")])
 def test_copied_and_mixed_drafts_sample_the_joint_exactly(draft, query_input):
-    """Point-mass drafts copied from the known text (a right-hand context that repeats the left),
-    alone or mixed with the model's drafts, still sample the one-at-a-time joint exactly; the same
-    test rejects blocks(4)."""
-
-
+    """Point-mass drafts copied from the known text (a right-hand context that repeats the left)
+    or from an n-gram table, alone or mixed with the model's drafts, still sample the
+    one-at-a-time joint exactly; the same test rejects blocks(4)."""
     model_def, params = _model(query_input=query_input)
     template = np.array([1, 2, 0, 0, 0, 0, 1, 2, 1, 2], np.int32)
     known = np.array([1, 1, 0, 0, 0, 0, 1, 1, 1, 1], bool)
     n = 12_000
     result = generate(model_def, params, [template] * n, [known] * n, bos_id=0, pad_id=0, eos_id=None,
-                      sampling=SampleConfig(plan=f"speculative(4, draft={draft})", seed=3))
-    assert result.stats["by_source"]["copy"]["offered"] > n  # copying really happened
+                      sampling=SampleConfig(plan=f"speculative(4, draft={draft})", seed=3),
+                      drafter=_tiny_drafter() if draft == "ngram" else None)
+    by_source = result.stats["by_source"]
+    copied = by_source["ngram" if draft == "ngram" else "copy"]
+    assert copied["offered"] > n  # copying really happened
+    if draft == "ngram":  # rejected and accepted table drafts, and the model's exact first drafts
+        assert copied["accepted"] > n // 100 and copied["offered"] - copied["accepted"] > n // 100
+        assert by_source["model"]["accepted"] == by_source["model"]["offered"] > n // 10
+        assert result.stats["passes"] == result.stats["calls"]  # one pass per round: nothing chained
     if draft == "auto":
-        assert result.stats["by_source"]["model"]["offered"] > n // 10
+        assert by_source["model"]["offered"] > n // 10
     groupings = np.unique(np.stack(result.groups), axis=0)
     assert len(groupings) == 1
     sequences, probs = _completion_joint(model_def, params, template, known, groupings[0])
@@ -287,3 +307,92 @@ def test_copy_drafts_follow_the_longest_nearest_match():
     # the right-hand context of a gap: `x = f(` [gap] `x = f(a)` copies `a)`
     text = np.array([9, 1, 2, 3, -1, -1, -1, 1, 2, 3, 4, 5])
     np.testing.assert_array_equal(copy_continuation(text, 4, 3), [4, 5])
+
+
+def _ngram_reference(docs, context, min_count=2):
+    """The n-gram rule written plainly: the longest known context (up to 3 tokens) seen at least
+    min_count times in the documents; its most frequent next token (the smallest on a tie)."""
+    import collections
+
+    for c in range(3, 0, -1):
+        if len(context) < c:
+            continue
+        counts = collections.Counter(int(doc[i + c]) for doc in docs for i in range(len(doc) - c)
+                                     if tuple(doc[i:i + c]) == tuple(context[-c:]))
+        total = sum(counts.values())
+        if total >= min_count:
+            token, count = max(counts.items(), key=lambda kv: (kv[1], -kv[0]))
+            return token, count / total
+    return -1, 0.0
+
+
+def test_ngram_drafts_follow_the_most_frequent_continuation():
+    from a3jax.decode.ngram import NgramDrafter
+
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 5, rng.integers(1, 60)) for _ in range(40)]
+    drafter = NgramDrafter(docs, 5, max_order=4)
+    found = 0
+    for _ in range(300):
+        context = list(rng.integers(0, 5, rng.integers(1, 4)))
+        row = np.full(3, -1)
+        row[3 - len(context):] = context
+        token, share = drafter.next_tokens(row[None])
+        expected = _ngram_reference(docs, context)
+        assert (int(token[0]), float(share[0])) == pytest.approx(expected)
+        found += token[0] >= 0
+    assert found > 250
+    # documents are never crossed: "1 2" continues as 3 or 5 twice each (the smaller on the tie),
+    # never as the 4 that begins the next document
+    drafter = NgramDrafter([np.array([1, 2, 3, 1, 2, 3, 1, 2]), np.array([4, 1, 2, 5, 1, 2, 5])], 9, max_order=3)
+    token, share = drafter.next_tokens(np.array([[-1, 1, 2]]))
+    assert (token[0], share[0]) == (3, 0.5)
+    token, share = drafter.next_tokens(np.array([[-1, 4, 1]]))  # "4 1" seen once: back off to "1" -> 2
+    assert (token[0], share[0]) == (2, 1.0)
+    # chains continue the drafts; the chance of a chain (0.5 per "1 2") stops it below min_chance
+    text = np.array([8, 1, 2, -1, -1, -1, -1])  # BOS 8, then 1 2 and four unknown positions
+    np.testing.assert_array_equal(drafter.continuation(text, 3, 4, min_chance=0.0), [3, 1, 2, 3])
+    np.testing.assert_array_equal(drafter.continuation(text, 3, 4, min_chance=0.3), [3, 1, 2])
+    # an excluded token splits a document like a boundary
+    split = NgramDrafter([np.array([1, 2, 7, 1, 2, 7, 1, 2])], 9, max_order=3, exclude=(7,))
+    whole = NgramDrafter([np.array([1, 2])] * 3, 9, max_order=3)
+    for c in whole.tables:
+        for x, y in zip(split.tables[c], whole.tables[c]):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_ngram_drafts_need_a_drafter_and_the_ar_order():
+    model_def, params = _model(vocab=12, init_std=0.3)
+    docs, known = [np.arange(6, dtype=np.int32)], [np.array([1, 0, 0, 1, 0, 0], bool)]
+    with pytest.raises(ValueError, match="drafter="):
+        generate(model_def, params, docs, known, bos_id=10, pad_id=11,
+                 sampling=SampleConfig(plan="speculative(2, draft=ngram)"))
+    with pytest.raises(ValueError, match="left to right"):
+        generate(model_def, params, docs, known, bos_id=10, pad_id=11,
+                 sampling=SampleConfig(plan="speculative(2, draft=ngram, order=random)"))
+
+
+def test_blocked_inverse_cdf_draws_each_token_with_its_probability():
+    """speculative._sample (a two-level inverse CDF, blocks of SAMPLE_BLOCK words) against the
+    distribution it samples: a vocabulary that is not a multiple of the block (padding), whole
+    blocks and single words of zero mass (never drawn), a tiny mass in the last word of a block."""
+    from a3jax.decode.speculative import SAMPLE_BLOCK, _sample
+
+    vocab = 3 * SAMPLE_BLOCK + 17
+    rng = np.random.default_rng(1)
+    probs = rng.gamma(0.3, size=vocab)
+    probs[SAMPLE_BLOCK:2 * SAMPLE_BLOCK] = 0  # an empty block
+    probs[rng.choice(vocab, 40, replace=False)] = 0
+    probs[SAMPLE_BLOCK - 1] = 1e-3 * probs.sum()
+    probs /= probs.sum()
+    n = 200_000
+    tokens = np.asarray(_sample(jax.random.key(0), jnp.broadcast_to(jnp.asarray(probs, jnp.float32), (n, vocab))))
+    observed = np.bincount(tokens, minlength=vocab)
+    assert tokens.max() < vocab and observed[probs == 0].sum() == 0
+    keep = probs * n >= 5
+    obs = np.append(observed[keep], observed[~keep].sum())
+    exp = np.append(probs[keep], probs[~keep].sum()) * n
+    assert stats.chisquare(obs, exp).pvalue > 1e-3
+    # a point mass (greedy rows, a resample where p has one word left) is always drawn
+    one_hot = jnp.zeros((64, vocab)).at[:, vocab - 1].set(1.0)
+    assert (np.asarray(_sample(jax.random.key(1), one_hot)) == vocab - 1).all()

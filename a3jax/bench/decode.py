@@ -10,12 +10,15 @@ token by the counting of docs/flops.md (matmuls only; attention counts the keys 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import numpy as np
 
 from a3jax.bench.timing import median_ms
 from a3jax.configs import load_config, model_config
 from a3jax.decode import SampleConfig, generate, parse_plan
+from a3jax.decode.ngram import ngram_drafter
 from a3jax.errors import UserError
 from a3jax.flops import layer_terms
 
@@ -74,7 +77,7 @@ def measure(cfg_config, mode: str, args) -> dict:
 def _documents(args, cfg, tokenizer=None, corpus=None):
     """[batch] rows of row_len tokens with a gap of `gap` in the middle: random tokens, or windows of
     held-out text of a trained model's corpus."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     length, start = args.row_len, (args.row_len - args.gap) // 2
     if corpus is None:
         docs = [rng.integers(0, min(cfg.vocab_size, 256), length).astype(np.int32) for _ in range(args.batch)]
@@ -89,34 +92,48 @@ def _documents(args, cfg, tokenizer=None, corpus=None):
     return docs, known
 
 
-def speculative_rows(model_def, params, cfg, docs, known, args, special) -> list[dict]:
+def speculative_rows(model_def, params, cfg, docs, known, args, special, drafter=None) -> list[dict]:
     """Model calls per generated token, acceptance by draft position and wall time of the
-    speculative plans, beside ar and blocks(k) (cached mode, same documents, same temperature)."""
+    speculative plans, beside ar and blocks(k) (cached mode, same documents, same temperature);
+    with a drafter (a trained model's corpus), the n-gram drafts too. The plans are timed
+    interleaved (every plan once per repeat, after one warm-up run each), so that a noisy
+    machine moves every plan's median alike."""
     k = args.speculative
+    plans = ["ar", f"blocks({k})", "speculative(2, draft=model)", f"speculative({k}, draft=model)",
+             f"speculative({k}, draft=copy)", f"speculative({k})", f"speculative({2 * k}, adaptive)"]
+    if drafter is not None:
+        plans += [f"speculative({k}, draft=ngram)"]
+    plans = list(dict.fromkeys(plans))  # k = 2: one speculative(2, draft=model) row
+    import jax
+
+    def run(plan):
+        sampling = SampleConfig(plan=plan, temperature=args.temperature, seed=args.seed, stop_at_eos=False)
+        result = generate(model_def, params, docs, known, bos_id=special, pad_id=special, sampling=sampling,
+                          drafter=drafter)
+        jax.block_until_ready(result.tokens)
+        return result
+
+    results = {plan: run(plan) for plan in plans}  # warm-up: compiles
+    times = {plan: [] for plan in plans}
+    for _ in range(args.repeats):
+        for plan in plans:
+            started = time.perf_counter()
+            run(plan)
+            times[plan].append((time.perf_counter() - started) * 1e3)
+    generated = sum(int((~m).sum()) for m in known)
     rows = []
-    for plan in ("ar", f"blocks({k})", f"speculative({k}, draft=model)", f"speculative({k}, draft=copy)",
-                 f"speculative({k})", f"speculative({2 * k}, adaptive)"):
-        sampling = SampleConfig(plan=plan, temperature=args.temperature, seed=0, stop_at_eos=False)
-        out = {}
-
-        def run(sampling=sampling, out=out):
-            out["result"] = generate(model_def, params, docs, known, bos_id=special, pad_id=special,
-                                     sampling=sampling)
-            return out["result"].tokens
-
-        ms = median_ms(run, repeats=args.repeats, warmup=1)
-        result = out["result"]
-        generated = sum(int((~m).sum()) for m in known)
+    for plan in plans:
+        result = results[plan]
         stats = result.stats or {}
         calls = stats.get("calls", result.n_steps)
+        # per row: the calls a row took part in (rows of a batch finish at different calls)
         row_calls = int(stats["row_calls"].sum()) if "row_calls" in stats else calls * len(docs)
         offered = stats.get("offered")
-        # per row: the calls a row took part in (rows of a batch finish at different calls)
         sources = {name: v["accepted"] / v["offered"] for name, v in stats.get("by_source", {}).items()
                    if v["offered"]}
         passes = stats.get("passes", calls)  # sequential passes through the layer stack (a chained round: k)
-        rows.append({"plan": plan, "ms": ms, "calls": calls, "calls_per_token": row_calls / generated,
-                     "passes": passes,
+        rows.append({"plan": plan, "ms": statistics.median(times[plan]), "calls": calls,
+                     "calls_per_token": row_calls / generated, "passes": passes,
                      "acceptance": None if offered is None else
                      [a / o if o else float("nan") for a, o in zip(stats["accepted"], offered)],
                      "sources": sources})
@@ -135,6 +152,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculative", type=int, default=0,
                         help="k: also compare speculative(k) with ar and blocks(k) (calls per token, acceptance)")
     parser.add_argument("--temperature", type=float, default=1.0, help="for the speculative comparison")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="which held-out windows (and, --speculative, the sampling seed)")
 
 
 def main(args, overrides=()) -> int:
@@ -165,22 +184,25 @@ def main_speculative(args, overrides=()) -> int:
     from a3jax.inference import load_model
     from a3jax.model.params import init_model
 
+    drafter = None
     if args.workdir:
         if overrides:
             raise UserError("--workdir decodes a trained model: --config overrides do not apply")
         loaded = load_model(args.workdir)
         model_def, params, cfg = loaded.model_def, loaded.params, loaded.cfg
-        docs, known = _documents(args, cfg, loaded.tokenizer, load_corpus(loaded.experiment.data, loaded.tokenizer))
+        corpus = load_corpus(loaded.experiment.data, loaded.tokenizer)
+        docs, known = _documents(args, cfg, loaded.tokenizer, corpus)
         special, what = loaded.tokenizer.pad_id, f"the trained model of {args.workdir} on held-out text"
+        drafter = ngram_drafter(corpus, loaded.tokenizer, cfg.vocab_size)
     else:
         cfg = model_config(load_config(args.config, list(overrides)))
         model_def, params = init_model(cfg, 0)
         docs, known = _documents(args, cfg)
         special, what = cfg.vocab_size - 1, f"random weights ({args.config} shape) on random tokens"
-    rows = speculative_rows(model_def, params, cfg, docs, known, args, special)
+    rows = speculative_rows(model_def, params, cfg, docs, known, args, special, drafter)
     print(f"decode on {jax.devices()[0].device_kind} (jax {jax.__version__}): {what}; d_model={cfg.d_model} "
           f"layers={cfg.n_layers}; batch {args.batch} x {args.row_len} tokens, infill {args.gap} positions, "
-          f"temperature {args.temperature}; median of {args.repeats}")
+          f"temperature {args.temperature}; median of {args.repeats}, the plans interleaved")
     print(f"{'plan':<34}{'ms':>9}{'x ar ms':>8}{'calls':>7}{'passes':>7}{'calls/token':>13}{'x ar':>7}  "
           "acceptance by source; by draft position")
     ar, ar_ms = rows[0]["calls_per_token"], rows[0]["ms"]

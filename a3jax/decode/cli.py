@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="text with gaps, e.g. 'def f(x):[gap:20]\\n    return y'")
     source.add_argument("--prompt-file", help="read the prompt from this file")
-    parser.add_argument("--plan", default="ar", help="ar | blocks(k) | random | random(k) | confidence(k) | "
+    parser.add_argument("--plan", default="ar", help="ar | blocks(k) | random | random(k) | speculative | "
+                        "speculative(k[, draft=model|copy|ngram]) | confidence(k) | "
                         "entropy(k) | margin(k) | random_pick(k) | NAME(steps=T[, schedule=cosine])")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0)
@@ -47,6 +48,13 @@ def main(args, overrides=()) -> int:
     text = args.prompt if args.prompt is not None else open(args.prompt_file, encoding="utf-8").read()
     loaded = load_model(args.workdir, args.step)
     tok = loaded.tokenizer
+    drafter = None
+    if parse_plan(args.plan).draft == "ngram":  # drafts from the model's training text
+        from a3jax.data import load_corpus
+        from a3jax.decode.ngram import ngram_drafter
+
+        print("[a3jax] building the n-gram drafts from the training data", file=sys.stderr)
+        drafter = ngram_drafter(load_corpus(loaded.experiment.data, tok), tok, loaded.cfg.vocab_size)
     max_len = args.max_len or loaded.experiment.data.seq_len
     prompt = parse_prompt(text, tok, max_len)
     print(f"[a3jax] sampling {args.num_samples} x {int((~prompt.known).sum())} positions from "
@@ -54,7 +62,7 @@ def main(args, overrides=()) -> int:
     started = time.perf_counter()
     result = generate(loaded.model_def, loaded.params, [prompt.tokens] * args.num_samples,
                       [prompt.known] * args.num_samples, bos_id=tok.bos_id, pad_id=tok.pad_id, eos_id=tok.eos_id,
-                      sampling=sampling, max_len=max_len, progress=True)
+                      sampling=sampling, max_len=max_len, progress=True, drafter=drafter)
     elapsed = time.perf_counter() - started
     for i, (tokens, log_probs) in enumerate(zip(result.tokens, result.log_probs)):
         generated = ~prompt.known[:tokens.size]

@@ -16,7 +16,9 @@ the caller's groups as a ranking) in fewer model calls (decode/speculative.py):
   speculative(k)                        up to k drafts per round
   speculative(k, adaptive)              each row drafts as many as its acceptance makes worthwhile
   speculative(k, draft=model)           drafts from the model only (draft=copy: from the text only
-                                        where it repeats; draft=auto, the default: either)
+                                        where it repeats; draft=auto, the default: either;
+                                        draft=ngram: from the training text's most frequent
+                                        continuations, one pass per round)
   speculative(k, order=random)          a random order of the unknown positions (order=groups: the
                                         caller's group ids rank the positions); copies need 'ar'
 """
@@ -35,7 +37,7 @@ from a3jax.orders import normal_spec
 
 STATIC = ("ar", "blocks", "random", "groups")
 SPECULATIVE_ORDERS = ("ar", "random", "groups")
-DRAFT_SOURCES = ("auto", "model", "copy")
+DRAFT_SOURCES = ("auto", "model", "copy", "ngram")
 # what a bare `speculative` means: the fastest speculative plan measured on the BPE demo model (a
 # chained round costs k passes of the layer stack; k = 2 costs the fewest passes per token and the
 # least wall time at batch 1 and 8, temperature 1 and greedy; k = 4 takes fewer calls: BENCHMARKS.md)
@@ -164,8 +166,8 @@ def _speculative(spec: str, positional: list[str], keywords: dict, integer) -> P
     draft = keywords.get("draft", "auto")
     if draft not in DRAFT_SOURCES:
         raise UserError(f"plan {spec!r}: draft={draft!r} is not one of {DRAFT_SOURCES}")
-    if draft == "copy" and order != "ar":
-        raise UserError(f"plan {spec!r}: copied drafts follow the text left to right; use order=ar or "
+    if draft in ("copy", "ngram") and order != "ar":
+        raise UserError(f"plan {spec!r}: {draft} drafts follow the text left to right; use order=ar or "
                         "draft=model")
     return Plan("speculative", k=k, adaptive=adaptive, order=order, draft=draft)
 

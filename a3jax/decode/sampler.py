@@ -240,7 +240,7 @@ def _check_groups_plan(plan, spec: str, groups) -> None:
 
 def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, eos_id: int | None = None,
              sampling: SampleConfig = SampleConfig(), groups=None, forced=None, max_len: int | None = None,
-             keep_cache: bool = False, progress: bool = False) -> GenerateResult:
+             keep_cache: bool = False, progress: bool = False, drafter=None) -> GenerateResult:
     """Fills every position of `documents` where `known` is False.
 
     groups: per-document group ids (>= 1 at unknown positions) for plan 'groups' (only: another plan
@@ -249,6 +249,7 @@ def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, e
       them: the sum equals log P(forced | known) under the groups used).
     max_len: the model's maximum row length including BOS (e.g. the training seq_len), checked.
     keep_cache: also commit the last group and return the final KV cache (cached mode).
+    drafter: a decode.ngram.NgramDrafter for speculative(k, draft=ngram) (drafts from a token corpus).
     """
     sampling.check()
     plan = parse_plan(sampling.plan)
@@ -263,7 +264,7 @@ def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, e
     if plan.speculative:
         return _generate_speculative(model_def, params, cfg, documents, known, plan, sampling, bos_id=bos_id,
                                      pad_id=pad_id, eos_id=eos_id, groups=groups, forced=forced,
-                                     keep_cache=keep_cache, progress=progress)
+                                     keep_cache=keep_cache, progress=progress, drafter=drafter)
     if plan.dynamic:
         return _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, bos_id=bos_id,
                                  pad_id=pad_id, eos_id=eos_id, forced=forced, keep_cache=keep_cache,
@@ -408,7 +409,7 @@ def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *
 
 
 def _generate_speculative(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
-                          groups, forced, keep_cache, progress):
+                          groups, forced, keep_cache, progress, drafter):
     if sampling.mode != "cached":
         raise UserError(f"plan {sampling.plan!r} verifies drafts against the exact KV cache: use mode='cached'")
     if forced is not None or keep_cache:
@@ -417,7 +418,7 @@ def _generate_speculative(model_def, params, cfg, documents, known, plan, sampli
     out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     out, calls, stats = generate_speculative(model_def, params, cfg, documents, known, plan, sampling,
                                              bos_id=bos_id, pad_id=pad_id, eos_id=eos_id, groups=groups,
-                                             prefill=prefill, output=out, progress=progress)
+                                             prefill=prefill, output=out, progress=progress, drafter=drafter)
     result = out.result(calls, None)
     result.stats = stats
     return result

@@ -27,13 +27,19 @@ Draft sources (`draft=`):
          followed for up to k tokens (order 'ar' only; code repeats identifiers); model drafts
          elsewhere;
   auto   copy where a match exists and copying has been accepted at least as often as the model's
-         drafts (or no fresh proposal is at hand), else model.
+         drafts (or no fresh proposal is at hand), else model;
+  ngram  point masses from the most frequent continuations of a token corpus (decode/ngram.py,
+         the model's training text), chained on each other and on the model's exact proposal for
+         the next position where one is at hand (accepted for sure): one pass per round, however
+         many positions it drafts (order 'ar' only).
 Chained proposals (a model with the shifted query stream, model.query_input=shift, in the order
 'ar'): the proposal of position p + 1 is re-run, in the same call, with the token just proposed
 for p as its previous-token input, one row per pass, so drafts follow each other the way subword
 tokens do (the next-but-one token depends on the next). Unchained proposals are the model's
 marginals given the decided tokens only; on the demo's subword model chaining raised the model
 drafts' acceptance from about 0.35 to 0.69 (BENCHMARKS.md).
+A round whose proposals after the first are not read from its verify pass (chained, n-gram)
+computes only the first proposal row there.
 With `adaptive`, each row drafts as many positions as its source's running acceptance rate a makes
 worthwhile (until a^k < 1/4), at most the plan's k. Temperature, top-k and top-p shape p and q the
 same way (sampling.filter_logits); the reported log-probs are the model's (temperature 1,
@@ -53,8 +59,9 @@ from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
 from a3jax.decode.sampling import filter_logits
+from a3jax.errors import UserError
 
-SOURCES = ("model", "copy")
+SOURCES = ("model", "copy", "ngram")
 MIN_MATCH, MAX_MATCH = 2, 8  # copy drafts: the suffix lengths searched, longest first
 
 
@@ -67,14 +74,33 @@ def shaped_probs(logits, temperature: float, top_k: int, top_p: float):
     return jax.nn.softmax(logits / temperature, axis=-1)
 
 
+SAMPLE_BLOCK = 64  # _sample's inverse CDF: block sums first, then one block's words
+
+
 def _sample(key, probs):
     """A token from each row of probs [..., V] by inverse CDF: one uniform per row, not V Gumbel
     draws (the proposal rows of a round are many, and each draw over V costs more than the rest
-    of the round on a CPU). u in (0, 1], so a zero-probability token is never taken."""
-    u = 1.0 - jax.random.uniform(key, probs.shape[:-1] + (1,), jnp.float32)
-    cdf = jnp.cumsum(probs.astype(jnp.float32), axis=-1)
-    token = jnp.sum(cdf < u * cdf[..., -1:], axis=-1)
-    return jnp.minimum(token, probs.shape[-1] - 1).astype(jnp.int32)
+    of the round on a CPU). The CDF is taken in two levels, over blocks of SAMPLE_BLOCK words and
+    then within the chosen block: XLA's cumulative sum costs O(n^2) per row on a CPU, so this is
+    about 4x faster at V = 2,048 for the same draw. u in (0, 1], so a zero-probability token is
+    never taken (the first block whose cumulative mass reaches the target has mass; within it, the
+    pick never passes its last word with mass)."""
+    u = 1.0 - jax.random.uniform(key, probs.shape[:-1], jnp.float32)
+    vocab = probs.shape[-1]
+    block = min(SAMPLE_BLOCK, vocab)
+    p = probs.astype(jnp.float32)
+    if vocab % block:
+        p = jnp.pad(p, [(0, 0)] * (p.ndim - 1) + [(0, block - vocab % block)])
+    p = p.reshape(*p.shape[:-1], -1, block)
+    cum_blocks = jnp.cumsum(jnp.sum(p, -1), -1)  # [..., blocks]
+    target = u * cum_blocks[..., -1]
+    chosen = jnp.minimum(jnp.sum(cum_blocks < target[..., None], -1), cum_blocks.shape[-1] - 1)
+    before = jnp.take_along_axis(cum_blocks, jnp.maximum(chosen - 1, 0)[..., None], -1)[..., 0]
+    before = jnp.where(chosen > 0, before, 0.0)
+    words = jnp.take_along_axis(p, chosen[..., None, None], -2)[..., 0, :]  # [..., block]
+    within = jnp.sum(jnp.cumsum(words, -1) < (target - before)[..., None], -1)
+    last = block - 1 - jnp.argmax((words > 0)[..., ::-1], -1)  # rounding never steps past it
+    return (chosen * block + jnp.minimum(within, last)).astype(jnp.int32)
 
 
 def _store(table, index_BxR, values):
@@ -84,7 +110,10 @@ def _store(table, index_BxR, values):
 
 
 @functools.lru_cache(maxsize=16)
-def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool = False):
+def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool = False, narrow: bool = False):
+    """The jitted prefill and round. A round's verify pass holds the k verify rows and k proposal
+    rows, or with `narrow` (chained proposals, n-gram drafts: only the next position's proposal is
+    read from it) one proposal row; `chain` computes proposals 2..k in their own passes."""
     shape = functools.partial(shaped_probs, temperature=temperature, top_k=top_k, top_p=top_p)
 
     @functools.partial(jax.jit, donate_argnums=(1, 2, 3))
@@ -94,7 +123,8 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
         cache, logits = cache_lib.extend(model_def.bind(params), cache, tokens, positions, valid,
                                          query_positions, groups)
         probs = shape(logits)
-        return cache, _store(table_q, write_index, probs), _store(table_tok, write_index, _sample(key, probs))
+        proposed = _sample(key, probs)
+        return cache, _store(table_q, write_index, probs), _store(table_tok, write_index, proposed), proposed
 
     @functools.partial(jax.jit, donate_argnums=(1, 2, 3))
     def round_(params, cache, table_q, table_tok, pending, pending_position, pending_valid, copy_tokens, is_copy,
@@ -102,7 +132,7 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
                round_index):
         """One round: commit the pending token and the drafts, verify, propose. Returns (cache,
         tables, accepted count, drafts, resampled token, temperature-1 log-probs of the drafts and
-        of the resampled token)."""
+        of the resampled token, the proposed tokens)."""
         b, k = draft_valid.shape
         rows = jnp.arange(b)[:, None]
         drafts = jnp.where(is_copy, copy_tokens, table_tok[rows, draft_index])
@@ -116,8 +146,9 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
 
         tokens, positions = commit(pending, drafts), commit(pending_position, draft_positions)
         valid, groups = commit(pending_valid, draft_valid), commit(groups[:, 0], groups[:, 1:])
+        width = k + (1 if narrow else query_positions.shape[1] - k)  # verify rows, then proposal rows
         cache, logits = cache_lib.extend(model_def.bind(params), cache, tokens, positions, valid,
-                                         query_positions, groups, query_groups)
+                                         query_positions[:, :width], groups, query_groups[:, :width])
         probs = shape(logits)
         p = probs[:, :k]
         accept_key, resample_key, draft_key = jax.random.split(jax.random.fold_in(key, round_index), 3)
@@ -136,36 +167,40 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
         log_p = jax.nn.log_softmax(logits[:, :k].astype(jnp.float32), -1)
         draft_log_p = jnp.take_along_axis(log_p, drafts[..., None], -1)[..., 0]
         resampled_log_p = jnp.take_along_axis(jnp.take_along_axis(log_p, at, 1)[:, 0], resampled[:, None], -1)[:, 0]
+        probs = probs[:, k:]  # the proposals
         proposed = _sample(draft_key, probs)
         if chain:  # proposal j + 1 reads proposal j as its previous token (shifted query stream)
-            proposed, probs = _chain(params, cache, proposed, probs, query_positions, query_groups, k, draft_key)
-        table_q = _store(table_q, write_index, probs)
-        table_tok = _store(table_tok, write_index, proposed)
+            proposed, probs = _chain(params, cache, proposed, probs, query_positions[:, k:], query_groups[:, k:],
+                                     draft_key)
+        index = write_index[:, k:k + probs.shape[1]]
+        table_q = _store(table_q, index, probs)
+        table_tok = _store(table_tok, index, proposed)
         # each row keeps its pending token and accepted drafts; the next call writes over the rest
         decided = pending_valid.astype(jnp.int32) + jnp.minimum(n, jnp.sum(draft_valid, axis=1))
         cache = cache._replace(length=start + decided)
-        return cache, table_q, table_tok, n, drafts, resampled, draft_log_p, resampled_log_p
+        return cache, table_q, table_tok, n, drafts, resampled, draft_log_p, resampled_log_p, proposed
 
-    def _chain(params, cache, proposed, probs, query_positions, query_groups, k, key):
-        """Chained proposals: the proposal row of position P_{j+1} re-run with the token sampled for
-        P_j as its previous-token input (when P_j = P_{j+1} - 1), one row per pass; its
-        distribution replaces the unchained one. Any proposal distribution keeps the sampling
-        exact (it is fixed before the target reads it); these follow the text's dependencies."""
+    def _chain(params, cache, proposed, probs, query_positions, query_groups, key):
+        """Chained proposals: proposal j + 1 (position P_{j+1}) computed in its own pass with the
+        token sampled for P_j as its previous-token input (when P_j = P_{j+1} - 1; otherwise the
+        row reads the cache like the verify pass's rows). Any proposal distribution keeps the
+        sampling exact (it is fixed before the target reads it); these follow the text's
+        dependencies. proposed [B, 1] and probs [B, 1, V] (the verify pass's first proposal) grow
+        to the width of query_positions."""
         model = model_def.bind(params)
-        b, width = proposed.shape
+        b, width = query_positions.shape
         empty_tokens = jnp.zeros((b, 0), jnp.int32)
         empty_valid = jnp.zeros((b, 0), bool)
-        for j in range(k + 1, width):
+        tokens, dists = [proposed[:, 0]], [probs[:, 0]]
+        for j in range(1, width):
             chained = query_positions[:, j] == query_positions[:, j - 1] + 1
             _, logits = cache_lib.extend(model, cache, empty_tokens, empty_tokens, empty_valid,
                                          query_positions[:, j:j + 1], empty_tokens, query_groups[:, j:j + 1],
-                                         (proposed[:, j - 1:j], chained[:, None]))
-            q = shape(logits)[:, 0]
+                                         (tokens[-1][:, None], chained[:, None]))
             key, sub = jax.random.split(key)
-            token = _sample(sub, q)
-            probs = probs.at[:, j].set(jnp.where(chained[:, None], q, probs[:, j]))
-            proposed = proposed.at[:, j].set(jnp.where(chained, token, proposed[:, j]))
-        return proposed, probs
+            dists.append(shape(logits)[:, 0])
+            tokens.append(_sample(sub, dists[-1]))
+        return jnp.stack(tokens, 1), jnp.stack(dists, 1)
 
     return prefill, round_
 
@@ -213,20 +248,26 @@ def _drafts_worth(rate: float, k_max: int) -> int:
 
 
 def generate_speculative(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
-                         groups, prefill, output, progress):
+                         groups, prefill, output, progress, drafter=None):
     """The speculative driver (see the module docstring). `prefill` is sampler._prefill's
-    (tokens, positions, valid, groups); `output` a sampler._Output that records the commits.
-    Returns (output, n_calls, stats)."""
+    (tokens, positions, valid, groups); `output` a sampler._Output that records the commits;
+    `drafter` a decode.ngram.NgramDrafter (draft=ngram). Returns (output, n_calls, stats)."""
     batch = len(documents)
     unknown = [np.flatnonzero(~m) + 1 for m in known]
     orders = [_order(plan, u, np.random.default_rng([int(sampling.seed), b]),
                      None if groups is None else groups[b]) for b, u in enumerate(unknown)]
     k_max = plan.k
     source_mode = plan.draft if plan.order == "ar" else "model"  # copying follows the text left to right
-    chain = bool(cfg.shifted_query and plan.order == "ar")
+    if source_mode == "ngram" and drafter is None:
+        raise UserError(f"plan {sampling.plan!r} drafts from a token corpus: pass drafter=NgramDrafter(...) "
+                        "(a3jax sample and bench decode build it from the model's training data)")
+    # chained model proposals cost a pass per drafted position; n-gram rounds are one pass
+    chain = bool(cfg.shifted_query and plan.order == "ar" and source_mode != "ngram")
+    narrow = chain or source_mode == "ngram"  # only the next position's proposal comes from the verify pass
     prefill_call, round_call = _calls(model_def, float(sampling.temperature), int(sampling.top_k),
-                                      float(sampling.top_p), chain)
+                                      float(sampling.top_p), chain, narrow)
     passes_per_round = 1 + (k_max - 1 if chain else 0)  # sequential passes through the layer stack
+    stored = 1 if narrow and not chain else k_max  # proposals a round writes into the table
     tokens0, positions0, valid0, groups0 = prefill
     longest = max(o.size for o in orders)
     width = k_max + 1  # per round: the pending token + k drafts
@@ -239,6 +280,7 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
     slots = longest + 1  # order indices 0..longest-1, and a discard slot
     table_q = jnp.zeros((batch, slots, vocab), jnp.float32)
     table_tok = jnp.zeros((batch, slots), jnp.int32)
+    proposal = np.zeros((batch, slots), np.int64)  # host copy of table_tok (n-gram drafts continue it)
     filled = np.zeros((batch, slots), bool)
     order_mat = np.zeros((batch, longest + 1), np.int32)
     for b, order in enumerate(orders):
@@ -262,7 +304,9 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
         for j in range(min(k_max, stop[b])):
             first[b, j], first_index[b, j] = order_mat[b, j], j
             filled[b, j] = True
-    cache, table_q, table_tok = prefill_call(params, cache, table_q, table_tok, *prefill, first, first_index, sub)
+    cache, table_q, table_tok, proposed = prefill_call(params, cache, table_q, table_tok, *prefill, first,
+                                                       first_index, sub)
+    proposal[np.arange(batch)[:, None], first_index] = np.asarray(proposed)
     stats["calls"] += 1
     stats["row_calls"] += stop > 0
     bar = tqdm(total=int(stop.sum()), desc="decode", unit="tok", disable=not progress, file=sys.stderr)
@@ -280,6 +324,7 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
         query_groups = np.zeros((batch, 2 * k_max), np.int32)
         write_index = np.full((batch, 2 * k_max), slots - 1, np.int32)
         sources, offered = [None] * batch, np.zeros(batch, np.int64)
+        exact_first = np.zeros(batch, bool)  # n-gram rounds: draft 1 is the model's exact proposal
         for b in range(batch):
             if decided[b] >= stop[b]:
                 continue
@@ -289,15 +334,28 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
             commit_groups[b, 0] = g
             start = int(decided[b])
             room = int(min(k_max, stop[b] - start))
-            copied = copy_continuation(text[b], int(order_mat[b, start]), room) if source_mode != "model" else []
             model_ready = bool(filled[b, start])
-            use_copy = len(copied) > 0 and (source_mode == "copy" or not model_ready
+            if source_mode == "ngram":
+                # the model's proposal for the next position is exact (accepted for sure) whenever it
+                # was made given every decided token; the table continues it (or the text)
+                lead = [int(proposal[b, start])] if model_ready else []
+                context = text[b]
+                if lead:
+                    context = context.copy()
+                    context[order_mat[b, start]] = lead[0]
+                chained = drafter.continuation(context, int(order_mat[b, start]) + len(lead), room - len(lead))
+                copied = np.concatenate([lead, chained]).astype(np.int64)
+                exact_first[b] = bool(lead)
+            else:
+                copied = copy_continuation(text[b], int(order_mat[b, start]), room) if source_mode != "model" else []
+            use_copy = len(copied) > 0 and (source_mode in ("copy", "ngram") or not model_ready
                                             or rate["copy"][b] >= rate["model"][b])
-            source = "copy" if use_copy else "model"
-            want = _drafts_worth(rate[source][b], room) if plan.adaptive else room
+            source = "ngram" if source_mode == "ngram" else "copy" if use_copy else "model"
+            want = _drafts_worth(rate[source][b], room) if plan.adaptive and source != "ngram" else room
             if use_copy:
                 count = min(want, len(copied))
                 copy_tok[b, :count], is_copy[b, :count] = copied[:count], True
+                is_copy[b, 0] &= not exact_first[b]  # the exact proposal keeps its distribution (q = p)
             else:  # model drafts need a proposal for each position, consecutively from the first
                 count = 0
                 while count < want and filled[b, start + count]:
@@ -312,17 +370,20 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
                 i = start + count + j
                 if i < stop[b]:
                     query_pos[b, k_max + j], query_groups[b, k_max + j] = order_mat[b, i], g + 1 + count
-                    write_index[b, k_max + j] = i
+                    if j < stored:
+                        write_index[b, k_max + j] = i
             sources[b], offered[b] = source, count
         if (length + width > capacity).any():  # a bug: the cache would overwrite its last slots
             raise RuntimeError(f"speculative decoding ran out of cache slots ({capacity}); report a bug")
-        cache, table_q, table_tok, n, drafts, resampled, draft_lp, resampled_lp = round_call(
+        cache, table_q, table_tok, n, drafts, resampled, draft_lp, resampled_lp, proposed = round_call(
             params, cache, table_q, table_tok, pend_tok, pend_pos, pend_valid, copy_tok, is_copy, draft_index,
             draft_pos, draft_valid, commit_groups, query_pos, query_groups, write_index, key,
             np.int32(stats["calls"]))
         stats["calls"] += 1
         stats["passes"] += passes_per_round
-        n, drafts, resampled, draft_lp, resampled_lp = map(np.asarray, (n, drafts, resampled, draft_lp, resampled_lp))
+        n, drafts, resampled, draft_lp, resampled_lp, proposed = map(
+            np.asarray, (n, drafts, resampled, draft_lp, resampled_lp, proposed))
+        proposal[np.arange(batch)[:, None], write_index[:, k_max:k_max + proposed.shape[1]]] = proposed
         rec_step = np.zeros((batch, width), np.int64)
         rec_tok = np.zeros((batch, width), np.int64)
         rec_pos = np.zeros((batch, width), np.int64)
@@ -342,10 +403,15 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
             for j in range(count):
                 stats["offered"][j] += 1
                 stats["accepted"][j] += j < accepted
+            lead = int(exact_first[b])  # an n-gram round's exact first draft counts as the model's
+            if lead:
+                stats["by_source"]["model"]["offered"] += 1
+                stats["by_source"]["model"]["accepted"] += accepted >= 1
             source = stats["by_source"][sources[b]]
-            source["offered"] += count
-            source["accepted"] += accepted
-            source["rounds"] += 1
+            if count > lead:
+                source["offered"] += count - lead
+                source["accepted"] += max(accepted - lead, 0)
+                source["rounds"] += 1
             rate[sources[b]][b] = 0.7 * rate[sources[b]][b] + 0.3 * (accepted / count)
             took = accepted + (accepted < count)  # the accepted drafts, and the resampled token
             start = int(decided[b])
