@@ -13,7 +13,7 @@ from scipy import stats
 from a3jax.data import ByteTokenizer
 from a3jax.decode import SampleConfig, extend, generate, init_cache, parse_plan, parse_prompt
 from a3jax.decode.sampler import recompute_groups
-from a3jax.decode.sampling import filter_logits
+from a3jax.decode.sampling import SAMPLE_BLOCK, filter_logits, sample_probs
 from a3jax.eval.score import score_documents
 from a3jax.layout import build_layout
 from a3jax.model import ModelConfig
@@ -250,6 +250,31 @@ def test_filter_logits_top_k_and_nucleus():
     assert kept(filter_logits(logits, top_p=0.79)) == [True, True, False, False]
     assert kept(filter_logits(logits, top_p=0.81)) == [True, True, True, False]
     assert kept(filter_logits(logits, top_p=1.0)) == [True] * 4
+
+
+def test_blocked_inverse_cdf_draws_each_token_with_its_probability():
+    """sampling.sample_probs (a two-level inverse CDF, blocks of SAMPLE_BLOCK words) against the
+    distribution it samples: a vocabulary that is not a multiple of the block (padding), whole
+    blocks and single words of zero mass (never drawn), a tiny mass in the last word of a block."""
+    vocab = 3 * SAMPLE_BLOCK + 17
+    rng = np.random.default_rng(1)
+    probs = rng.gamma(0.3, size=vocab)
+    probs[SAMPLE_BLOCK:2 * SAMPLE_BLOCK] = 0  # an empty block
+    probs[rng.choice(vocab, 40, replace=False)] = 0
+    probs[SAMPLE_BLOCK - 1] = 1e-3 * probs.sum()
+    probs /= probs.sum()
+    n = 200_000
+    tokens = np.asarray(sample_probs(jax.random.key(0), jnp.broadcast_to(jnp.asarray(probs, jnp.float32),
+                                                                         (n, vocab))))
+    observed = np.bincount(tokens, minlength=vocab)
+    assert tokens.max() < vocab and observed[probs == 0].sum() == 0
+    keep = probs * n >= 5
+    obs = np.append(observed[keep], observed[~keep].sum())
+    exp = np.append(probs[keep], probs[~keep].sum()) * n
+    assert stats.chisquare(obs, exp).pvalue > 1e-3
+    # a point mass (greedy rows, a resample where p has one word left) is always drawn
+    one_hot = jnp.zeros((64, vocab)).at[:, vocab - 1].set(1.0)
+    assert (np.asarray(sample_probs(jax.random.key(1), one_hot)) == vocab - 1).all()
 
 
 @pytest.mark.slow

@@ -371,28 +371,3 @@ def test_ngram_drafts_need_a_drafter_and_the_ar_order():
         generate(model_def, params, docs, known, bos_id=10, pad_id=11,
                  sampling=SampleConfig(plan="speculative(2, draft=ngram, order=random)"))
 
-
-def test_blocked_inverse_cdf_draws_each_token_with_its_probability():
-    """speculative._sample (a two-level inverse CDF, blocks of SAMPLE_BLOCK words) against the
-    distribution it samples: a vocabulary that is not a multiple of the block (padding), whole
-    blocks and single words of zero mass (never drawn), a tiny mass in the last word of a block."""
-    from a3jax.decode.speculative import SAMPLE_BLOCK, _sample
-
-    vocab = 3 * SAMPLE_BLOCK + 17
-    rng = np.random.default_rng(1)
-    probs = rng.gamma(0.3, size=vocab)
-    probs[SAMPLE_BLOCK:2 * SAMPLE_BLOCK] = 0  # an empty block
-    probs[rng.choice(vocab, 40, replace=False)] = 0
-    probs[SAMPLE_BLOCK - 1] = 1e-3 * probs.sum()
-    probs /= probs.sum()
-    n = 200_000
-    tokens = np.asarray(_sample(jax.random.key(0), jnp.broadcast_to(jnp.asarray(probs, jnp.float32), (n, vocab))))
-    observed = np.bincount(tokens, minlength=vocab)
-    assert tokens.max() < vocab and observed[probs == 0].sum() == 0
-    keep = probs * n >= 5
-    obs = np.append(observed[keep], observed[~keep].sum())
-    exp = np.append(probs[keep], probs[~keep].sum()) * n
-    assert stats.chisquare(obs, exp).pvalue > 1e-3
-    # a point mass (greedy rows, a resample where p has one word left) is always drawn
-    one_hot = jnp.zeros((64, vocab)).at[:, vocab - 1].set(1.0)
-    assert (np.asarray(_sample(jax.random.key(1), one_hot)) == vocab - 1).all()

