@@ -115,13 +115,16 @@ class NgramDrafter:
         return np.asarray(drafts, np.int64)
 
 
-MAX_TOKENS = 50_000_000  # the table is built from at most this many training tokens (memory: ~40 B each)
+MAX_TOKENS = 20_000_000  # the table is built from at most this many training tokens (~80 B each at peak)
 
 
 def ngram_drafter(corpus, tokenizer, vocab_size: int, *, max_tokens: int = MAX_TOKENS,
                   max_order: int = MAX_ORDER) -> NgramDrafter:
     """The n-gram drafter of a trained model's corpus (data.Corpus): its training documents, special
-    tokens excluded, up to max_tokens tokens."""
+    tokens excluded, up to max_tokens tokens; contexts as long as int64 codes allow for the
+    vocabulary (3 tokens at 2,048 words, 2 at Llama 3's 128,256)."""
+    while max_order > 2 and vocab_size ** max_order >= 2**62:
+        max_order -= 1
     docs, total = [], 0
     for doc in corpus.train_docs:
         if total >= max_tokens:
