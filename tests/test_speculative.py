@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from a3jax.decode import SampleConfig, generate
-from a3jax.decode.speculative import shaped_probs
+from a3jax.decode.sampling import shaped_probs
 from a3jax.layout import build_layout, unsort
 from a3jax.model import ModelConfig
 from a3jax.model.params import init_model

@@ -67,12 +67,20 @@ def sample_probs(key, probs):
     return (chosen * block + jnp.minimum(within, last)).astype(jnp.int32)
 
 
-def choose_tokens(key, logits, *, temperature: float, top_k: int, top_p: float):
-    """Sampled token ids [...] (argmax when temperature == 0)."""
+def shaped_probs(logits, temperature: float, top_k: int, top_p: float):
+    """The sampling distribution of logits [..., V] (float32): filtered, tempered, normalised;
+    greedy (temperature 0) is one-hot at the argmax."""
     logits = filter_logits(logits, top_k=top_k, top_p=top_p)
     if temperature == 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return sample_probs(key, jax.nn.softmax(logits / temperature, axis=-1))
+        return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+    return jax.nn.softmax(logits / temperature, axis=-1)
+
+
+def choose_tokens(key, logits, *, temperature: float, top_k: int, top_p: float):
+    """Sampled token ids [...] (argmax when temperature == 0): a draw from shaped_probs."""
+    if temperature == 0:
+        return jnp.argmax(filter_logits(logits, top_k=top_k, top_p=top_p), axis=-1).astype(jnp.int32)
+    return sample_probs(key, shaped_probs(logits, temperature, top_k, top_p))
 
 
 def position_scores(criterion: str, key, log_probs, tokens):

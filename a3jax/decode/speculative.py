@@ -42,7 +42,7 @@ A round whose proposals after the first are not read from its verify pass (chain
 computes only the first proposal row there.
 With `adaptive`, each row drafts as many positions as its source's running acceptance rate a makes
 worthwhile (until a^k < 1/4), at most the plan's k. Temperature, top-k and top-p shape p and q the
-same way (sampling.filter_logits); the reported log-probs are the model's (temperature 1,
+same way (sampling.shaped_probs); the reported log-probs are the model's (temperature 1,
 unfiltered) under the singleton grouping actually used (GenerateResult.groups).
 """
 
@@ -58,21 +58,12 @@ import numpy as np
 from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
-from a3jax.decode.sampling import filter_logits
 from a3jax.decode.sampling import sample_probs as _sample
+from a3jax.decode.sampling import shaped_probs
 from a3jax.errors import UserError
 
 SOURCES = ("model", "copy", "ngram")
 MIN_MATCH, MAX_MATCH = 2, 8  # copy drafts: the suffix lengths searched, longest first
-
-
-def shaped_probs(logits, temperature: float, top_k: int, top_p: float):
-    """The sampling distribution of logits [..., V] (float32): filtered, tempered, normalised;
-    greedy (temperature 0) is one-hot at the argmax."""
-    logits = filter_logits(logits, top_k=top_k, top_p=top_p)
-    if temperature == 0:
-        return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
-    return jax.nn.softmax(logits / temperature, axis=-1)
 
 
 def _store(table, index_BxR, values):
