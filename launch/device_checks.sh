@@ -9,7 +9,9 @@
 #   bash launch/device_checks.sh --fetch-wheels
 # On the GPU machine (from the repo root; carry .whl):
 #   bash launch/device_checks.sh            # about 6-9 minutes on one H100
-# Each check's arguments can be replaced for a dry run on a CPU, e.g.
+# A3JAX_<CHECK>_ARGS go after each check's own arguments, and argparse keeps an option's last
+# value: a dry run on a CPU shrinks the shapes while every option the device run passes is still
+# parsed and used, e.g.
 #   A3JAX_TRAIN_ARGS="--config experiments/tiny.py --repeats 2" bash launch/device_checks.sh
 #   A3JAX_CHECKS="attention train" bash launch/device_checks.sh   # a subset
 set -uo pipefail
@@ -83,6 +85,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 
 CHECKS=${A3JAX_CHECKS:-"parity attention train settings flags decode"}
+BIG="XLA_PYTHON_CLIENT_MEM_FRACTION=0.95"  # the train step's checks may use nearly all of the card
 for check in $CHECKS; do
   case $check in
     parity)     # every GPU backend (cudnn, pallas, tokamax, tokamax_skip) compiled on the device vs xla: values + grads
@@ -91,15 +94,19 @@ for check in $CHECKS; do
       run attention 240 "$A3JAX bench attention ${A3JAX_ATTN_ARGS:-}" ;;
     train)      # 1B shape, seq 2048, bf16, chunked loss, XLA GPU flags on: A3 and causal at batch 4
                 # and 8, the largest batch (measured against the plan), the top ops of a profile
-      run train 330 "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_TRAIN_ARGS:---repeats 5 --batch-sizes 4,8 --loss-chunks 2048 --max-batch} --profile /tmp/a3jax-profile"
+      run train 330 "$BIG $A3JAX bench train --repeats 5 --batch-sizes 4,8 --loss-chunks 2048 --max-batch \
+        --profile /tmp/a3jax-profile ${A3JAX_TRAIN_ARGS:-}"
       # the A3 step's trace, flattened into $OUT (only files two folders deep come back)
       find /tmp/a3jax-profile -maxdepth 1 -name 'train_a3.xplane.pb.gz' -size -16M -exec cp {} "$OUT/" \; ;;
-    settings)   # A3 at batch 8: remat none / save_attention (dots is in `train`), and the full logits
-      run settings 240 "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_SETTINGS_ARGS:---repeats 3 --batch-sizes 8 --variants a3 --remats none,save_attention,dots --loss-chunks 2048} && XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_SETTINGS_ARGS:---repeats 3 --batch-sizes 8 --variants a3} --loss-chunks 0" ;;
+    settings)   # A3 at batch 8: remat none / save_attention / dots, and the full logits
+      run settings 240 "$BIG $A3JAX bench train --repeats 3 --batch-sizes 8 --variants a3 \
+        --remats none,save_attention,dots --loss-chunks 2048 ${A3JAX_SETTINGS_ARGS:-} \
+        && $BIG $A3JAX bench train --repeats 3 --batch-sizes 8 --variants a3 --loss-chunks 0 ${A3JAX_SETTINGS_ARGS:-}" ;;
     flags)      # the XLA GPU flags off (a3jax/xla_flags.py): a new process, XLA reads XLA_FLAGS once
-      run flags 180 "A3JAX_XLA_GPU_FLAGS=0 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 $A3JAX bench train ${A3JAX_FLAGS_ARGS:---repeats 5 --batch-sizes 8 --loss-chunks 2048}" ;;
+      run flags 180 "A3JAX_XLA_GPU_FLAGS=0 $BIG $A3JAX bench train --repeats 5 --batch-sizes 8 --loss-chunks 2048 \
+        ${A3JAX_FLAGS_ARGS:-}" ;;
     decode)     # infill 256 of 1,024 in 64 steps of 4, batch 8, at the 1B shape; speculative(4) vs ar
-      run decode 240 "$A3JAX bench decode ${A3JAX_DECODE_ARGS:---config experiments/llama3_1b.py --speculative 4}" ;;
+      run decode 240 "$A3JAX bench decode --config experiments/llama3_1b.py --speculative 4 ${A3JAX_DECODE_ARGS:-}" ;;
     *) echo "unknown check $check (parity, attention, train, settings, flags, decode)" ;;
   esac
 done

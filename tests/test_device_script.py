@@ -1,5 +1,6 @@
 """The prepared device run (launch/device_checks.sh) dry-run on this CPU with tiny arguments: every
-check runs its real command line, so a typo or a renamed option fails here, not on a lent GPU."""
+check runs its real command line (the tiny shapes come after its own options, which argparse still
+parses and uses), so a typo or a renamed option fails here, not on a lent GPU."""
 
 import os
 import pathlib
@@ -12,6 +13,9 @@ TINY_MODEL = "--config experiments/tiny.py --config.data.seq_len=32 --config.mod
 
 def test_every_device_check_runs_on_a_cpu_with_tiny_arguments(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "A3JAX_WHEELS": "0", "XLA_FLAGS": "",  # one CPU device
+           # the checks' processes share their compilations (the same tiny train steps recur)
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
            "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}",
            "A3JAX_PARITY_ARGS": "--seq-len 64 --head-dims 32 --dtypes float32 --heads 2 --kv-heads 1",
            "A3JAX_ATTN_ARGS": "--seq-len 64 --heads 2 --kv-heads 1 --head-dim 32 --dtype float32 --backends xla "
@@ -28,5 +32,10 @@ def test_every_device_check_runs_on_a_cpu_with_tiny_arguments(tmp_path):
     assert all(line.endswith("exit 0") for line in exits), "\n".join(exits) + "\n" + out[-3000:]
     tables = {p.stem: p.read_text() for p in (tmp_path / "out").glob("*.txt")}
     assert "top " in tables["train"] and "operations by time" in tables["train"]  # the profile's top ops
+    assert "largest batch: the device reports no memory limit (CPU)" in tables["train"]  # --max-batch was passed
     assert "XLA GPU flags off" in tables["flags"]
-    assert "save_attention" not in tables["settings"] or "dots" in tables["settings"]
+    # the device run's own options reached the commands: three remat policies, then the full logits
+    rows = [line.split() for line in tables["settings"].splitlines() if line.startswith("a3 ")]
+    assert [(row[3], row[4]) for row in rows] == [("none", "2048"), ("save_attention", "2048"), ("dots", "2048"),
+                                                  (rows[-1][3], "0")], tables["settings"]
+    assert "llama3_1b" not in tables["decode"] and "speculative(2" in tables["decode"]  # the tiny override won
