@@ -28,7 +28,7 @@ def test_every_device_check_runs_on_a_cpu_with_tiny_arguments(tmp_path):
                           timeout=900)
     out = done.stdout + done.stderr
     exits = [line for line in out.splitlines() if line.startswith("=== ") and " exit " in line]
-    assert [line.split()[1] for line in exits] == ["parity", "attention", "train", "settings", "flags", "decode"], out
+    assert [line.split()[1] for line in exits] == ["parity", "attention", "train", "decode", "settings", "flags"], out
     assert all(line.endswith("exit 0") for line in exits), "\n".join(exits) + "\n" + out[-3000:]
     tables = {p.stem: p.read_text() for p in (tmp_path / "out").glob("*.txt")}
     assert "top " in tables["train"] and "operations by time" in tables["train"]  # the profile's top ops
@@ -39,3 +39,18 @@ def test_every_device_check_runs_on_a_cpu_with_tiny_arguments(tmp_path):
     assert [(row[3], row[4]) for row in rows] == [("none", "2048"), ("save_attention", "2048"), ("dots", "2048"),
                                                   (rows[-1][3], "0")], tables["settings"]
     assert "llama3_1b" not in tables["decode"] and "speculative(2" in tables["decode"]  # the tiny override won
+
+
+def test_checks_that_would_start_too_late_are_skipped_and_named(tmp_path):
+    """The run keeps within A3JAX_DEADLINE_S (a device call is cut at 600 s): with no time left,
+    every check is skipped, each says so in its table, and the last line says how to run them."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "A3JAX_WHEELS": "0", "A3JAX_DEADLINE_S": "30",
+           "A3JAX_CHECKS": "parity decode", "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "launch/device_checks.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "exit " not in done.stdout  # nothing ran
+    for name in ("parity", "decode"):
+        assert (tmp_path / "out" / f"{name}.txt").read_text().startswith(f"=== {name} skipped:")
+    assert done.stdout.strip().splitlines()[-1].startswith('skipped for time: parity decode (run them in a second '
+                                                            'call: A3JAX_CHECKS="parity decode")'), done.stdout
