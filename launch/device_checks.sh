@@ -44,7 +44,8 @@ if [[ "${1:-}" == "--fetch-wheels" ]]; then
   # checks Requires-Python against the interpreter it runs on: use one >= 3.12 for the check).
   PY312=""
   for py in python3.12 python3.13 "$HOME/.cache/a3jax-python3.13/bin/python3.13"; do
-    command -v "$py" >/dev/null 2>&1 && { PY312=$py; break; }
+    # a candidate must run (a pyenv shim for a version not selected exists but fails)
+    "$py" -c "import sys; assert sys.version_info >= (3, 12)" >/dev/null 2>&1 && { PY312=$py; break; }
   done
   [[ -n "$PY312" ]] || { echo "no Python >= 3.12 here to check the wheel set (bash ../shared/tools/python313.sh builds one)"; exit 1; }
   rm -rf /tmp/a3jax-wheel-check
