@@ -161,22 +161,50 @@ def _compiled_fields(sampling: SampleConfig) -> SampleConfig:
     return dataclasses.replace(sampling, seed=0)
 
 
+NO_CUT = np.iinfo(np.int32).max  # a row's EOS cut before any EOS: no position is beyond it
+
+
 @functools.lru_cache(maxsize=64)
 def _static_step(model_def, sampling: SampleConfig):
+    """Step t of a static plan, everything the next step needs kept on the device: the host
+    enqueues step t + 1 while step t runs (no per-step transfer). `steps`: the plan's [T, B, W]
+    positions, valid, given and forced tokens and mask, uploaded once.
+
+    The EOS cut too: cut_B is each row's 1-based position of its first generated EOS (NO_CUT
+    before one); a position beyond it is dropped (not queried, not committed). eos_id < 0: none."""
     call = _CALLS[sampling.mode]
 
     @functools.partial(jax.jit, donate_argnums=(1,))
-    def step(params, state, commit_tokens, commit_positions, commit_valid, query_positions, force_tokens,
-             force_mask, key, commit_groups=None):
+    def step(params, state, commit_tokens, commit_positions, commit_valid, steps, cut_B, eos_id, key, t,
+             commit_groups=None):
+        positions_BxW, valid_BxW, given_BxW, force_tokens, force_mask = (x[t] for x in steps)
+        valid_BxW = valid_BxW & (positions_BxW <= cut_B[:, None])
+        query_BxW = jnp.where(valid_BxW, positions_BxW, 0)
         model = model_def.bind(params)
-        state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
+        state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_BxW,
                              commit_groups)
-        if query_positions.shape[1] == 0:
-            return state, None, None
-        tokens, picked, _ = _choose(sampling, key, logits, force_tokens, force_mask)
-        return state, tokens, picked
+        tokens, picked, _ = _choose(sampling, jax.random.fold_in(key, t), logits, force_tokens,
+                                    force_mask & valid_BxW)
+        eos_BxW = valid_BxW & ~given_BxW & (tokens == eos_id)  # given tokens (causal) never cut
+        cut_B = jnp.minimum(cut_B, jnp.min(jnp.where(eos_BxW, positions_BxW, NO_CUT), axis=1))
+        return state, (tokens, query_BxW, valid_BxW), picked, cut_B
 
     return step
+
+
+@functools.lru_cache(maxsize=64)
+def _commit_step(model_def, mode: str):
+    """Commits the last group without predicting anything (keep_cache=True)."""
+    call = _CALLS[mode]
+
+    @functools.partial(jax.jit, donate_argnums=(1,))
+    def commit(params, state, commit_tokens, commit_positions, commit_valid):
+        b = commit_tokens.shape[0]
+        state, _ = call(model_def.bind(params), state, commit_tokens, commit_positions, commit_valid,
+                        jnp.zeros((b, 0), jnp.int32))
+        return state
+
+    return commit
 
 
 @functools.lru_cache(maxsize=64)
@@ -380,31 +408,32 @@ def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *
     # tokens committed instead of sampled: the caller's `forced`, and (causal) the given positions
     force_tok = np.zeros_like(step_pos)
     force_mask = np.zeros_like(step_valid)
+    step_given = np.zeros_like(step_valid)
     for b in range(batch):
         source = documents[b] if forced is None else np.where(known[b], documents[b], forced[b])
         force_tok[:, b] = source[np.maximum(step_pos[:, b], 1) - 1]
-        given = known[b][np.maximum(step_pos[:, b], 1) - 1]
-        force_mask[:, b] = step_valid[:, b] & (given if forced is None else True)
+        step_given[:, b] = step_valid[:, b] & known[b][np.maximum(step_pos[:, b], 1) - 1]
+        force_mask[:, b] = step_valid[:, b] if forced is not None else step_given[:, b]
 
     *commit, commit_groups = _prefill(documents, known, bos_id, pad_id, causal, sampling.context)
     state = _init_state(cfg, sampling.mode, documents, known, pad_id, commit[0].shape[1] + n_steps * width)
     step = _static_step(model_def, _compiled_fields(sampling))
     out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     key = jax.random.key(int(sampling.seed))
+    cut = jnp.full((batch,), NO_CUT, jnp.int32)
+    eos = np.int32(eos_id if sampling.stop_at_eos else -1)
+    steps = jax.device_put((step_pos, step_valid, step_given, force_tok, force_mask))
+    outputs = []  # per step, on the device: (tokens, valid, log-probs), fetched once at the end
     for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
-        valid = step_valid[t].copy()
-        for b, cut in enumerate(out.eos_at):  # nothing after a generated EOS is generated
-            if cut is not None:
-                valid[b] &= step_pos[t, b] <= cut
-        query = np.where(valid, step_pos[t], 0)
-        state, tokens, picked = step(params, state, *commit, query, force_tok[t], force_mask[t] & valid,
-                                     jax.random.fold_in(key, t), commit_groups)
-        tokens, picked = np.asarray(tokens), np.asarray(picked)
+        state, commit, picked, cut = step(params, state, *commit, steps, cut, eos, key, np.int32(t), commit_groups)
+        commit_groups = None
+        outputs.append((commit[0], commit[2], picked))
+        if t >= 2:  # at most two steps in flight: the progress bar follows the device, memory stays bounded
+            jax.block_until_ready(outputs[t - 2][0])
+    for t, (tokens, valid, picked) in enumerate(jax.device_get(outputs)):
         out.record(t + 1, tokens, step_pos[t], valid, picked)
-        commit, commit_groups = (tokens, query, valid), None
     if keep_cache and not causal:
-        state, _, _ = step(params, state, *commit, np.zeros((batch, 0), np.int32), np.zeros((batch, 0), np.int32),
-                           np.zeros((batch, 0), bool), key)
+        state = _commit_step(model_def, sampling.mode)(params, state, *commit)
     return out.result(n_steps, state if keep_cache else None)
 
 
@@ -465,7 +494,5 @@ def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, 
         commit, commit_groups = (tokens, np.where(chosen, positions, 0), chosen), None
         done_steps = t + 1
     if keep_cache:
-        final = _static_step(model_def, _compiled_fields(sampling))
-        state, _, _ = final(params, state, *commit, np.zeros((batch, 0), np.int32), np.zeros((batch, 0), np.int32),
-                            np.zeros((batch, 0), bool), key)
+        state = _commit_step(model_def, sampling.mode)(params, state, *commit)
     return out.result(done_steps, state if keep_cache else None)
