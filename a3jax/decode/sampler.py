@@ -209,22 +209,33 @@ def _commit_step(model_def, mode: str):
 
 @functools.lru_cache(maxsize=64)
 def _dynamic_step(model_def, sampling: SampleConfig, criterion: str, width: int):
+    """Step t of a dynamic plan, its state kept on the device like _static_step's: the positions
+    still to fill (remaining_BxQ), the EOS cut, and whether any row has a position left."""
     call = _CALLS[sampling.mode]
 
     @functools.partial(jax.jit, donate_argnums=(1,))
-    def step(params, state, commit_tokens, commit_positions, commit_valid, query_positions, remaining,
-             k_now, force_tokens, force_mask, key, commit_groups=None):
+    def step(params, state, commit_tokens, commit_positions, commit_valid, query_positions, remaining, k_now_TxB,
+             force_tokens, force_mask, cut_B, eos_id, key, t, commit_groups=None):
+        remaining = remaining & (query_positions <= cut_B[:, None])
+        k_now = jnp.minimum(k_now_TxB[t], jnp.sum(remaining, axis=1))
         model = model_def.bind(params)
         state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
                              commit_groups)
-        token_key, score_key = jax.random.split(key)
+        token_key, score_key = jax.random.split(jax.random.fold_in(key, t))
         tokens, picked, log_probs = _choose(sampling, token_key, logits, force_tokens, force_mask)
         scores = position_scores(criterion, score_key, log_probs, tokens)
         scores = jnp.where(remaining, scores, -jnp.inf)
         top, index = jax.lax.top_k(scores, width)
         chosen = (jnp.arange(width)[None, :] < k_now[:, None]) & (top > -jnp.inf)
         take = lambda x: jnp.take_along_axis(x, index, axis=1)  # noqa: E731
-        return state, take(tokens), take(query_positions), chosen, take(picked)
+        tokens, positions = take(tokens), take(query_positions)
+        done_BxQ = jnp.any(query_positions[:, :, None] == jnp.where(chosen, positions, -1)[:, None, :], axis=-1)
+        remaining = remaining & ~done_BxQ
+        eos_BxW = chosen & (tokens == eos_id)
+        cut_B = jnp.minimum(cut_B, jnp.min(jnp.where(eos_BxW, positions, NO_CUT), axis=1))
+        left = jnp.any(remaining & (query_positions <= cut_B[:, None]))  # the next step has work
+        commit = (tokens, jnp.where(chosen, positions, 0), chosen)
+        return state, commit, (positions, take(picked)), remaining, cut_B, left
 
     return step
 
@@ -477,22 +488,28 @@ def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, 
     step = _dynamic_step(model_def, _compiled_fields(sampling), plan.criterion, width)
     out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     key = jax.random.key(int(sampling.seed))
-    done_steps = 0
+    cut = jnp.full((batch,), NO_CUT, jnp.int32)
+    eos = np.int32(eos_id if sampling.stop_at_eos else -1)
+    query, remaining, k_now, force_tok, force_mask = jax.device_put((query, remaining, k_now, force_tok, force_mask))
+    # A generated EOS can empty every row before the schedule ends: the loop stops then. It looks
+    # `lag` steps back so that the host never waits for the step just sent (a step sent after the
+    # last one with work commits and chooses nothing, and is not counted), except with keep_cache,
+    # whose final cache must hold exactly the steps taken.
+    lag = 1 if keep_cache else 2
+    outputs, lefts = [], []  # per step, on the device: (tokens, positions, chosen, log-probs), work left
     for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
-        for b, cut in enumerate(out.eos_at):
-            if cut is not None:
-                remaining[b] &= query[b] <= cut
-        if not remaining.any():
+        if t >= lag and not bool(lefts[t - lag]):
             break
-        k = np.minimum(k_now[t], remaining.sum(axis=1)).astype(np.int32)
-        state, tokens, positions, chosen, picked = step(params, state, *commit, query, remaining, k, force_tok,
-                                                        force_mask, jax.random.fold_in(key, t), commit_groups)
-        tokens, positions, chosen, picked = map(np.asarray, (tokens, positions, chosen, picked))
+        state, commit, (positions, picked), remaining, cut, left = step(
+            params, state, *commit, query, remaining, k_now, force_tok, force_mask, cut, eos, key, np.int32(t),
+            commit_groups)
+        commit_groups = None
+        outputs.append((commit[0], positions, commit[2], picked))
+        lefts.append(left)
+    lefts = jax.device_get(lefts)
+    done_steps = next((t + 1 for t, left in enumerate(lefts) if not left), len(lefts))
+    for t, (tokens, positions, chosen, picked) in enumerate(jax.device_get(outputs[:done_steps])):
         out.record(t + 1, tokens, positions, chosen, picked)
-        for b in range(batch):
-            remaining[b] &= ~np.isin(query[b], positions[b][chosen[b]])
-        commit, commit_groups = (tokens, np.where(chosen, positions, 0), chosen), None
-        done_steps = t + 1
     if keep_cache:
         state = _commit_step(model_def, sampling.mode)(params, state, *commit)
     return out.result(done_steps, state if keep_cache else None)
