@@ -316,6 +316,28 @@ def test_eos_ends_the_document_and_nothing_after_it_is_generated():
     np.testing.assert_array_equal(kept.tokens[0], forced)
 
 
+
+def test_a_dynamic_plan_stops_when_an_eos_has_ended_every_row():
+    """Dynamic plans run on the device and the host stops the loop a step or two late: the steps
+    counted, the tokens and (keep_cache) the final cache are those of the steps that had work."""
+    model_def, params = _model()
+    doc = np.array([1, 2, 3, 4, 5, 6, 7, 8], np.int32)
+    known = np.array([1, 1, 0, 0, 0, 0, 0, 0], bool)
+    forced = doc.copy()
+    forced[3] = EOS  # position 4: positions 5-8 are dropped once it is committed
+    early = 0
+    for seed in range(6):
+        sampling = SampleConfig(plan="random_pick(1)", seed=seed)  # one position per step, random order
+        plain, kept = (generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD, eos_id=EOS,
+                                forced=[forced], sampling=sampling, keep_cache=keep) for keep in (False, True))
+        np.testing.assert_array_equal(plain.tokens[0], [1, 2, 3])
+        np.testing.assert_array_equal(kept.tokens[0], [1, 2, 3])
+        assert plain.n_steps == kept.n_steps <= 6
+        # every step committed one token: BOS + 2 given + one per step, nothing from a late step
+        assert int(np.asarray(kept.state.valid).sum()) == 3 + kept.n_steps
+        early += plain.n_steps < 6
+    assert early  # some seed committed the EOS before positions 5-8: the loop stopped early
+
 def test_recompute_mode_follows_the_official_semantics():
     """Each step: every known token (given or committed) is one context group; first step = cached."""
     model_def, params = _model()
