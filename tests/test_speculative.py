@@ -268,6 +268,46 @@ def test_copied_and_mixed_drafts_sample_the_joint_exactly(draft, query_input):
     assert _chi_square(np.stack([t[~known] for t in blocky.tokens]), expected) < 1e-6
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("query_input", ["vector", "shift"])
+def test_device_rounds_sample_what_the_host_loop_samples(query_input, monkeypatch):
+    """The rounds kept on the device (decode/rounds.py) follow the host loop's rules exactly: for
+    the same seed the same tokens, log-probs, commit order, calls and draft counts, with copies,
+    adaptive counts, rejections, random orders and EOS cuts all taking place."""
+    from a3jax.decode import speculative
+
+    model_def, params = _model(vocab=12, init_std=0.5, query_input=query_input)
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 6, 24).astype(np.int32) for _ in range(8)]
+    docs[1][:12] = docs[1][12:]  # a row that repeats itself: copies to draft
+    known = [rng.random(24) < 0.4 for _ in range(8)]
+    on_device = speculative.DEVICE_SOURCES
+    assert {"model", "copy", "auto"} <= set(on_device)
+    copies = cut = rejected = 0
+    for plan, temperature, eos in [("speculative(4)", 1.0, 3), ("speculative(3, draft=copy)", 0.0, 3),
+                                   ("speculative(4, adaptive)", 1.0, None),
+                                   ("speculative(2, draft=model, order=random)", 1.0, 3)]:
+        sampling = SampleConfig(plan=plan, seed=5, temperature=temperature)
+
+        def run(device, sampling=sampling, eos=eos):
+            monkeypatch.setattr(speculative, "DEVICE_SOURCES", on_device if device else ())
+            return generate(model_def, params, docs, known, bos_id=10, pad_id=11, eos_id=eos, sampling=sampling)
+
+        device, host = run(True), run(False)
+        assert "rounds_on_device" in device.stats and "rounds_on_device" not in host.stats
+        for name in ("tokens", "steps", "groups", "log_probs"):
+            for a, b in zip(getattr(device, name), getattr(host, name)):
+                np.testing.assert_array_equal(a, b, err_msg=f"{plan}: {name}")
+        assert device.stats["calls"] == host.stats["calls"] and device.stats["passes"] == host.stats["passes"]
+        for name in ("offered", "accepted", "row_calls"):
+            np.testing.assert_array_equal(device.stats[name], host.stats[name])
+        assert device.stats["by_source"] == host.stats["by_source"]
+        copies += device.stats["by_source"]["copy"]["offered"]
+        cut += sum(t.size < d.size for t, d in zip(device.tokens, docs))
+        rejected += device.stats["offered"].sum() - device.stats["accepted"].sum()
+    assert copies > 0 and cut > 0 and rejected > 0  # every branch was taken
+
+
 def _copy_reference(text, position, k, shortest=2, longest=8):
     """The copy rule written plainly: for each suffix length, longest first, every match in the
     text; the nearest before `position` wins, else the nearest after."""
@@ -288,11 +328,12 @@ def _copy_reference(text, position, k, shortest=2, longest=8):
 
 
 def test_copy_drafts_follow_the_longest_nearest_match():
+    from a3jax.decode.rounds import copy_run
     from a3jax.decode.speculative import MAX_MATCH, MIN_MATCH, copy_continuation
 
     assert (MIN_MATCH, MAX_MATCH) == (2, 8)
     rng = np.random.default_rng(0)
-    found = 0
+    found, cases = 0, []
     for _ in range(3000):
         length, vocab = int(rng.integers(3, 50)), int(rng.integers(2, 5))
         text = rng.integers(0, vocab, length + 1)
@@ -303,7 +344,17 @@ def test_copy_drafts_follow_the_longest_nearest_match():
         got = copy_continuation(text, position, k)
         np.testing.assert_array_equal(got, _copy_reference(text, position, k))
         found += got.size > 0
+        cases.append((text, position, k, got))
     assert found > 600  # the cases exercise matches, not only misses (980 of 3000)
+    # the device rounds' jnp rule (decode/rounds.py), every case at once as one batch of rows
+    width = max(c[0].size for c in cases)
+    texts = np.stack([np.pad(c[0], (0, width - c[0].size), constant_values=-1) for c in cases]).astype(np.int32)
+    positions = np.array([c[1] for c in cases], np.int32)
+    rooms = np.array([c[2] for c in cases], np.int32)
+    tokens, counts = jax.device_get(jax.jit(copy_run, static_argnums=(3, 4, 5))(
+        texts, positions, rooms, 5, MIN_MATCH, MAX_MATCH))
+    for (_, _, _, got), row, count in zip(cases, tokens, counts):
+        np.testing.assert_array_equal(row[:count], got)
     # the right-hand context of a gap: `x = f(` [gap] `x = f(a)` copies `a)`
     text = np.array([9, 1, 2, 3, -1, -1, -1, 1, 2, 3, 4, 5])
     np.testing.assert_array_equal(copy_continuation(text, 4, 3), [4, 5])

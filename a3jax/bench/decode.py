@@ -92,6 +92,9 @@ def _documents(args, cfg, tokenizer=None, corpus=None):
     return docs, known
 
 
+HOST_ROUNDS = "[host rounds]"  # a row label's suffix: the rounds driven from the host
+
+
 def speculative_rows(model_def, params, cfg, docs, known, args, special, drafter=None) -> list[dict]:
     """Model calls per generated token, acceptance by draft position and wall time of the
     speculative plans, beside ar and blocks(k) (cached mode, same documents, same temperature);
@@ -104,12 +107,24 @@ def speculative_rows(model_def, params, cfg, docs, known, args, special, drafter
     if drafter is not None:
         plans += [f"speculative({k}, draft=ngram)"]
     plans = list(dict.fromkeys(plans))  # k = 2: one speculative(2, draft=model) row
+    # the same plan with its rounds driven from the host (decode/speculative.py's reference loop,
+    # one transfer per round) instead of kept on the device (decode/rounds.py): what that saves
+    host_label = f"{plans[2]} {HOST_ROUNDS}"
+    plans.insert(3, host_label)
     import jax
 
+    from a3jax.decode import speculative
+
     def run(plan):
+        label, plan = plan, plan.removesuffix(f" {HOST_ROUNDS}")
         sampling = SampleConfig(plan=plan, temperature=args.temperature, seed=args.seed, stop_at_eos=False)
-        result = generate(model_def, params, docs, known, bos_id=special, pad_id=special, sampling=sampling,
-                          drafter=drafter)
+        on_device = speculative.DEVICE_SOURCES
+        speculative.DEVICE_SOURCES = () if label != plan else on_device
+        try:
+            result = generate(model_def, params, docs, known, bos_id=special, pad_id=special, sampling=sampling,
+                              drafter=drafter)
+        finally:
+            speculative.DEVICE_SOURCES = on_device
         jax.block_until_ready(result.tokens)
         return result
 
@@ -203,13 +218,13 @@ def main_speculative(args, overrides=()) -> int:
     print(f"decode on {jax.devices()[0].device_kind} (jax {jax.__version__}): {what}; d_model={cfg.d_model} "
           f"layers={cfg.n_layers}; batch {args.batch} x {args.row_len} tokens, infill {args.gap} positions, "
           f"temperature {args.temperature}; median of {args.repeats}, the plans interleaved")
-    print(f"{'plan':<34}{'ms':>9}{'x ar ms':>8}{'calls':>7}{'passes':>7}{'calls/token':>13}{'x ar':>7}  "
+    print(f"{'plan':<44}{'ms':>9}{'x ar ms':>8}{'calls':>7}{'passes':>7}{'calls/token':>13}{'x ar':>7}  "
           "acceptance by source; by draft position")
     ar, ar_ms = rows[0]["calls_per_token"], rows[0]["ms"]
     for r in rows:
         acceptance = "" if r["acceptance"] is None else " ".join(f"{a:.2f}" for a in r["acceptance"])
         sources = " ".join(f"{name} {rate:.2f}" for name, rate in (r.get("sources") or {}).items())
-        print(f"{r['plan']:<34}{r['ms']:>9.1f}{r['ms'] / ar_ms:>8.2f}{r['calls']:>7}{r['passes']:>7}"
+        print(f"{r['plan']:<44}{r['ms']:>9.1f}{r['ms'] / ar_ms:>8.2f}{r['calls']:>7}{r['passes']:>7}"
               f"{r['calls_per_token']:>13.3f}"
               f"{ar / r['calls_per_token']:>7.2f}  {sources}{'; ' if sources else ''}{acceptance}")
     return 0

@@ -41,7 +41,8 @@ DRAFT_SOURCES = ("auto", "model", "copy", "ngram")
 # what a bare `speculative` means: the fastest speculative plan measured on the BPE demo model (a
 # chained round costs k passes of the layer stack; k = 2 costs the fewest passes per token and the
 # least wall time of the speculative plans at batch 1 and 8, temperature 1 and greedy; k = 4 takes
-# fewer calls; on a CPU every one of them is slower than `ar`: BENCHMARKS.md)
+# fewer calls; on a CPU every one of them is slower than `ar`, even with the rounds kept on the
+# device: a chained round of k drafts is k passes for at most k tokens: BENCHMARKS.md)
 BEST_SPECULATIVE = "speculative(2)"
 DYNAMIC = {"confidence": "confidence", "entropy": "entropy", "margin": "margin", "random_pick": "random"}
 SCHEDULES = ("linear", "cosine")

@@ -44,6 +44,11 @@ With `adaptive`, each row drafts as many positions as its source's running accep
 worthwhile (until a^k < 1/4), at most the plan's k. Temperature, top-k and top-p shape p and q the
 same way (sampling.shaped_probs); the reported log-probs are the model's (temperature 1,
 unfiltered) under the singleton grouping actually used (GenerateResult.groups).
+
+Where the rounds run: for draft=model, copy and auto every decision between two rounds is made in
+the round's own call (decode/rounds.py) and the host never waits for the round it just sent; the
+host loop below (one transfer per round) drives draft=ngram, whose table lives on the host, and is
+the reference the device rounds are tested against (same seed, same tokens).
 """
 
 from __future__ import annotations
@@ -58,11 +63,14 @@ import numpy as np
 from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
+from a3jax.decode import rounds
 from a3jax.decode.sampling import sample_probs as _sample
 from a3jax.decode.sampling import shaped_probs
 from a3jax.errors import UserError
 
 SOURCES = ("model", "copy", "ngram")
+# the draft modes whose rounds run on the device (decode/rounds.py); draft=ngram reads a host table
+DEVICE_SOURCES = ("model", "copy", "auto")
 MIN_MATCH, MAX_MATCH = 2, 8  # copy drafts: the suffix lengths searched, longest first
 
 
@@ -74,9 +82,10 @@ def _store(table, index_BxR, values):
 
 @functools.lru_cache(maxsize=16)
 def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool = False, narrow: bool = False):
-    """The jitted prefill and round. A round's verify pass holds the k verify rows and k proposal
-    rows, or with `narrow` (chained proposals, n-gram drafts: only the next position's proposal is
-    read from it) one proposal row; `chain` computes proposals 2..k in their own passes."""
+    """The jitted prefill and round, and the round's body unjitted (for decode/rounds.py). A
+    round's verify pass holds the k verify rows and k proposal rows, or with `narrow` (chained
+    proposals, n-gram drafts: only the next position's proposal is read from it) one proposal row;
+    `chain` computes proposals 2..k in their own passes."""
     shape = functools.partial(shaped_probs, temperature=temperature, top_k=top_k, top_p=top_p)
 
     @functools.partial(jax.jit, donate_argnums=(1, 2, 3))
@@ -89,8 +98,7 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
         proposed = _sample(key, probs)
         return cache, _store(table_q, write_index, probs), _store(table_tok, write_index, proposed), proposed
 
-    @functools.partial(jax.jit, donate_argnums=(1, 2, 3))
-    def round_(params, cache, table_q, table_tok, pending, pending_position, pending_valid, copy_tokens, is_copy,
+    def verify(params, cache, table_q, table_tok, pending, pending_position, pending_valid, copy_tokens, is_copy,
                draft_index, draft_positions, draft_valid, groups, query_positions, query_groups, write_index, key,
                round_index):
         """One round: commit the pending token and the drafts, verify, propose. Returns (cache,
@@ -165,7 +173,7 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
             tokens.append(_sample(sub, dists[-1]))
         return jnp.stack(tokens, 1), jnp.stack(dists, 1)
 
-    return prefill, round_
+    return prefill, jax.jit(verify, donate_argnums=(1, 2, 3)), verify
 
 
 def _order(plan, unknown: np.ndarray, rng, user_groups) -> np.ndarray:
@@ -227,8 +235,8 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
     # chained model proposals cost a pass per drafted position; n-gram rounds are one pass
     chain = bool(cfg.shifted_query and plan.order == "ar" and source_mode != "ngram")
     narrow = chain or source_mode == "ngram"  # only the next position's proposal comes from the verify pass
-    prefill_call, round_call = _calls(model_def, float(sampling.temperature), int(sampling.top_k),
-                                      float(sampling.top_p), chain, narrow)
+    prefill_call, round_call, verify = _calls(model_def, float(sampling.temperature), int(sampling.top_k),
+                                              float(sampling.top_p), chain, narrow)
     passes_per_round = 1 + (k_max - 1 if chain else 0)  # sequential passes through the layer stack
     stored = 1 if narrow and not chain else k_max  # proposals a round writes into the table
     tokens0, positions0, valid0, groups0 = prefill
@@ -273,6 +281,17 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
     stats["calls"] += 1
     stats["row_calls"] += stop > 0
     bar = tqdm(total=int(stop.sum()), desc="decode", unit="tok", disable=not progress, file=sys.stderr)
+    if source_mode in DEVICE_SOURCES:
+        round_call = rounds.device_round(verify, k_max, stored, source_mode, bool(plan.adaptive), MIN_MATCH, MAX_MATCH)
+        state = rounds.RoundState(
+            order=order_mat, filled=filled, text=_pad_text(text), stop=stop.astype(np.int32),
+            decided=decided.astype(np.int32), pending=pending.astype(np.int32), group_next=group_next.astype(np.int32),
+            rate=np.full((batch, 2), 0.6, np.float32), cut=np.full(batch, rounds.NO_CUT, np.int32))
+        eos = np.int32(eos_id if sampling.stop_at_eos and eos_id is not None else -1)
+        _device_rounds(round_call, params, cache, table_q, table_tok, jax.device_put(state), key, eos,
+                       2 * longest + 3, output, stats, passes_per_round, bar)
+        bar.close()
+        return output, stats["calls"], stats
     while (decided < stop).any():
         pend_tok = np.zeros(batch, np.int32)
         pend_pos = np.zeros(batch, np.int32)
@@ -400,3 +419,52 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
             order_mat[b, :orders[b].size] = orders[b]
     bar.close()
     return output, stats["calls"], stats
+
+
+def _pad_text(text: list[np.ndarray]) -> np.ndarray:
+    """The rows' texts (index = position, -1 = undecided) as one [B, T] int32 array, -1 past each end."""
+    out = np.full((len(text), max(t.size for t in text)), -1, np.int32)
+    for b, row in enumerate(text):
+        out[b, :row.size] = row
+    return out
+
+
+def _device_rounds(round_call, params, cache, table_q, table_tok, state, key, eos, max_rounds, output, stats,
+                   passes_per_round, bar):
+    """Runs rounds.device_round until no row has positions left, never waiting for the round just
+    sent (the loop looks two rounds back; a round sent after the last one with work changes
+    nothing and is not counted), then records the rounds' commits and counts into output/stats."""
+    lag = 2
+    records, lefts, shown = [], [], 0  # shown: rounds whose tokens the progress bar counts
+    for r in range(max_rounds):
+        if r >= lag and not bool(lefts[r - lag]):
+            break
+        cache, table_q, table_tok, state, record, left = round_call(
+            params, cache, table_q, table_tok, state, key, np.int32(stats["calls"] + r), eos)
+        records.append(record)
+        lefts.append(left)
+        if r >= lag and not bar.disable:
+            bar.update(int(np.sum(np.asarray(records[r - lag].valid))))
+            shown = r - lag + 1
+    lefts = jax.device_get(lefts)
+    done = next((r + 1 for r, left in enumerate(lefts) if not left), None)
+    if done is None:  # a bug: every round decides a token, or proposes for the next one
+        raise RuntimeError(f"speculative decoding did not finish in {max_rounds} rounds; report a bug")
+    k_max = stats["offered"].size
+    j = np.arange(k_max)
+    for r, record in enumerate(jax.device_get(records[:done])):
+        output.record(record.rank, record.tokens, record.positions, record.valid, record.log_probs)
+        stats["row_calls"] += record.active
+        offered, accepted = record.offered[:, None] > j, record.accepted[:, None] > j
+        stats["offered"] += offered.sum(axis=0)
+        stats["accepted"] += accepted.sum(axis=0)
+        for name, rows in (("copy", record.copied), ("model", ~record.copied & (record.offered > 0))):
+            source = stats["by_source"][name]
+            source["offered"] += int(record.offered[rows].sum())
+            source["accepted"] += int(record.accepted[rows].sum())
+            source["rounds"] += int(rows.sum())
+        if r >= shown and not bar.disable:
+            bar.update(int(record.valid.sum()))
+    stats["calls"] += done
+    stats["passes"] += passes_per_round * done
+    stats["rounds_on_device"] = done

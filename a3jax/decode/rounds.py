@@ -1,0 +1,186 @@
+"""Speculative rounds kept on the device: for drafts from the model's proposal table and copies
+from the text (draft=model, copy, auto), everything the host loop of decode/speculative.py decides
+between two rounds -- each row's next positions, its draft source and count, the pending resampled
+token, the acceptance rates, the text copies are matched in, the EOS cut -- is computed inside the
+round's own jitted call. The host only enqueues rounds, looks two rounds back for whether any row
+has positions left (as sampler._dynamic_step does), and fetches the rounds' commits once at the end.
+
+The rules are the host loop's, written in jnp: for the same seed both sample the same tokens
+(tests/test_speculative.py runs the two side by side). The host loop stays as the reference and
+as the driver of draft=ngram, whose table lives on the host.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+NO_CUT = int(jnp.iinfo(jnp.int32).max)  # a row's EOS cut before any EOS
+
+
+class RoundState(NamedTuple):
+    """Per row, what the next round needs ([B, ...] arrays on the device).
+
+    order: [B, S] int32 the order's positions (1-based), 0 past its end; S - 1 is the proposal
+      table's discard slot. filled: [B, S] bool, the table holds a proposal for order index i made
+      given every decided token. text: [B, T] int32 the document (index = position, 0 = BOS),
+      -1 where undecided. stop: the order's end (earlier after a generated EOS); decided: order
+      indices whose token is decided; pending: a resampled token not yet in the cache (-1: none);
+      group_next: the next group id; rate: [B, 2] float32 running acceptance of the model's drafts
+      and of copies; cut: 1-based position of the first generated EOS (NO_CUT: none)."""
+
+    order: jax.Array
+    filled: jax.Array
+    text: jax.Array
+    stop: jax.Array
+    decided: jax.Array
+    pending: jax.Array
+    group_next: jax.Array
+    rate: jax.Array
+    cut: jax.Array
+
+
+class RoundRecord(NamedTuple):
+    """What one round decided, per row: the committed tokens ([B, k]: rank in the order, token,
+    position, valid, temperature-1 log-prob) and the drafts (offered, accepted, from a copy) of
+    the rows that took part (active)."""
+
+    rank: jax.Array
+    tokens: jax.Array
+    positions: jax.Array
+    valid: jax.Array
+    log_probs: jax.Array
+    offered: jax.Array
+    accepted: jax.Array
+    copied: jax.Array
+    active: jax.Array
+
+
+def drafts_worth(rate, room):
+    """jnp speculative._drafts_worth per row: draft until the chance that every draft so far is
+    accepted falls below 1/4, at least 1 and at most `room`."""
+    rate = jnp.clip(rate, 1e-3, 0.999)
+    want = jnp.ceil(math.log(0.25) / jnp.log(rate)).astype(jnp.int32)
+    return jnp.minimum(room, jnp.maximum(1, want))
+
+
+def copy_run(text, position, room, k: int, min_match: int, max_match: int):
+    """jnp speculative.copy_continuation for every row at once: ([B, k] tokens, [B] count) of the
+    continuation of the longest match of the max_match..min_match decided tokens before `position`
+    elsewhere in the text (the nearest before it wins, then the nearest after), at most `room`."""
+    b, t = text.shape
+    back = jnp.arange(max_match, dtype=jnp.int32)
+    suffix_at = position[:, None] - 1 - back[None, :]  # [B, M]
+    suffix = jnp.take_along_axis(text, jnp.clip(suffix_at, 0, t - 1), 1)
+    known_run = jnp.sum(jnp.cumprod((suffix_at >= 1) & (suffix >= 0), axis=1), axis=1).astype(jnp.int32)
+    ends = jnp.arange(t, dtype=jnp.int32)  # a match ends just before `ends`
+    before_end = ends[:, None] - 1 - back[None, :]  # [T, M]
+    equal = ((before_end >= 0)[None] & (text[:, jnp.clip(before_end, 0, t - 1)] == suffix[:, None, :])
+             & (back[None, :] < known_run[:, None])[:, None, :])
+    length = jnp.sum(jnp.cumprod(equal, axis=2), axis=2).astype(jnp.int32)  # [B, T]
+    candidate = (ends[None] >= min_match) & (ends[None] != position[:, None]) & (text >= 0)
+    length = jnp.where(candidate, length, 0)
+    best_length = jnp.max(length, axis=1)
+    best = candidate & (length == best_length[:, None])
+    before = best & (ends[None] < position[:, None])
+    after = best & (ends[None] > position[:, None])
+    begin = jnp.where(jnp.any(before, axis=1), jnp.max(jnp.where(before, ends[None], -1), axis=1),
+                      jnp.min(jnp.where(after, ends[None], t), axis=1))
+    run_at = begin[:, None] + jnp.arange(k, dtype=jnp.int32)[None, :]
+    run = jnp.where(run_at < t, jnp.take_along_axis(text, jnp.clip(run_at, 0, t - 1), 1), -1)
+    runs = jnp.cumprod((run >= 0) & (jnp.arange(k)[None, :] < room[:, None]), axis=1)
+    found = (known_run >= min_match) & (best_length >= min_match)
+    count = jnp.where(found, jnp.sum(runs, axis=1), 0).astype(jnp.int32)
+    return jnp.where(jnp.arange(k)[None, :] < count[:, None], run, 0).astype(jnp.int32), count
+
+
+@functools.lru_cache(maxsize=16)
+def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, min_match: int, max_match: int):
+    """The jitted round: plan (speculative.py's host rules), `verify` (speculative._calls' round
+    body: commit, verify, propose), then the bookkeeping. Returns (cache, tables, state, record,
+    whether any row has positions left)."""
+
+    @functools.partial(jax.jit, donate_argnums=(1, 2, 3, 4))
+    def round_(params, cache, table_q, table_tok, state: RoundState, key, round_index, eos_id):
+        order, filled, text, stop, decided, pending, group_next, rate, cut = state
+        b, slots = order.shape
+        discard = slots - 1
+        rows = jnp.arange(b)[:, None]
+        j = jnp.arange(k, dtype=jnp.int32)[None, :]
+        take = lambda x, at: jnp.take_along_axis(x, jnp.clip(at, 0, discard), 1)  # noqa: E731
+
+        # the plan: which positions to draft, from where, and which to propose
+        active = decided < stop
+        start = decided
+        room = jnp.clip(stop - start, 0, k)
+        pend_valid = active & (pending >= 0)
+        pend_tok = jnp.where(pend_valid, pending, 0)
+        pend_pos = jnp.where(pend_valid, take(order, start[:, None] - 1)[:, 0], 0)
+        model_ready = take(filled, start[:, None])[:, 0]
+        if source_mode == "model":
+            copied, copy_count = jnp.zeros((b, k), jnp.int32), jnp.zeros(b, jnp.int32)
+        else:
+            copied, copy_count = copy_run(text, take(order, start[:, None])[:, 0], room, k, min_match, max_match)
+        has_copy = active & (copy_count > 0)
+        use_copy = has_copy if source_mode == "copy" else has_copy & (~model_ready | (rate[:, 1] >= rate[:, 0]))
+        want = drafts_worth(jnp.where(use_copy, rate[:, 1], rate[:, 0]), room) if adaptive else room
+        ready = jnp.sum(jnp.cumprod(take(filled, start[:, None] + j) & (j < want[:, None]), axis=1), axis=1)
+        count = jnp.where(active, jnp.where(use_copy, jnp.minimum(want, copy_count), ready), 0).astype(jnp.int32)
+        draft_valid = j < count[:, None]
+        is_copy = draft_valid & use_copy[:, None]
+        draft_index = jnp.where(draft_valid, start[:, None] + j, discard)
+        draft_pos = jnp.where(draft_valid, take(order, start[:, None] + j), 0)
+        g = group_next[:, None]
+        commit_groups = jnp.concatenate([jnp.where(active[:, None], g, 0), jnp.where(draft_valid, g + 1 + j, 0)], 1)
+        after = start[:, None] + count[:, None] + j  # proposals for the positions after the drafts
+        propose = active[:, None] & (after < stop[:, None])
+        query_pos = jnp.concatenate([draft_pos, jnp.where(propose, take(order, after), 0)], 1)
+        query_groups = jnp.concatenate([jnp.where(draft_valid, g + 1 + j, 0),
+                                        jnp.where(propose, g + 1 + count[:, None], 0)], 1)
+        write_index = jnp.concatenate([jnp.full((b, k), discard, jnp.int32),
+                                       jnp.where(propose & (j < stored), after, discard)], 1)
+
+        cache, table_q, table_tok, n, drafts, resampled, draft_lp, resampled_lp, _ = verify(
+            params, cache, table_q, table_tok, pend_tok, pend_pos, pend_valid, jnp.where(is_copy, copied, 0),
+            is_copy, draft_index, draft_pos, draft_valid, commit_groups, query_pos, query_groups, write_index,
+            key, round_index)
+
+        # the bookkeeping: what was decided, and the state for the next round
+        filled = filled.at[rows, write_index].set(True).at[:, discard].set(False)
+        accepted = jnp.minimum(n, count).astype(jnp.int32)
+        drafted = count > 0
+        took = jnp.where(drafted, accepted + (accepted < count), 0)
+        seen = 0.7 * rate + 0.3 * (accepted / jnp.maximum(count, 1)).astype(rate.dtype)[:, None]
+        source = jnp.stack([drafted & ~use_copy, drafted & use_copy], 1)
+        rate = jnp.where(source, seen, rate)
+        rejected = took > accepted
+        valid = j < took[:, None]
+        tokens = jnp.where(j < accepted[:, None], drafts, resampled[:, None]).astype(jnp.int32)
+        positions = jnp.where(valid, take(order, start[:, None] + j), 0)
+        log_probs = jnp.where(j < accepted[:, None], draft_lp, resampled_lp[:, None])
+        record = RoundRecord(rank=start[:, None] + 1 + j, tokens=tokens, positions=positions, valid=valid,
+                             log_probs=log_probs, offered=count, accepted=accepted, copied=use_copy & drafted,
+                             active=active)
+        text = text.at[rows, jnp.where(valid, positions, text.shape[1])].set(tokens, mode="drop")
+        decided = start + took
+        pending = jnp.where(rejected, resampled.astype(jnp.int32), jnp.where(active, -1, pending))
+        filled = filled & ~rejected[:, None]  # proposed given drafts that are now rejected
+        cut = jnp.minimum(cut, jnp.min(jnp.where(valid & (tokens == eos_id), positions, NO_CUT), axis=1))
+        # nothing after a generated EOS is generated: the order keeps its decided part and, after
+        # it, only the positions before the cut (in their order)
+        index = jnp.arange(slots, dtype=jnp.int32)[None, :]
+        keep = jnp.where(index < decided[:, None], 0,
+                         jnp.where((index < stop[:, None]) & (order <= cut[:, None]), 1, 2))
+        order = jnp.take_along_axis(order, jnp.argsort(keep, axis=1, stable=True), 1)
+        stop = jnp.sum(keep < 2, axis=1).astype(jnp.int32)
+        order = jnp.where(index < stop[:, None], order, 0)
+        state = RoundState(order=order, filled=filled, text=text, stop=stop, decided=decided, pending=pending,
+                           group_next=(group_next + jnp.where(active, 1 + count, 0)).astype(jnp.int32), rate=rate,
+                           cut=cut)
+        return cache, table_q, table_tok, state, record, jnp.any(decided < stop)
+
+    return round_
