@@ -273,8 +273,9 @@ def test_copied_and_mixed_drafts_sample_the_joint_exactly(draft, query_input):
 def test_device_rounds_sample_what_the_host_loop_samples(query_input, monkeypatch):
     """The rounds kept on the device (decode/rounds.py) follow the host loop's rules exactly: for
     the same seed the same tokens, log-probs, commit order, calls and draft counts, with copies,
-    adaptive counts, rejections, random orders and EOS cuts all taking place."""
+    n-gram drafts, adaptive counts, rejections, random orders and EOS cuts all taking place."""
     from a3jax.decode import speculative
+    from a3jax.decode.ngram import NgramDrafter
 
     model_def, params = _model(vocab=12, init_std=0.5, query_input=query_input)
     rng = np.random.default_rng(0)
@@ -282,16 +283,19 @@ def test_device_rounds_sample_what_the_host_loop_samples(query_input, monkeypatc
     docs[1][:12] = docs[1][12:]  # a row that repeats itself: copies to draft
     known = [rng.random(24) < 0.4 for _ in range(8)]
     on_device = speculative.DEVICE_SOURCES
-    assert {"model", "copy", "auto"} <= set(on_device)
-    copies = cut = rejected = 0
+    assert set(on_device) == {"model", "copy", "auto", "ngram"}
+    drafter = NgramDrafter([rng.integers(0, 6, 300), np.tile([1, 2, 3, 4], 20)], 12, max_order=3)
+    copies = cut = rejected = table = 0
     for plan, temperature, eos in [("speculative(4)", 1.0, 3), ("speculative(3, draft=copy)", 0.0, 3),
                                    ("speculative(4, adaptive)", 1.0, None),
-                                   ("speculative(2, draft=model, order=random)", 1.0, 3)]:
+                                   ("speculative(2, draft=model, order=random)", 1.0, 3),
+                                   ("speculative(4, draft=ngram)", 1.0, 3)]:
         sampling = SampleConfig(plan=plan, seed=5, temperature=temperature)
 
         def run(device, sampling=sampling, eos=eos):
             monkeypatch.setattr(speculative, "DEVICE_SOURCES", on_device if device else ())
-            return generate(model_def, params, docs, known, bos_id=10, pad_id=11, eos_id=eos, sampling=sampling)
+            return generate(model_def, params, docs, known, bos_id=10, pad_id=11, eos_id=eos, sampling=sampling,
+                            drafter=drafter)
 
         device, host = run(True), run(False)
         assert "rounds_on_device" in device.stats and "rounds_on_device" not in host.stats
@@ -305,7 +309,8 @@ def test_device_rounds_sample_what_the_host_loop_samples(query_input, monkeypatc
         copies += device.stats["by_source"]["copy"]["offered"]
         cut += sum(t.size < d.size for t, d in zip(device.tokens, docs))
         rejected += device.stats["offered"].sum() - device.stats["accepted"].sum()
-    assert copies > 0 and cut > 0 and rejected > 0  # every branch was taken
+        table += device.stats["by_source"]["ngram"]["accepted"]
+    assert copies > 0 and cut > 0 and rejected > 0 and table > 0  # every branch was taken
 
 
 def _copy_reference(text, position, k, shortest=2, longest=8):
@@ -383,7 +388,7 @@ def test_ngram_drafts_follow_the_most_frequent_continuation():
     rng = np.random.default_rng(0)
     docs = [rng.integers(0, 5, rng.integers(1, 60)) for _ in range(40)]
     drafter = NgramDrafter(docs, 5, max_order=4)
-    found = 0
+    found, rows = 0, []
     for _ in range(300):
         context = list(rng.integers(0, 5, rng.integers(1, 4)))
         row = np.full(3, -1)
@@ -392,7 +397,16 @@ def test_ngram_drafts_follow_the_most_frequent_continuation():
         expected = _ngram_reference(docs, context)
         assert (int(token[0]), float(share[0])) == pytest.approx(expected)
         found += token[0] >= 0
+        rows.append(row)
     assert found > 250
+    # the device rounds' lookup (decode/rounds.py: binary searches over the spelled-out contexts)
+    from a3jax.decode.rounds import device_ngram_tables, ngram_next
+
+    rows = np.array(rows + [[-1, -1, -1], [4, 4, 4]], np.int32)  # no context; a context never seen
+    expected = drafter.next_tokens(rows)
+    got = jax.device_get(jax.jit(ngram_next)(device_ngram_tables(drafter), rows))
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
     # documents are never crossed: "1 2" continues as 3 or 5 twice each (the smaller on the tie),
     # never as the 4 that begins the next document
     drafter = NgramDrafter([np.array([1, 2, 3, 1, 2, 3, 1, 2]), np.array([4, 1, 2, 5, 1, 2, 5])], 9, max_order=3)
@@ -404,6 +418,18 @@ def test_ngram_drafts_follow_the_most_frequent_continuation():
     text = np.array([8, 1, 2, -1, -1, -1, -1])  # BOS 8, then 1 2 and four unknown positions
     np.testing.assert_array_equal(drafter.continuation(text, 3, 4, min_chance=0.0), [3, 1, 2, 3])
     np.testing.assert_array_equal(drafter.continuation(text, 3, 4, min_chance=0.3), [3, 1, 2])
+    from a3jax.decode.rounds import ngram_run
+
+    for lead, min_chance, room, expected in [(-1, 0.0, 4, [3, 1, 2, 3]), (-1, 0.3, 4, [3, 1, 2]), (-1, 0.0, 2, [3, 1]),
+                                             (3, 0.0, 4, [3, 1, 2, 3]), (2, 0.0, 4, [2, 3, 1, 2]), (5, 0.0, 3, [5])]:
+        if lead >= 0:  # the host rule: the lead at the position, the table continuing after it
+            led = text.copy()
+            led[3] = lead
+            assert expected == [lead, *drafter.continuation(led, 4, room - 1, min_chance=min_chance)]
+        drafts, count = ngram_run(device_ngram_tables(drafter), 2, jnp.asarray(text[None], jnp.int32),
+                                  jnp.array([3]), jnp.array([max(lead, 0)]), jnp.array([lead >= 0]),
+                                  jnp.array([room]), 4, min_chance)
+        np.testing.assert_array_equal(np.asarray(drafts)[0, :int(count[0])], expected)
     # an excluded token splits a document like a boundary
     split = NgramDrafter([np.array([1, 2, 7, 1, 2, 7, 1, 2])], 9, max_order=3, exclude=(7,))
     whole = NgramDrafter([np.array([1, 2])] * 3, 9, max_order=3)

@@ -109,8 +109,9 @@ def speculative_rows(model_def, params, cfg, docs, known, args, special, drafter
     plans = list(dict.fromkeys(plans))  # k = 2: one speculative(2, draft=model) row
     # the same plan with its rounds driven from the host (decode/speculative.py's reference loop,
     # one transfer per round) instead of kept on the device (decode/rounds.py): what that saves
-    host_label = f"{plans[2]} {HOST_ROUNDS}"
-    plans.insert(3, host_label)
+    plans.insert(3, f"{plans[2]} {HOST_ROUNDS}")
+    if drafter is not None:
+        plans.append(f"{plans[-1]} {HOST_ROUNDS}")
     import jax
 
     from a3jax.decode import speculative

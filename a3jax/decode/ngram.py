@@ -1,14 +1,14 @@
 """Drafts from a token corpus: the most frequent continuation of the last n - 1 tokens (n-gram
 tables with back-off), for speculative decoding (decode/speculative.py, `draft=ngram`).
 
-A draft costs a few binary searches on the host and no pass through the model, so a round that
-drafts from the table is ONE pass however many positions it drafts: the drafter that the model's
-own chained proposals (one pass per drafted position) cannot be. The drafts are point masses
-chained on each other (the draft of p + 1 continues the context that ends with the draft of p),
-which keeps the sampling exact whatever the table says (speculative.py's acceptance rule); a
-table that agrees with the model more often only makes it faster. Each draft carries the table's
-own estimate of its chance, count(context, token) / count(context), which the driver uses to
-decide how far to draft.
+A draft costs a few table lookups (on the device: decode/rounds.py) and no pass through the
+model, so a round that drafts from the table is ONE pass however many positions it drafts: the
+drafter that the model's own chained proposals (one pass per drafted position) cannot be. The
+drafts are point masses chained on each other (the draft of p + 1 continues the context that
+ends with the draft of p), which keeps the sampling exact whatever the table says
+(speculative.py's acceptance rule); a table that agrees with the model more often only makes it
+faster. Each draft carries the table's own estimate of its chance, count(context, token) /
+count(context), which the driver uses to decide how far to draft.
 
 Built once per corpus from its training documents (a few seconds for the demo's 4M tokens) and
 kept in memory; document boundaries are never crossed.
@@ -67,6 +67,16 @@ class NgramDrafter:
         for t in range(tokens.shape[1]):
             code = code * self.vocab_size + tokens[:, t]
         return code
+
+    def token_tables(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The tables with each context spelled out: {c: (contexts int32 [N, c] in lexicographic
+        order (the codes' order), best next token [N], its chance [N])}, for lookups without int64
+        codes (decode/rounds.py, on the device)."""
+        out = {}
+        for c, (codes, best, chance) in self.tables.items():
+            digits = [(codes // self.vocab_size ** (c - 1 - t)) % self.vocab_size for t in range(c)]
+            out[c] = (np.stack(digits, axis=1).astype(np.int32).reshape(-1, c), best, chance)
+        return out
 
     def __len__(self) -> int:
         return sum(t[0].size for t in self.tables.values())

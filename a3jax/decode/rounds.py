@@ -1,23 +1,25 @@
-"""Speculative rounds kept on the device: for drafts from the model's proposal table and copies
-from the text (draft=model, copy, auto), everything the host loop of decode/speculative.py decides
-between two rounds -- each row's next positions, its draft source and count, the pending resampled
-token, the acceptance rates, the text copies are matched in, the EOS cut -- is computed inside the
-round's own jitted call. The host only enqueues rounds, looks two rounds back for whether any row
-has positions left (as sampler._dynamic_step does), and fetches the rounds' commits once at the end.
+"""Speculative rounds kept on the device: for drafts from the model's proposal table, copies from
+the text and n-gram tables (every draft= source), everything the host loop of
+decode/speculative.py decides between two rounds -- each row's next positions, its draft source
+and count, the pending resampled token, the acceptance rates, the text copies and n-gram
+contexts are read from, the EOS cut -- is computed inside the round's own jitted call. The host
+only enqueues rounds, looks two rounds back for whether any row has positions left (as
+sampler._dynamic_step does), and fetches the rounds' commits once at the end.
 
 The rules are the host loop's, written in jnp: for the same seed both sample the same tokens
-(tests/test_speculative.py runs the two side by side). The host loop stays as the reference and
-as the driver of draft=ngram, whose table lives on the host.
+(tests/test_speculative.py runs the two side by side). The host loop stays as the reference.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import weakref
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NO_CUT = int(jnp.iinfo(jnp.int32).max)  # a row's EOS cut before any EOS
 
@@ -47,7 +49,8 @@ class RoundState(NamedTuple):
 class RoundRecord(NamedTuple):
     """What one round decided, per row: the committed tokens ([B, k]: rank in the order, token,
     position, valid, temperature-1 log-prob) and the drafts (offered, accepted, from a copy) of
-    the rows that took part (active)."""
+    the rows that took part (active); lead: an n-gram round's first draft was the model's exact
+    proposal (counted as the model's)."""
 
     rank: jax.Array
     tokens: jax.Array
@@ -57,6 +60,7 @@ class RoundRecord(NamedTuple):
     offered: jax.Array
     accepted: jax.Array
     copied: jax.Array
+    lead: jax.Array
     active: jax.Array
 
 
@@ -98,14 +102,105 @@ def copy_run(text, position, room, k: int, min_match: int, max_match: int):
     return jnp.where(jnp.arange(k)[None, :] < count[:, None], run, 0).astype(jnp.int32), count
 
 
+_MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F)  # odd multipliers, one per context token
+
+
+def _context_hash(contexts, xp):
+    """uint32 hash of each row of int32 contexts [N, c], the same under numpy and jnp (xp)."""
+    h = xp.zeros(contexts.shape[0], xp.uint32)
+    for t in range(contexts.shape[1]):
+        h = (h ^ contexts[:, t].astype(xp.uint32)) * xp.uint32(_MIX[t % len(_MIX)])
+        h = h ^ (h >> xp.uint32(15))
+    return h
+
+
+_DEVICE_TABLES = weakref.WeakKeyDictionary()  # per NgramDrafter: built once (80 ms for the demo's)
+
+
+def device_ngram_tables(drafter):
+    """NgramDrafter.token_tables() as bucketed hash tables on the device, longest context first:
+    ((bucket_start [H + 1], contexts [N + P, c], best [N + P], chance [N + P], probes [P]), ...)
+    with H = the power of two >= N buckets, each bucket's contexts stored together and P the most
+    any bucket holds (padding rows that match no context make every probe in bounds): a lookup is
+    P row compares, no search loop (XLA's loops cost microseconds per iteration on a CPU)."""
+    if drafter in _DEVICE_TABLES:
+        return _DEVICE_TABLES[drafter]
+    tables = []
+    for c, (contexts, best, chance) in sorted(drafter.token_tables().items(), reverse=True):
+        buckets = 1 << max(int(contexts.shape[0]) - 1, 1).bit_length()
+        h = (_context_hash(contexts, np) & np.uint32(buckets - 1)).astype(np.int64)
+        order = np.argsort(h, kind="stable")
+        start = np.searchsorted(h[order], np.arange(buckets + 1)).astype(np.int32)
+        probes = max(int(np.bincount(h, minlength=1).max()), 1)
+        pad = np.full((probes, c), np.iinfo(np.int32).max, np.int32)
+        tables.append((jnp.asarray(start), jnp.asarray(np.concatenate([contexts[order], pad])),
+                       jnp.asarray(np.append(best[order], np.full(probes, -1)).astype(np.int32)),
+                       jnp.asarray(np.append(chance[order], np.zeros(probes)).astype(np.float32)),
+                       jnp.arange(probes, dtype=jnp.int32)))
+    _DEVICE_TABLES[drafter] = tuple(tables)
+    return _DEVICE_TABLES[drafter]
+
+
+def ngram_next(tables, contexts):
+    """jnp NgramDrafter.next_tokens: contexts int32 [B, W] (right-aligned, -1 = none) -> the
+    most frequent next token of the longest context the tables know (-1: none) and its chance."""
+    token = jnp.full(contexts.shape[0], -1, jnp.int32)
+    share = jnp.zeros(contexts.shape[0], jnp.float32)
+    for start, table, best, chance, probes in tables:  # the longest context first
+        query = contexts[:, -table.shape[1]:]
+        bucket = (_context_hash(query, jnp) & jnp.uint32(start.shape[0] - 2)).astype(jnp.int32)
+        first, size = start[bucket], start[bucket + 1] - start[bucket]
+        at = first[:, None] + probes[None, :]  # [B, P]
+        match = (probes[None, :] < size[:, None]) & jnp.all(table[at] == query[:, None, :], axis=-1)
+        at = jnp.take_along_axis(at, jnp.argmax(match, axis=1)[:, None], 1)[:, 0]
+        found = (token < 0) & jnp.all(query >= 0, axis=1) & jnp.any(match, axis=1)
+        token = jnp.where(found, best[at], token)
+        share = jnp.where(found, chance[at], share)
+    return token, share
+
+
+def ngram_run(tables, width: int, text, position, lead, has_lead, room, k: int, min_chance: float):
+    """jnp NgramDrafter.continuation for every row: ([B, k] drafts, [B] count), the model's exact
+    proposal `lead` first where has_lead (the table continues it), then chained table drafts for
+    the positions after it while the product of their chances stays >= min_chance."""
+    b, t = text.shape
+    rows = jnp.arange(b)
+    text = jnp.where(has_lead[:, None] & (jnp.arange(t)[None, :] == position[:, None]),
+                     lead[:, None], text)
+    start = position + has_lead
+    back = jnp.arange(width, dtype=jnp.int32)
+    at = start[:, None] - 1 - back[None, :]
+    tokens = text[rows[:, None], jnp.clip(at, 0, t - 1)]
+    known = jnp.cumprod((at >= 1) & (tokens >= 0), axis=1).astype(bool)
+    context = jnp.where(known, tokens, -1)[:, ::-1]  # right-aligned: the token just before last
+    budget = room - has_lead
+    drafts = jnp.zeros((b, k), jnp.int32)
+    count = jnp.zeros(b, jnp.int32)
+    chance = jnp.ones(b, jnp.float32)
+    going = budget > 0
+    for step in range(k):
+        token, share = ngram_next(tables, context)
+        take = going & (step < budget) & (token >= 0) & ((count == 0) | (chance * share >= min_chance))
+        drafts = drafts.at[:, step].set(jnp.where(take, token, 0))
+        count = count + take
+        chance = jnp.where(take, chance * share, chance)
+        context = jnp.where(take[:, None], jnp.concatenate([context[:, 1:], token[:, None]], 1), context)
+        going = take
+    # the lead in front of the table's drafts
+    out = jnp.where(has_lead[:, None], jnp.concatenate([lead[:, None], drafts[:, :-1]], 1), drafts)
+    return out, count + has_lead
+
+
 @functools.lru_cache(maxsize=16)
-def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, min_match: int, max_match: int):
+def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, min_match: int, max_match: int,
+                 ngram_width: int = 0, min_chance: float = 0.25):
     """The jitted round: plan (speculative.py's host rules), `verify` (speculative._calls' round
     body: commit, verify, propose), then the bookkeeping. Returns (cache, tables, state, record,
-    whether any row has positions left)."""
+    whether any row has positions left). draft=ngram: `ngrams` are device_ngram_tables(drafter),
+    ngram_width its max_order - 1 and min_chance NgramDrafter.continuation's."""
 
     @functools.partial(jax.jit, donate_argnums=(1, 2, 3, 4))
-    def round_(params, cache, table_q, table_tok, state: RoundState, key, round_index, eos_id):
+    def round_(params, cache, table_q, table_tok, state: RoundState, key, round_index, eos_id, ngrams=()):
         order, filled, text, stop, decided, pending, group_next, rate, cut = state
         b, slots = order.shape
         discard = slots - 1
@@ -121,17 +216,26 @@ def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, 
         pend_tok = jnp.where(pend_valid, pending, 0)
         pend_pos = jnp.where(pend_valid, take(order, start[:, None] - 1)[:, 0], 0)
         model_ready = take(filled, start[:, None])[:, 0]
+        lead = jnp.zeros(b, bool)  # n-gram rounds: the model's exact proposal is the first draft
         if source_mode == "model":
             copied, copy_count = jnp.zeros((b, k), jnp.int32), jnp.zeros(b, jnp.int32)
+        elif source_mode == "ngram":
+            lead = active & model_ready
+            copied, copy_count = ngram_run(ngrams, ngram_width, text, take(order, start[:, None])[:, 0],
+                                           take(table_tok, start[:, None])[:, 0], lead, room, k, min_chance)
         else:
             copied, copy_count = copy_run(text, take(order, start[:, None])[:, 0], room, k, min_match, max_match)
         has_copy = active & (copy_count > 0)
-        use_copy = has_copy if source_mode == "copy" else has_copy & (~model_ready | (rate[:, 1] >= rate[:, 0]))
-        want = drafts_worth(jnp.where(use_copy, rate[:, 1], rate[:, 0]), room) if adaptive else room
+        use_copy = has_copy if source_mode in ("copy", "ngram") else (
+            has_copy & (~model_ready | (rate[:, 1] >= rate[:, 0])))
+        if adaptive and source_mode != "ngram":
+            want = drafts_worth(jnp.where(use_copy, rate[:, 1], rate[:, 0]), room)
+        else:
+            want = room
         ready = jnp.sum(jnp.cumprod(take(filled, start[:, None] + j) & (j < want[:, None]), axis=1), axis=1)
         count = jnp.where(active, jnp.where(use_copy, jnp.minimum(want, copy_count), ready), 0).astype(jnp.int32)
         draft_valid = j < count[:, None]
-        is_copy = draft_valid & use_copy[:, None]
+        is_copy = draft_valid & use_copy[:, None] & ~(lead[:, None] & (j == 0))  # the lead keeps q = p
         draft_index = jnp.where(draft_valid, start[:, None] + j, discard)
         draft_pos = jnp.where(draft_valid, take(order, start[:, None] + j), 0)
         g = group_next[:, None]
@@ -164,7 +268,7 @@ def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, 
         log_probs = jnp.where(j < accepted[:, None], draft_lp, resampled_lp[:, None])
         record = RoundRecord(rank=start[:, None] + 1 + j, tokens=tokens, positions=positions, valid=valid,
                              log_probs=log_probs, offered=count, accepted=accepted, copied=use_copy & drafted,
-                             active=active)
+                             lead=lead & drafted, active=active)
         text = text.at[rows, jnp.where(valid, positions, text.shape[1])].set(tokens, mode="drop")
         decided = start + took
         pending = jnp.where(rejected, resampled.astype(jnp.int32), jnp.where(active, -1, pending))

@@ -45,10 +45,10 @@ worthwhile (until a^k < 1/4), at most the plan's k. Temperature, top-k and top-p
 same way (sampling.shaped_probs); the reported log-probs are the model's (temperature 1,
 unfiltered) under the singleton grouping actually used (GenerateResult.groups).
 
-Where the rounds run: for draft=model, copy and auto every decision between two rounds is made in
-the round's own call (decode/rounds.py) and the host never waits for the round it just sent; the
-host loop below (one transfer per round) drives draft=ngram, whose table lives on the host, and is
-the reference the device rounds are tested against (same seed, same tokens).
+Where the rounds run: every decision between two rounds is made in the round's own call
+(decode/rounds.py; the n-gram tables go to the device as hash tables) and the host never waits
+for the round it just sent. The host loop below (one transfer per round) is the reference the
+device rounds are tested against (same seed, same tokens); DEVICE_SOURCES = () selects it.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ from a3jax.decode.sampling import shaped_probs
 from a3jax.errors import UserError
 
 SOURCES = ("model", "copy", "ngram")
-# the draft modes whose rounds run on the device (decode/rounds.py); draft=ngram reads a host table
-DEVICE_SOURCES = ("model", "copy", "auto")
+# the draft modes whose rounds run on the device (decode/rounds.py); the others (none) and the
+# tests' reference run through the host loop
+DEVICE_SOURCES = ("model", "copy", "auto", "ngram")
 MIN_MATCH, MAX_MATCH = 2, 8  # copy drafts: the suffix lengths searched, longest first
 
 
@@ -282,14 +283,17 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
     stats["row_calls"] += stop > 0
     bar = tqdm(total=int(stop.sum()), desc="decode", unit="tok", disable=not progress, file=sys.stderr)
     if source_mode in DEVICE_SOURCES:
-        round_call = rounds.device_round(verify, k_max, stored, source_mode, bool(plan.adaptive), MIN_MATCH, MAX_MATCH)
+        ngrams = () if drafter is None or source_mode != "ngram" else rounds.device_ngram_tables(drafter)
+        round_call = rounds.device_round(verify, k_max, stored, source_mode, bool(plan.adaptive), MIN_MATCH, MAX_MATCH,
+                                         0 if drafter is None else drafter.max_order - 1)
         state = rounds.RoundState(
             order=order_mat, filled=filled, text=_pad_text(text), stop=stop.astype(np.int32),
             decided=decided.astype(np.int32), pending=pending.astype(np.int32), group_next=group_next.astype(np.int32),
             rate=np.full((batch, 2), 0.6, np.float32), cut=np.full(batch, rounds.NO_CUT, np.int32))
         eos = np.int32(eos_id if sampling.stop_at_eos and eos_id is not None else -1)
-        _device_rounds(round_call, params, cache, table_q, table_tok, jax.device_put(state), key, eos,
-                       2 * longest + 3, output, stats, passes_per_round, bar)
+        _device_rounds(functools.partial(round_call, ngrams=ngrams), params, cache, table_q, table_tok,
+                       jax.device_put(state), key, eos, 2 * longest + 3, output, stats, passes_per_round, bar,
+                       "ngram" if source_mode == "ngram" else "copy")
         bar.close()
         return output, stats["calls"], stats
     while (decided < stop).any():
@@ -430,7 +434,7 @@ def _pad_text(text: list[np.ndarray]) -> np.ndarray:
 
 
 def _device_rounds(round_call, params, cache, table_q, table_tok, state, key, eos, max_rounds, output, stats,
-                   passes_per_round, bar):
+                   passes_per_round, bar, text_source):
     """Runs rounds.device_round until no row has positions left, never waiting for the round just
     sent (the loop looks two rounds back; a round sent after the last one with work changes
     nothing and is not counted), then records the rounds' commits and counts into output/stats."""
@@ -458,11 +462,19 @@ def _device_rounds(round_call, params, cache, table_q, table_tok, state, key, eo
         offered, accepted = record.offered[:, None] > j, record.accepted[:, None] > j
         stats["offered"] += offered.sum(axis=0)
         stats["accepted"] += accepted.sum(axis=0)
-        for name, rows in (("copy", record.copied), ("model", ~record.copied & (record.offered > 0))):
-            source = stats["by_source"][name]
-            source["offered"] += int(record.offered[rows].sum())
-            source["accepted"] += int(record.accepted[rows].sum())
-            source["rounds"] += int(rows.sum())
+        # drafts copied from the text or the n-gram table (text_source), after an n-gram round's
+        # lead (the model's exact proposal, counted as the model's), and the model's own
+        lead = record.lead.astype(np.int64)
+        text_rows = record.copied & (record.offered > lead)
+        model_rows = ~record.copied & (record.offered > 0)
+        source = stats["by_source"][text_source]
+        source["offered"] += int((record.offered - lead)[text_rows].sum())
+        source["accepted"] += int(np.maximum(record.accepted - lead, 0)[text_rows].sum())
+        source["rounds"] += int(text_rows.sum())
+        source = stats["by_source"]["model"]
+        source["offered"] += int(record.offered[model_rows].sum() + lead.sum())
+        source["accepted"] += int(record.accepted[model_rows].sum() + (record.lead & (record.accepted >= 1)).sum())
+        source["rounds"] += int(model_rows.sum())
         if r >= shown and not bar.disable:
             bar.update(int(record.valid.sum()))
     stats["calls"] += done
