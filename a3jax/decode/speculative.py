@@ -283,9 +283,9 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
     stats["row_calls"] += stop > 0
     bar = tqdm(total=int(stop.sum()), desc="decode", unit="tok", disable=not progress, file=sys.stderr)
     if source_mode in DEVICE_SOURCES:
-        ngrams = () if drafter is None or source_mode != "ngram" else rounds.device_ngram_tables(drafter)
+        ngrams = rounds.device_ngram_tables(drafter) if source_mode == "ngram" else ()
         round_call = rounds.device_round(verify, k_max, stored, source_mode, bool(plan.adaptive), MIN_MATCH, MAX_MATCH,
-                                         0 if drafter is None else drafter.max_order - 1)
+                                         drafter.max_order - 1 if source_mode == "ngram" else 0)
         state = rounds.RoundState(
             order=order_mat, filled=filled, text=_pad_text(text), stop=stop.astype(np.int32),
             decided=decided.astype(np.int32), pending=pending.astype(np.int32), group_next=group_next.astype(np.int32),
