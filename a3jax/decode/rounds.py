@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NO_CUT = int(jnp.iinfo(jnp.int32).max)  # a row's EOS cut before any EOS
+from a3jax.decode.sampling import cut_at_eos
 
 
 class RoundState(NamedTuple):
@@ -273,7 +273,7 @@ def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, 
         decided = start + took
         pending = jnp.where(rejected, resampled.astype(jnp.int32), jnp.where(active, -1, pending))
         filled = filled & ~rejected[:, None]  # proposed given drafts that are now rejected
-        cut = jnp.minimum(cut, jnp.min(jnp.where(valid & (tokens == eos_id), positions, NO_CUT), axis=1))
+        cut = cut_at_eos(cut, valid & (tokens == eos_id), positions)
         # nothing after a generated EOS is generated: the order keeps its decided part and, after
         # it, only the positions before the cut (in their order)
         index = jnp.arange(slots, dtype=jnp.int32)[None, :]

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
 from a3jax.decode.plans import parse_plan, static_groups
-from a3jax.decode.sampling import check_settings, choose_tokens, position_scores
+from a3jax.decode.sampling import check_settings, choose_tokens, cut_at_eos, eos_start, position_scores
 from a3jax.decode.speculative import generate_speculative
 from a3jax.errors import UserError
 
@@ -161,19 +161,6 @@ def _compiled_fields(sampling: SampleConfig) -> SampleConfig:
     return dataclasses.replace(sampling, seed=0)
 
 
-NO_CUT = np.iinfo(np.int32).max  # a row's EOS cut before any EOS: no position is beyond it
-
-
-def _eos_start(batch: int, eos_id, sampling: SampleConfig):
-    """(cut_B, eos id) a step loop starts from: no cut yet; -1 (never sampled) when EOS ends nothing."""
-    return jnp.full((batch,), NO_CUT, jnp.int32), np.int32(eos_id if sampling.stop_at_eos else -1)
-
-
-def _cut_at_eos(cut_B, eos_BxW, positions_BxW):
-    """Each row's cut moved to its first EOS committed this step (positions_BxW where eos_BxW)."""
-    return jnp.minimum(cut_B, jnp.min(jnp.where(eos_BxW, positions_BxW, NO_CUT), axis=1))
-
-
 @functools.lru_cache(maxsize=64)
 def _static_step(model_def, sampling: SampleConfig):
     """Step t of a static plan, everything the next step needs kept on the device: the host
@@ -196,7 +183,7 @@ def _static_step(model_def, sampling: SampleConfig):
         tokens, picked, _ = _choose(sampling, jax.random.fold_in(key, t), logits, force_tokens,
                                     force_mask & valid_BxW)
         eos_BxW = valid_BxW & ~given_BxW & (tokens == eos_id)  # given tokens (causal) never cut
-        cut_B = _cut_at_eos(cut_B, eos_BxW, positions_BxW)
+        cut_B = cut_at_eos(cut_B, eos_BxW, positions_BxW)
         return state, (tokens, query_BxW, valid_BxW), picked, cut_B
 
     return step
@@ -242,7 +229,7 @@ def _dynamic_step(model_def, sampling: SampleConfig, criterion: str, width: int)
         done_BxQ = jnp.any(query_positions[:, :, None] == jnp.where(chosen, positions, -1)[:, None, :], axis=-1)
         remaining = remaining & ~done_BxQ
         eos_BxW = chosen & (tokens == eos_id)
-        cut_B = _cut_at_eos(cut_B, eos_BxW, positions)
+        cut_B = cut_at_eos(cut_B, eos_BxW, positions)
         left = jnp.any(remaining & (query_positions <= cut_B[:, None]))  # the next step has work
         commit = (tokens, jnp.where(chosen, positions, 0), chosen)
         return state, commit, (positions, take(picked)), remaining, cut_B, left
@@ -441,7 +428,7 @@ def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *
     step = _static_step(model_def, _compiled_fields(sampling))
     out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     key = jax.random.key(int(sampling.seed))
-    cut, eos = _eos_start(batch, eos_id, sampling)
+    cut, eos = eos_start(batch, eos_id, sampling.stop_at_eos)
     steps = jax.device_put((step_pos, step_valid, step_given, force_tok, force_mask))
     outputs = []  # per step, on the device: (tokens, valid, log-probs), fetched once at the end
     for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
@@ -497,7 +484,7 @@ def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, 
     step = _dynamic_step(model_def, _compiled_fields(sampling), plan.criterion, width)
     out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     key = jax.random.key(int(sampling.seed))
-    cut, eos = _eos_start(batch, eos_id, sampling)
+    cut, eos = eos_start(batch, eos_id, sampling.stop_at_eos)
     query, remaining, k_now, force_tok, force_mask = jax.device_put((query, remaining, k_now, force_tok, force_mask))
     # A generated EOS can empty every row before the schedule ends: the loop stops then. It looks
     # `lag` steps back so that the host never waits for the step just sent (a step sent after the

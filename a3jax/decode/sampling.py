@@ -1,5 +1,6 @@
-"""Token choice from logits (temperature, top-k, top-p) and the scores that rank positions for the
-dynamic plans (which positions to commit next). Pure jnp; the settings are static Python values."""
+"""Token choice from logits (temperature, top-k, top-p), the scores that rank positions for the
+dynamic plans (which positions to commit next), and the EOS cut every decoding loop keeps (a
+generated EOS ends its document). Pure jnp; the settings are static Python values."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ import jax.numpy as jnp
 from a3jax.errors import UserError
 
 CRITERIA = ("confidence", "entropy", "margin", "random")
+NO_CUT = int(jnp.iinfo(jnp.int32).max)  # a row's EOS cut before any EOS: no position is beyond it
+
+
+def eos_start(batch: int, eos_id, stop_at_eos: bool):
+    """(cut_B, eos id) a decoding loop starts from: no cut yet; -1 (never sampled) when EOS ends nothing."""
+    return jnp.full((batch,), NO_CUT, jnp.int32), jnp.int32(eos_id if stop_at_eos and eos_id is not None else -1)
+
+
+def cut_at_eos(cut_B, eos_BxW, positions_BxW):
+    """Each row's cut moved to its first EOS committed this step (positions_BxW where eos_BxW)."""
+    return jnp.minimum(cut_B, jnp.min(jnp.where(eos_BxW, positions_BxW, NO_CUT), axis=1))
 
 
 def check_settings(temperature: float, top_k: int, top_p: float) -> None:

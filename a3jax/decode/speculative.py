@@ -64,8 +64,8 @@ from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
 from a3jax.decode import rounds
+from a3jax.decode.sampling import eos_start, shaped_probs
 from a3jax.decode.sampling import sample_probs as _sample
-from a3jax.decode.sampling import shaped_probs
 from a3jax.errors import UserError
 
 SOURCES = ("model", "copy", "ngram")
@@ -286,11 +286,11 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
         ngrams = rounds.device_ngram_tables(drafter) if source_mode == "ngram" else ()
         round_call = rounds.device_round(verify, k_max, stored, source_mode, bool(plan.adaptive), MIN_MATCH, MAX_MATCH,
                                          drafter.max_order - 1 if source_mode == "ngram" else 0)
+        cut, eos = eos_start(batch, eos_id, sampling.stop_at_eos)
         state = rounds.RoundState(
             order=order_mat, filled=filled, text=_pad_text(text), stop=stop.astype(np.int32),
             decided=decided.astype(np.int32), pending=pending.astype(np.int32), group_next=group_next.astype(np.int32),
-            rate=np.full((batch, 2), 0.6, np.float32), cut=np.full(batch, rounds.NO_CUT, np.int32))
-        eos = np.int32(eos_id if sampling.stop_at_eos and eos_id is not None else -1)
+            rate=np.full((batch, 2), 0.6, np.float32), cut=cut)
         _device_rounds(functools.partial(round_call, ngrams=ngrams), params, cache, table_q, table_tok,
                        jax.device_put(state), key, eos, 2 * longest + 3, output, stats, passes_per_round, bar,
                        "ngram" if source_mode == "ngram" else "copy")
