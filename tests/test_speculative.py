@@ -268,16 +268,21 @@ def test_copied_and_mixed_drafts_sample_the_joint_exactly(draft, query_input):
     assert _chi_square(np.stack([t[~known] for t in blocky.tokens]), expected) < 1e-6
 
 
+# Each plan runs under one query input (the two each compiling every plan took two minutes): the
+# shifted stream where its chained proposals and n-gram lead matter, the vector for the rest.
+DEVICE_ROUND_PLANS = {"shift": [("speculative(4)", 1.0, 3), ("speculative(4, draft=ngram)", 1.0, 3)],
+                      "vector": [("speculative(3, draft=copy)", 0.0, 3), ("speculative(4, adaptive)", 1.0, None),
+                                 ("speculative(2, draft=model, order=random)", 1.0, 3)]}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("query_input", ["vector", "shift"])
-def test_device_rounds_sample_what_the_host_loop_samples(query_input, monkeypatch):
+def test_device_rounds_sample_what_the_host_loop_samples(monkeypatch):
     """The rounds kept on the device (decode/rounds.py) follow the host loop's rules exactly: for
     the same seed the same tokens, log-probs, commit order, calls and draft counts, with copies,
     n-gram drafts, adaptive counts, rejections, random orders and EOS cuts all taking place."""
     from a3jax.decode import speculative
     from a3jax.decode.ngram import NgramDrafter
 
-    model_def, params = _model(vocab=12, init_std=0.5, query_input=query_input)
     rng = np.random.default_rng(0)
     docs = [rng.integers(0, 6, 24).astype(np.int32) for _ in range(8)]
     docs[1][:12] = docs[1][12:]  # a row that repeats itself: copies to draft
@@ -286,30 +291,31 @@ def test_device_rounds_sample_what_the_host_loop_samples(query_input, monkeypatc
     assert set(on_device) == {"model", "copy", "auto", "ngram"}
     drafter = NgramDrafter([rng.integers(0, 6, 300), np.tile([1, 2, 3, 4], 20)], 12, max_order=3)
     copies = cut = rejected = table = 0
-    for plan, temperature, eos in [("speculative(4)", 1.0, 3), ("speculative(3, draft=copy)", 0.0, 3),
-                                   ("speculative(4, adaptive)", 1.0, None),
-                                   ("speculative(2, draft=model, order=random)", 1.0, 3),
-                                   ("speculative(4, draft=ngram)", 1.0, 3)]:
-        sampling = SampleConfig(plan=plan, seed=5, temperature=temperature)
+    for query_input, plans in DEVICE_ROUND_PLANS.items():
+        model_def, params = _model(vocab=12, init_std=0.5, query_input=query_input)
+        for plan, temperature, eos in plans:
+            sampling = SampleConfig(plan=plan, seed=5, temperature=temperature)
 
-        def run(device, sampling=sampling, eos=eos):
-            monkeypatch.setattr(speculative, "DEVICE_SOURCES", on_device if device else ())
-            return generate(model_def, params, docs, known, bos_id=10, pad_id=11, eos_id=eos, sampling=sampling,
-                            drafter=drafter)
+            def run(device, sampling=sampling, eos=eos, model_def=model_def, params=params):
+                monkeypatch.setattr(speculative, "DEVICE_SOURCES", on_device if device else ())
+                return generate(model_def, params, docs, known, bos_id=10, pad_id=11, eos_id=eos,
+                                sampling=sampling, drafter=drafter)
 
-        device, host = run(True), run(False)
-        assert "rounds_on_device" in device.stats and "rounds_on_device" not in host.stats
-        for name in ("tokens", "steps", "groups", "log_probs"):
-            for a, b in zip(getattr(device, name), getattr(host, name)):
-                np.testing.assert_array_equal(a, b, err_msg=f"{plan}: {name}")
-        assert device.stats["calls"] == host.stats["calls"] and device.stats["passes"] == host.stats["passes"]
-        for name in ("offered", "accepted", "row_calls"):
-            np.testing.assert_array_equal(device.stats[name], host.stats[name])
-        assert device.stats["by_source"] == host.stats["by_source"]
-        copies += device.stats["by_source"]["copy"]["offered"]
-        cut += sum(t.size < d.size for t, d in zip(device.tokens, docs))
-        rejected += device.stats["offered"].sum() - device.stats["accepted"].sum()
-        table += device.stats["by_source"]["ngram"]["accepted"]
+            device, host = run(True), run(False)
+            where = f"{plan}, query_input={query_input}"
+            assert "rounds_on_device" in device.stats and "rounds_on_device" not in host.stats
+            for name in ("tokens", "steps", "groups", "log_probs"):
+                for a, b in zip(getattr(device, name), getattr(host, name)):
+                    np.testing.assert_array_equal(a, b, err_msg=f"{where}: {name}")
+            assert device.stats["calls"] == host.stats["calls"], where
+            assert device.stats["passes"] == host.stats["passes"], where
+            for name in ("offered", "accepted", "row_calls"):
+                np.testing.assert_array_equal(device.stats[name], host.stats[name], err_msg=where)
+            assert device.stats["by_source"] == host.stats["by_source"], where
+            copies += device.stats["by_source"]["copy"]["offered"]
+            cut += sum(t.size < d.size for t, d in zip(device.tokens, docs))
+            rejected += device.stats["offered"].sum() - device.stats["accepted"].sum()
+            table += device.stats["by_source"]["ngram"]["accepted"]
     assert copies > 0 and cut > 0 and rejected > 0 and table > 0  # every branch was taken
 
 

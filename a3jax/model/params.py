@@ -31,11 +31,11 @@ def init_model(model_config: ModelConfig, seed: int, shardings=None) -> tuple[Mo
     one jitted program creates every parameter directly in its sharding, never whole on one device."""
     model_def, _ = abstract_params(model_config)
 
-    def create():
-        model = Transformer(model_config, rngs=nnx.Rngs(seed))
+    def create(key):  # the key is an argument, not a constant: a new seed reuses the compiled program
+        model = Transformer(model_config, rngs=nnx.Rngs(key))
         return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
 
-    return model_def, jax.jit(create, out_shardings=shardings)()
+    return model_def, jax.jit(create, out_shardings=shardings)(jax.random.key(seed))
 
 
 def abstract_params(model_config: ModelConfig) -> tuple[ModelDef, dict]:

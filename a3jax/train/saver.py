@@ -4,6 +4,7 @@ with the intact previous checkpoint named (nothing already saved is lost)."""
 from __future__ import annotations
 
 import json
+import warnings
 
 from a3jax.errors import UserError
 
@@ -30,6 +31,10 @@ class CheckpointSaver:
         return f"the last good checkpoint is {self.path(self.last_saved)}"
 
     def _write_error(self, step: int, error: Exception) -> CheckpointWriteError:
+        # A failed orbax write leaves the coroutines of its other fragments unawaited, and Python
+        # reports each when the process exits ("coroutine ... was never awaited"), after this
+        # error's line, burying it: the failure is reported here, those reports say nothing more.
+        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
         kept = (f"the previous complete checkpoint {self.path(self.last_saved)} is intact"
                 if self.last_saved is not None else "no earlier checkpoint exists")
         return CheckpointWriteError(f"could not write the checkpoint at step {step} ({type(error).__name__}: "
