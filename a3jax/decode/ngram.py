@@ -20,6 +20,8 @@ import numpy as np
 
 MAX_ORDER = 4  # contexts of up to 3 tokens
 MIN_COUNT = 2  # a context seen once predicts nothing
+# every drafter drafts on while the chance that all its drafts so far are accepted stays at least this
+MIN_RUN_CHANCE = 0.25
 
 
 class NgramDrafter:
@@ -102,7 +104,7 @@ class NgramDrafter:
             token[index], share[index] = best[at[found]], chance[at[found]]
         return token, share
 
-    def continuation(self, text: np.ndarray, position: int, k: int, min_chance: float = 0.25) -> np.ndarray:
+    def continuation(self, text: np.ndarray, position: int, k: int, min_chance: float = MIN_RUN_CHANCE) -> np.ndarray:
         """Up to k chained drafts for positions position, position + 1, ... of `text` (int [L + 1],
         index = document position, -1 = unknown): each continues the known tokens right before it
         and the drafts before it; drafting stops where the table has no continuation or where the

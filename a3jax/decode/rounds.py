@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from a3jax.decode.ngram import MIN_RUN_CHANCE
 from a3jax.decode.sampling import cut_at_eos
 
 
@@ -66,9 +67,9 @@ class RoundRecord(NamedTuple):
 
 def drafts_worth(rate, room):
     """jnp speculative._drafts_worth per row: draft until the chance that every draft so far is
-    accepted falls below 1/4, at least 1 and at most `room`."""
+    accepted falls below MIN_RUN_CHANCE, at least 1 and at most `room`."""
     rate = jnp.clip(rate, 1e-3, 0.999)
-    want = jnp.ceil(math.log(0.25) / jnp.log(rate)).astype(jnp.int32)
+    want = jnp.ceil(math.log(MIN_RUN_CHANCE) / jnp.log(rate)).astype(jnp.int32)
     return jnp.minimum(room, jnp.maximum(1, want))
 
 
@@ -193,7 +194,7 @@ def ngram_run(tables, width: int, text, position, lead, has_lead, room, k: int, 
 
 @functools.lru_cache(maxsize=16)
 def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, min_match: int, max_match: int,
-                 ngram_width: int = 0, min_chance: float = 0.25):
+                 ngram_width: int = 0, min_chance: float = MIN_RUN_CHANCE):
     """The jitted round: plan (speculative.py's host rules), `verify` (speculative._calls' round
     body: commit, verify, propose), then the bookkeeping. Returns (cache, tables, state, record,
     whether any row has positions left). draft=ngram: `ngrams` are device_ngram_tables(drafter),

@@ -64,6 +64,7 @@ from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
 from a3jax.decode import rounds
+from a3jax.decode.ngram import MIN_RUN_CHANCE
 from a3jax.decode.sampling import eos_start, shaped_probs
 from a3jax.decode.sampling import sample_probs as _sample
 from a3jax.errors import UserError
@@ -214,9 +215,9 @@ def copy_continuation(text: np.ndarray, position: int, k: int) -> np.ndarray:
 
 
 def _drafts_worth(rate: float, k_max: int) -> int:
-    """Draft until the chance that all drafts so far are accepted falls below 1/4."""
+    """Draft until the chance that all drafts so far are accepted falls below MIN_RUN_CHANCE."""
     rate = min(max(rate, 1e-3), 0.999)
-    return int(min(k_max, max(1, math.ceil(math.log(0.25) / math.log(rate)))))
+    return int(min(k_max, max(1, math.ceil(math.log(MIN_RUN_CHANCE) / math.log(rate)))))
 
 
 def generate_speculative(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
