@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from a3jax.model.transformer import MASK_LOGIT
+from a3jax.model.transformer import MASK_LOGIT, logits_of
 
 
 def mdlm_weights(batch):
@@ -96,11 +96,10 @@ def target_log_probs_chunked(hidden_BxNxD, head_DxV, batch, facts, chunk: int, m
     hidden_RxD = jnp.pad(hidden_BxNxD.reshape(rows, d), ((0, padded - rows), (0, 0)))
     targets_R = jnp.pad(targets_BxN.reshape(rows), (0, padded - rows))
     head_DxV = head_DxV.astype(hidden_BxNxD.dtype)
-    acc = jnp.promote_types(hidden_BxNxD.dtype, jnp.float32)
 
     @jax.checkpoint
     def score(hidden_CxD, targets_C):
-        logits_CxV = jnp.einsum("cd,dv->cv", hidden_CxD, head_DxV, preferred_element_type=acc)
+        logits_CxV = logits_of(hidden_CxD, head_DxV)
         if mask_id is not None:
             logits_CxV = logits_CxV.at[:, mask_id].set(MASK_LOGIT)
         picked_C = jnp.take_along_axis(logits_CxV, targets_C[:, None], axis=-1)[:, 0]

@@ -247,6 +247,47 @@ def test_bfloat16_compute_tracks_float32():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
 
 
+def _dots(jaxpr):
+    """Every dot_general of a jaxpr, inner jaxprs (scan, remat, custom_vjp, jit) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    yield from _dots(inner)
+
+
+@pytest.mark.parametrize("variant, loss_chunk, remat", [
+    ("a3", 0, "dots"), ("a3", 8, "none"), ("causal", 8, "dots"), ("mdlm", 0, "dots")])
+def test_bfloat16_training_runs_every_projection_gemm_in_bfloat16(variant, loss_chunk, remat):
+    """The train step's projection and head GEMMs, forward and backward, take bfloat16 operands
+    (float32 accumulation is the backends'); a float32 x float32 one is what a float32 result
+    type on a bf16 dot makes of its transpose: TF32 GEMMs on a GPU (BENCHMARKS.md, "Half-precision
+    backward"). Attention's own dots (with batch dimensions) may stay float32 on the dense path."""
+    from a3jax.train.step import model_loss as step_loss
+
+    model = tiny_model(variant, dtype="bfloat16", remat=remat, d_model=24, ffn_dim=40, vocab_size=7)
+    graphdef, params = nnx.split(model)
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 5, size=10)]
+    batch = as_batch([build_layout(docs, [orders.parse_sampler("random(3)")(10, rng)], 12, bos_id=BOS,
+                                   pad_id=PAD)])
+
+    def loss(p):
+        return step_loss(nnx.merge(graphdef, p), batch, loss_chunk=loss_chunk)[0]
+
+    dots = list(_dots(jax.make_jaxpr(jax.grad(loss))(params).jaxpr))
+    projections = [e for e in dots if not e.params["dimension_numbers"][1][0]]  # no batch dims
+    assert len(projections) >= 7 * 3 + 3  # the scanned layer's 7 projections and the head, each forward + 2 backward
+    wide = [(tuple(v.aval.dtype.name for v in e.invars), tuple(v.aval.shape for v in e.invars))
+            for e in projections if any(v.aval.dtype != jnp.bfloat16 for v in e.invars)]
+    assert not wide, f"float32 GEMMs in the bf16 step: {wide[:4]}"
+    head = [e for e in projections if e.invars[1].aval.shape == (24, 7) and e.outvars[0].aval.shape[-1] == 7]
+    assert head and all(e.outvars[0].aval.dtype == jnp.float32 for e in head)  # logits stay float32
+
+
 def test_model_config_errors_name_the_value():
     with pytest.raises(ValueError, match="n_heads=7 does not divide model.d_model=128"):
         ModelConfig(d_model=128, n_heads=7)

@@ -81,8 +81,47 @@ def rms_norm(x, weight, eps):
 
 
 def dense(x, w):
-    acc = jnp.promote_types(x.dtype, jnp.float32)
-    return jnp.einsum("...d,df->...f", x, w, preferred_element_type=acc).astype(x.dtype)
+    """x @ w in x's dtype. Half-precision dots accumulate in float32 on every backend (cuBLAS's
+    compute type, the TPU MXU, XLA:CPU's upcast), so asking for a float32 result and rounding it
+    would add nothing to the forward, and it would cost the backward: JAX transposes a dot with
+    its result type, so the cotangent would arrive in float32, the bfloat16 weight would be upcast
+    and every backward GEMM would run float32 x float32 (TF32 on a GPU: 62% of the 1B step's GEMM
+    FLOPs, in XLA:GPU's compile for an H100; BENCHMARKS.md "Half-precision backward")."""
+    return jnp.einsum("...d,df->...f", x, w, preferred_element_type=x.dtype)
+
+
+@jax.custom_vjp
+def _half_logits(hidden, head_DxV):
+    return jnp.einsum("...d,dv->...v", hidden, head_DxV, preferred_element_type=jnp.float32)
+
+
+def _half_logits_fwd(hidden, head_DxV):
+    return _half_logits(hidden, head_DxV), (hidden, head_DxV)
+
+
+def _half_logits_bwd(residuals, g_f32):
+    hidden, head_DxV = residuals
+    g = g_f32.astype(hidden.dtype)
+    d_hidden = jnp.einsum("...v,dv->...d", g, head_DxV, preferred_element_type=hidden.dtype)
+    d_head = jnp.einsum("...d,...v->dv", hidden, g, preferred_element_type=head_DxV.dtype)
+    return d_hidden, d_head
+
+
+_half_logits.defvjp(_half_logits_fwd, _half_logits_bwd)
+
+
+def logits_of(hidden, head_DxV):
+    """float32 (float64 for float64 models) logits hidden @ head, hidden [..., D], head [D, V]
+    cast to hidden's dtype. For a half-precision model the forward is unchanged (float32
+    accumulation and result), and the backward rounds the logits' cotangent to that dtype so that
+    its two GEMMs (d_hidden, d_head) run in half precision with float32 accumulation rather than
+    as float32 x float32 (TF32 on a GPU, which already rounds the cotangent to 10 mantissa bits;
+    bfloat16 keeps 8). Full-precision models: a plain dot."""
+    head_DxV = head_DxV.astype(hidden.dtype)
+    acc = jnp.promote_types(hidden.dtype, jnp.float32)
+    if acc == hidden.dtype:
+        return jnp.einsum("...d,dv->...v", hidden, head_DxV)
+    return _half_logits(hidden, head_DxV)
 
 
 class Rope(NamedTuple):
@@ -295,9 +334,7 @@ class Transformer(nnx.Module):
 
     def logits(self, hidden_BxNxD):
         """float32 logits [B, N, V] from final-normed hidden states."""
-        acc = jnp.promote_types(hidden_BxNxD.dtype, jnp.float32)
-        logits_BxNxV = jnp.einsum("bnd,dv->bnv", hidden_BxNxD, self.head().astype(hidden_BxNxD.dtype),
-                                  preferred_element_type=acc)
+        logits_BxNxV = logits_of(hidden_BxNxD, self.head())
         logits_BxNxV = constrain(logits_BxNxV, "batch", None, "vocab")
         if self.facts.masked_inputs:  # MASK is an input only: never predicted
             logits_BxNxV = logits_BxNxV.at[..., self.cfg.mask_token_id].set(MASK_LOGIT)

@@ -26,9 +26,11 @@ def get_config():
     t.batch_size, t.steps, t.lr, t.warmup_steps = 256, 20000, 3e-4, 1000
     t.log_every, t.eval_every, t.checkpoint_every = 10, 1000, 1000
     # From the step's memory plan on an H100 (a3jax bench plan --target h100; BENCHMARKS.md): the
-    # [B, N, V] logits cost 5.6 GiB per 4 rows, so the loss is computed 2,048 rows at a time, and
-    # the largest A3 batch at seq 2048 is 10 rows: 256 rows on 8 GPUs are 32 per GPU, taken as
-    # 4 micro-batches of 8 (gradients summed: the same step as one batch of 256).
+    # [B, N, V] logits cost 5.6 GiB per 4 rows, so the loss is computed 2,048 rows at a time. An
+    # A3 micro-batch of 8 rows plans 46.5 GiB, inside the 75% of an 80 GB card that JAX takes by
+    # default (the largest A3 batch on the whole card is 18 rows, 36 causal): 256 rows on 8 GPUs
+    # are 32 per GPU, taken as 4 micro-batches of 8 (gradients summed: the same step as one batch
+    # of 256). With XLA_PYTHON_CLIENT_MEM_FRACTION=0.95, grad_accum=2 (16 rows) fits too.
     t.loss_chunk = 2048
     t.grad_accum = 4
     return config
