@@ -598,3 +598,33 @@ def test_a_new_seed_reuses_the_compiled_step():
                       sampling=SampleConfig(plan="ar", temperature=1.0, seed=seed)).tokens[0] for seed in range(4)]
     assert sampler._static_step.cache_info().currsize == 1
     assert len({tuple(d) for d in draws}) > 1  # the seeds still sample differently
+
+
+@pytest.mark.parametrize("variant, query_input, plan", [
+    ("a3", "shift", "random(2)"), ("a3", "vector", "speculative(2)"), ("causal", "vector", "ar")])
+def test_weights_cast_once_per_generate_decode_bitwise_the_same(variant, query_input, plan, monkeypatch):
+    """generate casts the float32 masters to the compute dtype once (transformer.compute_params)
+    instead of in every call; a bfloat16 model then samples and scores bitwise as when every call
+    casts them itself (final_norm, read in float32, stays float32: made non-trivial here)."""
+    from a3jax.model import transformer
+
+    cfg = ModelConfig(variant=variant, vocab_size=12, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                      ffn_dim=64, dtype="bfloat16", init_std=0.3, query_input=query_input)
+    model_def, params = init_model(cfg, 0)
+    params = {**params, "final_norm": 1 + 0.1 * jax.random.normal(jax.random.key(1), params["final_norm"].shape)}
+    cast = transformer.compute_params(params, "bfloat16")
+    assert cast["layers"]["w_up"].dtype == jnp.bfloat16 and cast["embed"].dtype == jnp.bfloat16
+    assert cast["final_norm"].dtype == jnp.float32
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 9, 12).astype(np.int32) for _ in range(3)]
+    known = [np.arange(12) < 4] * 3
+
+    def run():
+        return generate(model_def, params, docs, known, bos_id=BOS, pad_id=PAD,
+                        sampling=SampleConfig(plan=plan, temperature=1.0, seed=3))
+
+    once = run()
+    monkeypatch.setattr(transformer, "compute_params", lambda p, dtype: p)  # every call casts
+    each_call = run()
+    for a, b in zip(once.tokens + once.log_probs, each_call.tokens + each_call.log_probs):
+        np.testing.assert_array_equal(a, b)

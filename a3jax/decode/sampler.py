@@ -33,6 +33,7 @@ from a3jax.decode.plans import parse_plan, static_groups
 from a3jax.decode.sampling import check_settings, choose_tokens, cut_at_eos, eos_start, position_scores
 from a3jax.decode.speculative import generate_speculative
 from a3jax.errors import UserError
+from a3jax.model import transformer
 
 MODES = ("cached", "recompute")
 CONTEXTS = ("ar", "group")
@@ -295,6 +296,7 @@ def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, e
     _check_inputs(documents, known, forced, groups, max_len)
     cfg = model_def.bind(params).cfg
     cfg.facts.check_decode(sampling.plan, plan.kind, sampling.mode)
+    params = transformer.compute_params(params, cfg.dtype)  # cast once, not in every call
     if eos_id is None:
         sampling = dataclasses.replace(sampling, stop_at_eos=False)
     if plan.speculative:
