@@ -30,7 +30,11 @@ from a3jax.model.transformer import rope_for
 class KVCache(NamedTuple):
     """Content-stream keys and values of the committed tokens, per layer.
 
-    k, v: [L, B, S, Hkv, Dh] in the compute dtype, RoPE applied at each key's original position.
+    k: [L, B, Hkv, S, Dh] and v: [L, B, Hkv, Dh, S] in the compute dtype, RoPE applied at each
+      key's original position: the layouts the attention's batched matmuls read, so that no call
+      transposes or copies the cache (XLA:GPU chose them itself when the cache was [L, B, S, Hkv,
+      Dh], transposing all of it in and out of every call; XLA:CPU cannot run a bfloat16 dot
+      from v as [L, B, Hkv, S, Dh]).
     tokens: [B, S] int32 committed tokens (the shifted query stream reads the previous one);
     positions: [B, S] int32 original positions; groups: [B, S] int32 group ids (increasing over
     calls); valid: [B, S] bool (slot holds a committed token).
@@ -49,10 +53,11 @@ class KVCache(NamedTuple):
 
 
 def init_cache(cfg: ModelConfig, batch: int, size: int, per_row: bool = False) -> KVCache:
-    shape = (cfg.n_layers, batch, size, cfg.n_kv_heads, cfg.head_dim)
+    shape = (cfg.n_layers, batch, cfg.n_kv_heads, size, cfg.head_dim)
+    v_shape = (cfg.n_layers, batch, cfg.n_kv_heads, cfg.head_dim, size)
     dtype = jnp.dtype(cfg.dtype)
     slots = lambda dtype=jnp.int32: jnp.zeros((batch, size), dtype)  # noqa: E731  (distinct buffers: donated)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), tokens=slots(), positions=slots(),
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(v_shape, dtype), tokens=slots(), positions=slots(),
                    groups=slots(), valid=slots(bool),
                    length=jnp.zeros((batch,) if per_row else (), jnp.int32))
 
@@ -73,6 +78,27 @@ def _append(buffer, new, start):
         return jax.vmap(row)(buffer, new, start)
     index = (zero, start) + (zero,) * (buffer.ndim - 2)
     return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), index)
+
+
+def _append_layer(stack, layer, new_BxCxGxK, start, slot_axis: int):
+    """Writes the new rows' keys or values [B, C, G, K] into layer `layer` of the stacked cache
+    (k: [L, B, G, S, K], slot_axis 3; v: [L, B, G, K, S], slot_axis 4) at slot `start` (scalar
+    or [B], as _append), in place. Per-row slots are one scatter over the rows, not a vmap of
+    row updates (whose batching made XLA:CPU relayout the whole cache, rows outermost)."""
+    start = jnp.asarray(start, jnp.int32)
+    layer = jnp.asarray(layer, jnp.int32)
+    new_BxCxGxK = new_BxCxGxK.astype(stack.dtype)
+    if start.ndim == 1:
+        b, c = new_BxCxGxK.shape[:2]
+        rows_Bx1 = jnp.arange(b, dtype=jnp.int32)[:, None]
+        slots_BxC = start[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
+        at = (layer, rows_Bx1, slice(None), slots_BxC) if slot_axis == 3 else \
+            (layer, rows_Bx1, slice(None), slice(None), slots_BxC)
+        return stack.at[at].set(new_BxCxGxK, unique_indices=True)  # indexed as [B, C, G, K]
+    zero = jnp.zeros((), jnp.int32)
+    index = [layer] + [zero] * (stack.ndim - 1)
+    index[slot_axis] = start
+    return jax.lax.dynamic_update_slice(stack, jnp.moveaxis(new_BxCxGxK, 1, slot_axis - 1)[None], index)
 
 
 def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid, query_positions,
@@ -134,23 +160,33 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
             query_positions, model.embed_tokens(previous_token_BxQ), previous_known_BxQ)
         rope_query = rope_for(cfg, query_rope_positions)
 
-    def body(carry, xs):
-        p, k_cache, v_cache = xs
-        appended = {}
+    def body(carry, p):
+        content_BxCxD, query_BxQxD, stacks, layer = carry
 
         def attend(q_content, q_query, k_BxCxGxK, v_BxCxGxK):
-            k_all = _append(k_cache, k_BxCxGxK, start)
-            v_all = _append(v_cache, v_BxCxGxK, start)
-            appended["kv"] = (k_all, v_all)
+            nonlocal stacks
+            if c:  # only the new rows are written, in place in the stacked cache
+                stacks = (_append_layer(stacks[0], layer, k_BxCxGxK, start, slot_axis=3),
+                          _append_layer(stacks[1], layer, v_BxCxGxK, start, slot_axis=4))
+            k_LxBxGxSxK, v_LxBxGxKxS = stacks if c else (cache.k, cache.v)  # C = 0: read only
+            layer_of = lambda stack: jax.lax.dynamic_index_in_dim(stack, layer, keepdims=False)  # noqa: E731
+            k_all = jnp.transpose(layer_of(k_LxBxGxSxK), (0, 2, 1, 3))  # [B, S, G, K] views of the layer
+            v_all = jnp.transpose(layer_of(v_LxBxGxKxS), (0, 3, 1, 2))
             out_content = _masked_attention(q_content, k_all, v_all, content_mask_BxCxS)
             out_query = None if q_query is None else _masked_attention(q_query, k_all, v_all, query_mask_BxQxS)
             return out_content, out_query
 
-        carry = transformer.layer(cfg, p, *carry, rope_content, rope_query, attend)  # the model's own layer
-        return carry, appended["kv"]
+        content_BxCxD, query_BxQxD = transformer.layer(  # the model's own layer
+            cfg, p, content_BxCxD, query_BxQxD, rope_content, rope_query, attend)
+        return (content_BxCxD, query_BxQxD, stacks, layer + 1), None
 
-    (content_BxCxD, query_BxQxD), (k_all, v_all) = jax.lax.scan(
-        body, (content_BxCxD, query_BxQxD), (model.layer_params(), cache.k, cache.v))
+    # The stacked cache rides in the carry, so each layer writes its new rows in place (no copy of
+    # the cache per layer or per call, no stacked scan output); a call that commits nothing
+    # (C = 0: speculative decoding's chained proposals) only reads it.
+    stacks = (cache.k, cache.v) if c else ()
+    (content_BxCxD, query_BxQxD, stacks, _), _ = jax.lax.scan(
+        body, (content_BxCxD, query_BxQxD, stacks, jnp.zeros((), jnp.int32)), model.layer_params())
+    k_all, v_all = stacks if c else (cache.k, cache.v)
     cache = KVCache(k=k_all, v=v_all, tokens=tokens, positions=positions, groups=groups, valid=valid,
                     length=start + c)
     if facts.next_token:
