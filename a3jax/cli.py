@@ -123,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as error:
             print(f"a3jax {argv[0]}: error: {error}", file=sys.stderr)
             return 2
+    from a3jax.host_memory import keep_freed_memory
     from a3jax.xla_flags import apply_gpu_flags
 
     apply_gpu_flags()  # before JAX starts a backend: XLA reads XLA_FLAGS once
+    keep_freed_memory()  # before XLA's threads take their malloc arenas
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
     if not os.environ.get("A3JAX_DEBUG"):

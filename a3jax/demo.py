@@ -17,6 +17,7 @@ overrides apply to both stages.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 import time
@@ -27,6 +28,10 @@ from a3jax.errors import UserError
 
 SHOWCASE_PLANS = ("ar", "blocks(4)", "confidence(2)")
 SPANS_PER_KIND = 16
+# For the time-left estimates, in units of the causal step this machine just took (2 cores,
+# 2026-12-07: 64 ms causal, 97 ms A3, the ending ~22 s of compiling and decoding).
+A3_STEP_COST = 1.5
+ENDING_COST = 350
 
 
 def add_arguments(parser) -> None:
@@ -39,8 +44,28 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="picks the held-out spans")
 
 
-def _say(message: str) -> None:
-    print(f"[a3jax] {message}", flush=True)
+def _minutes(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class _Clock:
+    """The demo's messages, each with the time since the start."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def say(self, message: str) -> None:
+        print(f"[a3jax {_minutes(self.elapsed())}] {message}", flush=True)
+
+
+def _step_seconds(summary: dict, exp) -> float | None:
+    """Seconds per step of the stage just trained (None when it only resumed a finished run)."""
+    rate = summary.get("tokens_per_s")
+    return exp.train.batch_size * exp.data.seq_len / rate if rate else None
 
 
 def _snippet_line(tokenizer, window, start, stop, fill: str | None = None) -> str:
@@ -92,7 +117,7 @@ def likelihoods(parts, span, seed: int) -> None:
         print(f"   order {spec:<10} log P = {log_p:9.1f} nats = {-log_p / np.log(2) / n_bytes:.3f} bits/byte")
 
 
-def _tokenizer_overrides(module, workdir: pathlib.Path, overrides) -> list[str]:
+def _tokenizer_overrides(module, workdir: pathlib.Path, overrides, say) -> list[str]:
     """A preset with BPE_VOCAB > 0 trains on subword tokens: a byte-level BPE of that size is trained
     once on the training files (never the held-out ones) into WORKDIR/tokenizer.json and named
     in both stages' configs. A --config.data.tokenizer override keeps the tokenizer it names."""
@@ -103,7 +128,7 @@ def _tokenizer_overrides(module, workdir: pathlib.Path, overrides) -> list[str]:
     if not vocab or any(override_key(o) == "data.tokenizer" for o in overrides):
         return []
     path = ensure_bpe(vocab, workdir / "tokenizer.json", module.pretrain_config(), overrides,
-                      log=lambda message: _say(f"0/3 {message}"))
+                      log=lambda message: say(f"0/3 {message}"))
     return bpe_overrides(vocab, path)
 
 
@@ -117,6 +142,18 @@ def _write_prompt(tokenizer, spans, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def _devices_per_core(*batch_sizes: int) -> int:
+    """One XLA CPU device per core, as many as divide every batch (the demo's mesh splits its
+    batches over them; on a GPU machine this leaves the GPU mesh alone). Before JAX starts its
+    backend: the CLI has not started it yet."""
+    from a3jax.xla_flags import apply_host_devices
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    count = max(n for n in range(1, cores + 1) if all(b % n == 0 for b in batch_sizes))
+    apply_host_devices(count)
+    return count
+
+
 def main(args, overrides=()) -> int:
     from a3jax.configs import apply_overrides, load_config_module, parse
     from a3jax.data import ByteTokenizer, load_corpus, load_tokenizer
@@ -125,31 +162,45 @@ def main(args, overrides=()) -> int:
     from a3jax.model.params import abstract_params
     from a3jax.train.loop import train
 
-    started = time.perf_counter()
+    clock = _Clock()
+    say = clock.say
     module = load_config_module(args.config)
     if not hasattr(module, "pretrain_config"):
         raise UserError(f"--config {args.config} has no pretrain_config(); the demo needs both stages "
                          "(see a3jax/configs/presets/demo.py)")
     workdir = pathlib.Path(args.workdir)
-    overrides = [*overrides, *_tokenizer_overrides(module, workdir, overrides)]
+    overrides = [*overrides, *_tokenizer_overrides(module, workdir, overrides, say)]
     pretrain = parse(apply_overrides(module.pretrain_config(), overrides))
     # the adaptation starts from the pretrained causal model (train.init_from: converted in-process)
     start_from = f"train.init_from={(workdir / 'pretrain').absolute()}"
     adapt = parse(apply_overrides(module.get_config(), [*overrides, start_from]))
+    devices = _devices_per_core(pretrain.train.batch_size, adapt.train.batch_size)
     tokenizer = load_tokenizer(adapt.data)
     corpus = load_corpus(adapt.data, tokenizer)
     unit = "bytes" if isinstance(tokenizer, ByteTokenizer) else "tokens"
-    _say(f"demo: {len(corpus.train_docs)} train / {len(corpus.eval_docs)} held-out files of the Python "
-         f"standard library, {sum(d.size for d in corpus.train_docs):,} training {unit}")
-    _say(f"1/3 pretraining a causal LLaMA ({pretrain.model.n_layers} layers, d_model {pretrain.model.d_model}, "
-         f"rows of {pretrain.data.seq_len} {unit}) for {pretrain.train.steps} steps -> {workdir / 'pretrain'}")
+    say(f"demo: {len(corpus.train_docs)} train / {len(corpus.eval_docs)} held-out files of the Python "
+        f"standard library, {sum(d.size for d in corpus.train_docs):,} training {unit}; "
+        f"{devices} CPU device{'s' if devices > 1 else ''} (one per core)")
+    say(f"1/3 pretraining a causal LLaMA ({pretrain.model.n_layers} layers, d_model {pretrain.model.d_model}, "
+        f"rows of {pretrain.data.seq_len} {unit}) for {pretrain.train.steps} steps -> {workdir / 'pretrain'}")
+    stage_started = clock.elapsed()
     causal = train(pretrain, workdir / "pretrain", corpus=corpus, progress=not args.no_progress)
+    causal_step = _step_seconds(causal, pretrain)
+    if causal_step:
+        left = causal_step * (adapt.train.steps * A3_STEP_COST + ENDING_COST)
+        say(f"1/3 done in {_minutes(clock.elapsed() - stage_started)} ({causal_step * 1e3:.0f} ms a step); "
+            f"about {_minutes(left)} left: {adapt.train.steps} adaptation steps, then the ending")
     a3_dir = workdir / "a3"
-    _say(f"2/3 adapting to any order for {adapt.train.steps} steps (converted to A3 with query input "
-         f"{adapt.model.query_input}): {adapt.orders.curriculum} -> {a3_dir}")
+    say(f"2/3 adapting to any order for {adapt.train.steps} steps (converted to A3 with query input "
+        f"{adapt.model.query_input}): {adapt.orders.curriculum} -> {a3_dir}")
+    stage_started = clock.elapsed()
     summary = train(adapt, a3_dir, corpus=corpus, progress=not args.no_progress)
+    a3_step = _step_seconds(summary, adapt)
+    if a3_step:
+        say(f"2/3 done in {_minutes(clock.elapsed() - stage_started)} ({a3_step * 1e3:.0f} ms a step); "
+            f"about {_minutes(a3_step / A3_STEP_COST * ENDING_COST)} left: the ending")
 
-    _say("3/3 infilling held-out code")
+    say("3/3 infilling held-out code (each plan compiles once, then decodes)")
     model_def, _ = abstract_params(adapt.model)
     parts = tasks.ModelParts(model_def, summary["params"], tokenizer, adapt.data.seq_len)
     spans = find_spans(corpus.eval_docs, tokenizer, adapt.data.seq_len, SPANS_PER_KIND, seed=args.seed)
@@ -164,7 +215,7 @@ def main(args, overrides=()) -> int:
         print(f"   {'all':<11} token accuracy {measured['token_acc']:6.1%}   "
               f"exact match {measured['exact_match']:6.1%}")
     else:
-        _say(f"no span to infill: the {len(corpus.eval_docs)} held-out file(s) "
+        say(f"no span to infill: the {len(corpus.eval_docs)} held-out file(s) "
              f"({sum(d.size for d in corpus.eval_docs):,} {unit}) hold no assignment, return, def or docstring "
              f"line; a larger data.max_files (now {adapt.data.max_files}) gives more held-out files")
     print("\n==== held-out bits per byte (lower is better) ====")
@@ -177,7 +228,7 @@ def main(args, overrides=()) -> int:
         print(f"\n(more: {prompt} holds a held-out snippet with its [gap:N]; sample it exactly in fewer calls with\n"
               f"  a3jax sample --workdir {a3_dir} --prompt-file {prompt} --plan speculative "
               "--temperature 0.8 --num-samples 3)")
-    _say(f"demo done in {time.perf_counter() - started:.0f} s; workdir {workdir} "
+    say(f"demo done in {clock.elapsed():.0f} s; workdir {workdir} "
          f"(pretrain/ and a3/: metrics.jsonl, tensorboard/, checkpoints/)")
     sys.stdout.flush()
     return 0

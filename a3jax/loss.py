@@ -48,23 +48,28 @@ def target_log_probs(logits_BxNxV, batch, facts):
 
 
 def target_predictions(logits_BxNxV, batch, facts):
-    """target_log_probs plus whether each target is the argmax of its logits (bool [B, N])."""
-    tokens_BxN = batch["tokens"]
-    weights_BxN = batch["loss_mask"].astype(jnp.float32)
-    log_probs_BxNxV = jax.nn.log_softmax(logits_BxNxV, axis=-1)
-    predicted_BxN = jnp.argmax(logits_BxNxV, axis=-1).astype(tokens_BxN.dtype)
-    if facts.next_token:  # row i - 1 predicts token i, inside one document
+    """target_log_probs plus whether each target is the argmax of its logits (bool [B, N]).
+
+    Every predicting row is scored in place against its own target (`prediction_targets`) and
+    the [B, N] results are then moved to the target rows: the [B, N, V] logits are never sliced,
+    and the target's logit is picked by a compare with an iota rather than a gather, whose
+    backward would be a scatter into a zero [B, N, V] array (on a CPU that and the slice's pad
+    were ~10% of the demo's causal step)."""
+    targets_BxN, weights_BxN = prediction_targets(batch, facts)
+    picked_BxN = target_logit(logits_BxNxV, targets_BxN) - jax.nn.logsumexp(logits_BxNxV, axis=-1)
+    correct_BxN = jnp.argmax(logits_BxNxV, axis=-1).astype(targets_BxN.dtype) == targets_BxN
+    if facts.next_token:  # row i - 1 scored token i: move its results to token i's row
         pad = ((0, 0), (1, 0))
-        picked_BxN = jnp.take_along_axis(log_probs_BxNxV[:, :-1], tokens_BxN[:, 1:, None], axis=-1)[..., 0]
-        picked_BxN = jnp.pad(picked_BxN, pad)
-        predicted_BxN = jnp.pad(predicted_BxN[:, :-1], pad, constant_values=-1)
-        same_doc = batch["segment_ids"][:, 1:] == batch["segment_ids"][:, :-1]
-        weights_BxN = weights_BxN * jnp.pad(same_doc, pad).astype(jnp.float32)
-    else:
-        picked_BxN = jnp.take_along_axis(log_probs_BxNxV, tokens_BxN[..., None], axis=-1)[..., 0]
-        if facts.masked_inputs:
-            weights_BxN = mdlm_weights(batch)
-    return jnp.where(weights_BxN > 0, picked_BxN, 0.0), weights_BxN, predicted_BxN == tokens_BxN
+        picked_BxN, weights_BxN = jnp.pad(picked_BxN[:, :-1], pad), jnp.pad(weights_BxN[:, :-1], pad)
+        correct_BxN = jnp.pad(correct_BxN[:, :-1], pad)
+    return jnp.where(weights_BxN > 0, picked_BxN, 0.0), weights_BxN, correct_BxN
+
+
+def target_logit(logits_XxV, targets_X):
+    """logits_XxV[..., targets_X]: picked by comparing with an iota, not gathered, so that the
+    backward is an elementwise select that fuses with the softmax's, not a scatter."""
+    vocab_ids = jax.lax.broadcasted_iota(targets_X.dtype, logits_XxV.shape, logits_XxV.ndim - 1)
+    return jnp.sum(jnp.where(vocab_ids == targets_X[..., None], logits_XxV, 0.0), axis=-1)
 
 
 def prediction_targets(batch, facts):
@@ -102,8 +107,7 @@ def target_log_probs_chunked(hidden_BxNxD, head_DxV, batch, facts, chunk: int, m
         logits_CxV = logits_of(hidden_CxD, head_DxV)
         if mask_id is not None:
             logits_CxV = logits_CxV.at[:, mask_id].set(MASK_LOGIT)
-        picked_C = jnp.take_along_axis(logits_CxV, targets_C[:, None], axis=-1)[:, 0]
-        return picked_C - jax.nn.logsumexp(logits_CxV, axis=-1)
+        return target_logit(logits_CxV, targets_C) - jax.nn.logsumexp(logits_CxV, axis=-1)
 
     picked_R = jax.lax.map(lambda xs: score(*xs), (hidden_RxD.reshape(-1, chunk, d), targets_R.reshape(-1, chunk)))
     picked_BxN = picked_R.reshape(padded)[:rows].reshape(b, n)

@@ -57,3 +57,18 @@ def apply_gpu_flags(environ=os.environ) -> bool:
     before = environ.get("XLA_FLAGS", "")
     environ["XLA_FLAGS"] = with_gpu_flags(before)
     return environ["XLA_FLAGS"] != before
+
+
+HOST_DEVICES_FLAG = "xla_force_host_platform_device_count"
+
+
+def apply_host_devices(count: int, environ=os.environ) -> bool:
+    """Makes XLA's CPU platform `count` devices (one per core: a mesh over them trains data
+    parallel, which keeps both cores of a small CPU busier than one device's thread pool does:
+    the demo's steps took 0.8x the time on 2 cores). Only before JAX starts its CPU backend, and
+    only when the user's XLA_FLAGS do not set a count. Returns whether it was set."""
+    flags = environ.get("XLA_FLAGS", "")
+    if count <= 1 or HOST_DEVICES_FLAG in flags:
+        return False
+    environ["XLA_FLAGS"] = f"{flags} --{HOST_DEVICES_FLAG}={count}".strip()
+    return True

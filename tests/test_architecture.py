@@ -15,8 +15,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "a3jax"
 
 # Lowest first. A module belongs to the level of the longest prefix that matches its name.
 LEVELS = [
-    ("foundations", ["a3jax._lazy", "a3jax.errors", "a3jax.schema", "a3jax.xla_flags", "a3jax.layout", "a3jax.orders",
-                     "a3jax.kernels"]),
+    ("foundations", ["a3jax._lazy", "a3jax.errors", "a3jax.schema", "a3jax.xla_flags", "a3jax.host_memory",
+                     "a3jax.layout", "a3jax.orders", "a3jax.kernels"]),
     ("model", ["a3jax.model", "a3jax.variants", "a3jax.flops", "a3jax.loss"]),
     ("configs and data", ["a3jax.configs", "a3jax.data", "a3jax.parallel", "a3jax.checkpoint",
                           "a3jax.distributed"]),

@@ -56,8 +56,10 @@ def _text_of(doc: np.ndarray, tokenizer) -> tuple[bytes, np.ndarray]:
     doc = doc[: special[0] if special.size else doc.size]
     if isinstance(tokenizer, ByteTokenizer):
         pieces = [bytes([int(t)]) for t in doc]
-    else:
-        pieces = [tokenizer.decode(np.asarray([t])).encode("utf-8") for t in doc]
+    else:  # a token's text does not depend on its neighbours here: each distinct id decoded once
+        ids, index = np.unique(doc, return_inverse=True)
+        texts = [tokenizer.decode(ids[i:i + 1]).encode("utf-8") for i in range(ids.size)]
+        pieces = [texts[i] for i in index.reshape(-1)]
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
     return b"".join(pieces), offsets
 
