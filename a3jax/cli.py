@@ -40,6 +40,8 @@ COMMANDS = {
                        "add_convert_arguments", "convert_main"),
     "export": Command("a3jax checkpoint -> HF safetensors + config.json", "a3jax.convert.cli",
                       "add_export_arguments", "export_main"),
+    "fetch": Command("download a real pretrained model's file into the cache (smollm2)", "a3jax.convert.cli",
+                     "add_fetch_arguments", "fetch_main"),
     "bench": Command("benchmarks that print a table of side-by-side measurements", dest="name", sub={
         "parity": Command("every attention backend here vs the xla reference (values and gradients)",
                           "a3jax.bench.parity"),

@@ -173,3 +173,14 @@ def test_every_gpu_xla_flag_is_known_to_this_jaxlib():
     done = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "3.0", done.stderr[-500:]
+
+
+def test_every_heavy_test_named_in_conftest_exists():
+    """tests/conftest.py names the heavy tier's tests one by one: a renamed test must not drop out
+    of every tier unnoticed."""
+    from conftest import HEAVY
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    for node in HEAVY:
+        path, name = node.split("::")
+        assert f"def {name.split('[')[0]}(" in (root / path).read_text(), f"{node} is not a test any more"

@@ -2,12 +2,14 @@
 
     a3jax convert --from-hf Llama-3.2-1B --out runs/a3-1b --variant a3 \
         --config adapt_llama3_1b [--config.model.dtype=bfloat16 ...]
+    a3jax convert --from-gguf SmolLM2-135M-Instruct.Q4_1.gguf --out runs/smollm2 --config adapt_smollm2
     a3jax train --workdir runs/a3-1b --config runs/a3-1b/experiment.py --config.data.paths=...
     a3jax export --workdir runs/a3-1b --out runs/a3-1b-hf [--step N] [--dtype bfloat16]
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from a3jax.errors import UserError
@@ -15,9 +17,13 @@ from a3jax.variants import VARIANTS, variant_of
 
 
 def add_convert_arguments(parser) -> None:
-    parser.add_argument("--from-hf", required=True, metavar="DIR",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-hf", metavar="DIR",
                         help="HF LLaMA folder: config.json + model.safetensors or sharded "
                              "model-*.safetensors with model.safetensors.index.json")
+    source.add_argument("--from-gguf", metavar="FILE",
+                        help="a LLaMA GGUF file (llama.cpp's format), dequantised to float32 by the gguf "
+                             "package; its tokenizer converted by transformers (pip install -e '.[gguf]')")
     parser.add_argument("--out", required=True, metavar="CKPT",
                         help="new a3jax workdir (checkpoint at step 0, experiment.py, tokenizer files)")
     parser.add_argument("--variant", choices=[v for v in VARIANTS if variant_of(v).exportable], default="a3",
@@ -34,7 +40,12 @@ def convert_main(args, overrides: Sequence[str] = ()) -> int:
     from a3jax.convert.hf_import import DEFAULT_CONFIG, convert_hf
 
     config = apply_overrides(load_config_file(args.config or DEFAULT_CONFIG), overrides)
-    convert_hf(args.from_hf, args.out, variant=args.variant, config=config, seed=args.seed)
+    if args.from_gguf:
+        from a3jax.convert.gguf_import import convert_gguf
+
+        convert_gguf(args.from_gguf, args.out, variant=args.variant, config=config, seed=args.seed)
+    else:
+        convert_hf(args.from_hf, args.out, variant=args.variant, config=config, seed=args.seed)
     return 0
 
 
@@ -53,4 +64,19 @@ def export_main(args, overrides: Sequence[str] = ()) -> int:
     if overrides:
         raise UserError(f"a3jax export takes no --config overrides (got {list(overrides)})")
     export_hf(args.workdir, args.out, step=args.step, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    return 0
+
+
+def add_fetch_arguments(parser) -> None:
+    from a3jax.convert.pretrained import MODELS
+
+    parser.add_argument("model", choices=sorted(MODELS), help="which pretrained model")
+    parser.add_argument("--print-path", action="store_true", help="print only the cached file's path")
+
+
+def fetch_main(args) -> int:
+    from a3jax.convert.pretrained import fetch, model_named
+
+    path = fetch(model_named(args.model), log=lambda m: print(f"[a3jax] {m}", file=sys.stderr, flush=True))
+    print(path if args.print_path else f"[a3jax] {args.model}: {path}")
     return 0

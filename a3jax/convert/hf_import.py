@@ -47,7 +47,7 @@ import pprint
 import re
 import shutil
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -246,37 +246,39 @@ def _weight_map(hf_dir: pathlib.Path, safe_open) -> dict[str, str]:
     raise ConversionError(f"{hf_dir} has neither model.safetensors nor model.safetensors.index.json{hint}")
 
 
-def load_hf_params(hf_dir: str | pathlib.Path, variant: str = "a3", *, seed: int = 0,
-                   base_model: Mapping[str, Any] | None = None,
-                   log: Callable[[str], None] = _log) -> tuple[ModelConfig, dict, dict]:
-    """Reads an HF LLaMA folder into (ModelConfig, float32 numpy params tree, info).
+@dataclasses.dataclass(frozen=True)
+class SourceTensor:
+    """One tensor of a checkpoint being converted, by its HF name: its stored dtype (a label such
+    as F32, BF16 or Q4_1), its shape in HF's layout, and how to read it as float32 numpy."""
 
-    `a3`: the query vector is read from `model.query_embed` when the checkpoint has one (an a3jax
-    export), else drawn from N(0, std(embedding matrix)^2) with `seed`. `causal` drops it.
-    """
-    safe_open = _safetensors()
-    hf_dir = pathlib.Path(hf_dir)
-    if not hf_dir.is_dir():
-        raise ConversionError(f"--from-hf {hf_dir} is not a folder")
-    hf_config = read_hf_config(hf_dir)
-    cfg = model_config_from_hf(hf_config, variant, base_model)
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    read: Callable[[], np.ndarray]
+
+
+def fill_params(cfg: ModelConfig, names: Collection[str], tensors: Iterable[SourceTensor], where: str, *,
+                seed: int = 0, log: Callable[[str], None] = _log) -> tuple[dict, dict]:
+    """(float32 numpy params tree, info) of `cfg` from a checkpoint holding the HF-named tensors
+    `names`, read one at a time from `tensors`: every name is checked before anything is read, and
+    every shape before its data. The query vector is `model.query_embed` when the checkpoint has
+    one (an a3jax export), else drawn from N(0, std(embedding matrix)^2) with `seed`; `causal`
+    drops it."""
     specs = param_specs(cfg)
-    weight_map = _weight_map(hf_dir, safe_open)
-
-    ignored = sorted(n for n in weight_map if _IGNORED.search(n))
+    ignored = sorted(n for n in names if _IGNORED.search(n))
     optional = {QUERY_KEY}
     if cfg.tie_embeddings:
         optional.add(TOP_KEYS["lm_head"][0])  # a tied checkpoint may still store a copy
-    unexpected = sorted(n for n in weight_map if n not in specs and n not in optional and n not in ignored)
+    unexpected = sorted(n for n in names if n not in specs and n not in optional and n not in ignored)
     if unexpected:
         raise ConversionError(
-            f"{hf_dir}: tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} are not part of "
+            f"{where}: tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} are not part of "
             f"a LLaMA model with config.json's shape ({cfg.n_layers} layers); is this a LLaMA checkpoint?"
         )
-    missing = sorted((n for n in specs if n not in weight_map and n != QUERY_KEY), key=_natural)
+    missing = sorted((n for n in specs if n not in names and n != QUERY_KEY), key=_natural)
     if missing:
         raise ConversionError(
-            f"{hf_dir}: tensors missing: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+            f"{where}: tensors missing: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
             + (" (config.json says tie_word_embeddings=false, so lm_head.weight is needed)"
                if TOP_KEYS["lm_head"][0] in missing else "")
         )
@@ -289,44 +291,33 @@ def load_hf_params(hf_dir: str | pathlib.Path, variant: str = "a3", *, seed: int
             params["layers"] = {k: np.empty(v.shape, np.float32) for k, v in shape.items()}
         elif name != "query_embed":
             params[name] = np.empty(shape.shape, np.float32)
-    by_file: dict[str, list[str]] = {}
-    for name, shard in weight_map.items():
-        by_file.setdefault(shard, []).append(name)
     source_dtypes: set[str] = set()
     query = None
-    for shard in sorted(by_file):
-        with safe_open(str(hf_dir / shard), framework="np") as f:
-            present = set(f.keys())
-            for name in sorted(by_file[shard], key=_natural):
-                if name in ignored:
-                    continue
-                if name not in present:
-                    raise ConversionError(f"{hf_dir / shard}: tensor {name} listed in the index is not in the file")
-                tensor_slice = f.get_slice(name)
-                dtype, shape = tensor_slice.get_dtype(), tuple(tensor_slice.get_shape())
-                if dtype not in _FLOAT_DTYPES:
-                    raise ConversionError(f"tensor {name} in {shard} has dtype {dtype}; expected a float type")
-                source_dtypes.add(dtype)
-                if name == QUERY_KEY:
-                    if shape != (cfg.d_model,):
-                        raise ConversionError(f"tensor {name} has shape {shape}, expected ({cfg.d_model},)")
-                    query = np.asarray(f.get_tensor(name), np.float32) if cfg.facts.query_stream else None
-                    continue
-                if name not in specs:  # lm_head copy of a tied model
-                    continue
-                path, layer, transposed, expected = specs[name]
-                if shape != expected:
-                    raise ConversionError(
-                        f"tensor {name} in {shard} has shape {list(shape)} but config.json implies "
-                        f"{list(expected)} ({_shape_hint(name, cfg)}); config.json and the weights disagree"
-                    )
-                value = np.asarray(f.get_tensor(name), dtype=np.float32)
-                target = params[path[0]] if len(path) == 1 else params[path[0]][path[1]]
-                if layer is None:
-                    target[...] = value.T if transposed else value
-                else:
-                    target[layer] = value.T if transposed else value
-                del value
+    for tensor in tensors:
+        name, shape = tensor.name, tuple(tensor.shape)
+        if name in ignored:
+            continue
+        source_dtypes.add(tensor.dtype)
+        if name == QUERY_KEY:
+            if shape != (cfg.d_model,):
+                raise ConversionError(f"tensor {name} has shape {shape}, expected ({cfg.d_model},)")
+            query = np.asarray(tensor.read(), np.float32) if cfg.facts.query_stream else None
+            continue
+        if name not in specs:  # lm_head copy of a tied model
+            continue
+        path, layer, transposed, expected = specs[name]
+        if shape != expected:
+            raise ConversionError(
+                f"tensor {name} in {where} has shape {list(shape)} but config.json implies "
+                f"{list(expected)} ({_shape_hint(name, cfg)}); config.json and the weights disagree"
+            )
+        value = np.asarray(tensor.read(), dtype=np.float32)
+        target = params[path[0]] if len(path) == 1 else params[path[0]][path[1]]
+        if layer is None:
+            target[...] = value.T if transposed else value
+        else:
+            target[layer] = value.T if transposed else value
+        del value
 
     info = {"source_dtypes": sorted(source_dtypes), "ignored": ignored}
     if cfg.facts.query_stream:
@@ -335,9 +326,45 @@ def load_hf_params(hf_dir: str | pathlib.Path, variant: str = "a3", *, seed: int
         else:
             info["query_embed"] = f"read from {QUERY_KEY}"
         params["query_embed"] = query
-    elif QUERY_KEY in weight_map:
-        info["query_embed"] = f"{QUERY_KEY} dropped (variant {variant})"
-        log(f"variant {variant}: ignoring {QUERY_KEY} of {hf_dir}")
+    elif QUERY_KEY in names:
+        info["query_embed"] = f"{QUERY_KEY} dropped (variant {cfg.variant})"
+        log(f"variant {cfg.variant}: ignoring {QUERY_KEY} of {where}")
+    return params, info
+
+
+def _safetensors_tensors(hf_dir: pathlib.Path, weight_map: Mapping[str, str], safe_open) -> Iterator[SourceTensor]:
+    """The tensors of an HF folder, each shard opened once and read tensor by tensor."""
+    by_file: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        by_file.setdefault(shard, []).append(name)
+    for shard in sorted(by_file):
+        with safe_open(str(hf_dir / shard), framework="np") as f:
+            present = set(f.keys())
+            for name in sorted(by_file[shard], key=_natural):
+                if _IGNORED.search(name):
+                    continue
+                if name not in present:
+                    raise ConversionError(f"{hf_dir / shard}: tensor {name} listed in the index is not in the file")
+                tensor_slice = f.get_slice(name)
+                dtype = tensor_slice.get_dtype()
+                if dtype not in _FLOAT_DTYPES:
+                    raise ConversionError(f"tensor {name} in {shard} has dtype {dtype}; expected a float type")
+                yield SourceTensor(name, dtype, tuple(tensor_slice.get_shape()),
+                                   lambda f=f, name=name: f.get_tensor(name))
+
+
+def load_hf_params(hf_dir: str | pathlib.Path, variant: str = "a3", *, seed: int = 0,
+                   base_model: Mapping[str, Any] | None = None,
+                   log: Callable[[str], None] = _log) -> tuple[ModelConfig, dict, dict]:
+    """Reads an HF LLaMA folder into (ModelConfig, float32 numpy params tree, info) (fill_params)."""
+    safe_open = _safetensors()
+    hf_dir = pathlib.Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise ConversionError(f"--from-hf {hf_dir} is not a folder")
+    cfg = model_config_from_hf(read_hf_config(hf_dir), variant, base_model)
+    weight_map = _weight_map(hf_dir, safe_open)
+    params, info = fill_params(cfg, weight_map, _safetensors_tensors(hf_dir, weight_map, safe_open), str(hf_dir),
+                               seed=seed, log=log)
     return cfg, params, info
 
 
@@ -401,8 +428,7 @@ def write_experiment_file(path: pathlib.Path, config, note: str, workdir: pathli
 
 def prepare_out(out: pathlib.Path) -> pathlib.Path:
     """A fresh temporary sibling of `out` to assemble the result in (refuses a non-empty `out`)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConversionError(f"--out {out} already exists and is not empty; choose a new folder")
+    check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():
@@ -425,46 +451,66 @@ def convert_hf(hf_dir: str | pathlib.Path, out: str | pathlib.Path, *, variant: 
     sections and the model's dtype / attention / remat / init_std are kept, the architecture is
     replaced by config.json's. Returns `out`.
     """
-    import jax
-
-    from a3jax.checkpoint import write_start
-    from a3jax.configs import parse
-    from a3jax.train.optimizer import fresh_state
-
     hf_dir, out = pathlib.Path(hf_dir), pathlib.Path(out).absolute()
-    base = None if config is None else config
-    base_model = None if base is None else {k: v for k, v in base.model.to_dict().items()}
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # fail before reading anything
-        raise ConversionError(f"--out {out} already exists and is not empty; choose a new folder")
-    cfg, params, info = load_hf_params(hf_dir, variant, seed=seed, base_model=base_model, log=log)
-    tmp = prepare_out(out)
-    try:
+    check_out(out)  # fail before reading anything
+    cfg, params, info = load_hf_params(hf_dir, variant, seed=seed, base_model=base_model_of(config), log=log)
+
+    def write_source_files(tmp: pathlib.Path) -> list[str]:
         copied = []
         for name in TOKENIZER_FILES:
             if (hf_dir / name).is_file():
                 shutil.copy2(hf_dir / name, tmp / name)
                 copied.append(name)
         shutil.copy2(hf_dir / "config.json", tmp / "hf_config.json")
+        return copied
+
+    return write_workdir(out, cfg, params, info, write_source_files, config=config, log=log,
+                         source={"format": "hf-llama", "path": str(hf_dir.absolute()), "variant": variant})
+
+
+def base_model_of(config) -> dict | None:
+    return None if config is None else dict(config.model.to_dict())
+
+
+def check_out(out: pathlib.Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConversionError(f"--out {out} already exists and is not empty; choose a new folder")
+
+
+def write_workdir(out: pathlib.Path, cfg: ModelConfig, params: dict, info: dict,
+                  write_source_files: Callable[[pathlib.Path], list[str]], *, config, source: dict,
+                  log: Callable[[str], None] = _log) -> pathlib.Path:
+    """The converted workdir at `out`: the checkpoint at step 0, experiment.py, and the files that
+    `write_source_files(folder)` writes (the tokenizer files first; it returns their names),
+    assembled in a temporary sibling and renamed into place only when complete."""
+    import jax
+
+    from a3jax.checkpoint import write_start
+    from a3jax.configs import parse
+    from a3jax.train.optimizer import fresh_state
+
+    tmp = prepare_out(out)
+    try:
+        copied = write_source_files(tmp)
         tokenizer = next((out / n for n in ("tokenizer.json", "tokenizer.model") if n in copied), None)
         try:
-            experiment = experiment_config(cfg, base, tokenizer)
+            experiment = experiment_config(cfg, config, tokenizer)
         except ValueError as error:
             raise ConversionError(f"the converted model does not fit the base config: {error}") from None
-        note = (f"Written by `a3jax convert --variant {variant}` from {hf_dir.absolute()}: the base config "
-                "with the model section from its config.json" + (" and its tokenizer." if tokenizer else "."))
+        note = (f"Written by `a3jax convert --variant {source['variant']}` from {source['path']}: the base config "
+                "with the model section from its config" + (" and its tokenizer." if tokenizer else "."))
         write_experiment_file(tmp / "experiment.py", experiment, note, out)
 
         _, shapes = abstract_params(cfg)
         opt_state = fresh_state(parse(experiment).train, shapes)
         write_start(tmp, params, opt_state, cfg, experiment.to_dict(),
-                    {"format": "hf-llama", "path": str(hf_dir.absolute()), "variant": variant,
-                     "tokenizer_files": copied, **info})
+                    {**source, "tokenizer_files": copied, **info})
         finish_out(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-    log(f"converted {hf_dir} ({', '.join(info['source_dtypes'])}; {n_params:,} params, variant {variant}) "
-        f"-> {out}; query_embed: {info.get('query_embed', 'none (causal)')}")
+    log(f"converted {source['path']} ({', '.join(info['source_dtypes'])}; {n_params:,} params, variant "
+        f"{source['variant']}) -> {out}; query_embed: {info.get('query_embed', 'none (causal)')}")
     log(f"train from it: a3jax train --workdir {out} --config {out / 'experiment.py'}")
     return out
