@@ -51,6 +51,8 @@ COMMANDS = {
         "data": Command("tokens/s of the data pipeline by source and workers", "a3jax.bench.data"),
         "plan": Command("the train step's memory plan and largest batch, here or for an H100/H200 without one",
                         "a3jax.bench.plan"),
+        "host": Command("CPU host settings (malloc, one device per core) vs the train step, side by side",
+                        "a3jax.bench.host"),
     }),
     "lm-eval": Command("lm-evaluation-harness's command line with the a3jax model (pip install 'a3jax[eval]')",
                        "a3jax.eval.lm_eval_cli", raw=True),

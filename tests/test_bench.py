@@ -92,3 +92,19 @@ def test_decode_flops_match_a_hand_count():
     # rows see nothing in the query stream, unknown ones see the known: 3 * 3 then 4 * 2 keys.
     recompute = (6 * stream + 6 * kv + (3 * 3) * attn + logits) + (6 * stream + 6 * kv + (2 * 4) * attn + 2 * logits)
     assert decode_flops(cfg, "recompute", 3, [1, 2]) == recompute
+
+
+def test_bench_host_times_each_host_setting_in_its_own_process(capsys):
+    code = cli.main(["bench", "host", f"--config={TINY}", "--rounds=1", "--repeats=2", "--config.model.d_model=32",
+                     "--config.model.n_layers=1", "--config.model.n_heads=2", "--config.model.n_kv_heads=1",
+                     "--config.model.ffn_dim=64", "--config.data.seq_len=32", "--config.train.batch_size=4"])
+    out = capsys.readouterr()
+    assert code == 0
+    rows = re.findall(r"^(neither|malloc|\d+ devices|both \(\d+ devices \+ malloc\))\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
+                      r"\s+([\d.]+)$", out.out, re.M)
+    assert [r[0].split()[0] for r in rows] == ["neither", "malloc", rows[2][0].split()[0], "both"]
+    assert rows[0][2] == "1.00" and rows[0][4] == "1.00" and all(float(r[1]) > 0 and float(r[3]) > 0 for r in rows)
+    # the children really ran under their settings: one device, then one per core
+    assert re.search(r"neither: .*\(1 device\)", out.err)
+    cores = int(rows[2][0].split()[0])
+    assert re.search(rf"both .*\({cores} devices?\)", out.err)
