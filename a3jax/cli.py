@@ -53,6 +53,8 @@ COMMANDS = {
                         "a3jax.bench.plan"),
         "host": Command("CPU host settings (malloc, one device per core) vs the train step, side by side",
                         "a3jax.bench.host"),
+        "scorers": Command("a3jax eval vs lm-evaluation-harness --model hf on one checkpoint (PIQA, LAMBADA, text)",
+                           "a3jax.bench.scorers"),
     }),
     "lm-eval": Command("lm-evaluation-harness's command line with the a3jax model (pip install 'a3jax[eval]')",
                        "a3jax.eval.lm_eval_cli", raw=True),

@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from a3jax import cli
 from a3jax.data import ByteTokenizer
 from a3jax.data.corpus import Corpus
+from a3jax.errors import UserError
 from a3jax.eval import cli as eval_cli
 from a3jax.eval import lm_eval_adapter, metrics, score, tasks
 from a3jax.inference import load_model
@@ -399,6 +401,61 @@ def test_infill_with_the_real_sampler(oracle):
                         ids.size, ids.size + 8, seq_len=64, bos_id=TOK.bos_id, pad_id=TOK.pad_id)[ids.size:]
     end = np.flatnonzero(raw == TOK.eos_id)
     assert out == [TOK.decode(raw[: end[0]] if end.size else raw).split("\n")[0]]  # cached sampler = reference
+
+
+def test_infill_items_fill_the_true_middle_between_prefix_and_suffix(oracle, monkeypatch, tmp_path):
+    """JSONL items (prefix / middle / suffix, HumanEval's key names too): the middle is filled at its
+    true token length, its tokens never reach the sampler, a window too long loses prefix and suffix
+    tokens but never middle ones; an oracle sampler scores 1, a wrong one 0."""
+    rows = [{"prefix": "Question: What color is the sky?\nAnswer: ", "middle": "blue", "suffix": "\nQuestion:"},
+            {"prompt": "def f(x):\n    return ", "canonical_solution": "x + 1", "suffix": "\n", "task_id": "t/0"},
+            {"prefix": "x" * 200, "middle": "middle words", "suffix": "y" * 200}]
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = tasks.load_infill_jsonl(path)
+    assert [i["middle"] for i in items] == ["blue", "x + 1", "middle words"]
+    windows = [tasks.infill_window(TOK, item, 64) for item in items]
+    for (window, start, stop), item in zip(windows, items):
+        assert window.size <= 63 and TOK.decode(window[start:stop]) == item["middle"]
+        assert TOK.decode(window[:start]).endswith(item["prefix"][-min(start, 10):])
+    assert windows[2][1] > 0 and windows[2][0].size == 63  # cut on both sides to fit
+    seen = []
+
+    def oracle_generate(model_def, params, documents, known, *, bos_id, pad_id, eos_id, sampling):
+        out = []
+        for doc, mask in zip(documents, known):
+            seen.append((doc.copy(), mask.copy()))
+            out.append(next(w for w, _, _ in windows if w.size == doc.size and np.array_equal(w[mask], doc[mask])))
+        return SimpleNamespace(tokens=out)
+
+    monkeypatch.setattr(tasks, "_generate", lambda: (_Config, oracle_generate))
+    perfect = tasks.infill_items(oracle.loaded, items, seq_len=64)
+    assert perfect["exact_match"] == 1.0 and perfect["rougeL"] == 1.0 and perfect["token_acc"] == 1.0
+    assert perfect["items"] == 3 and perfect["middle_tokens"] == sum(stop - start for _, start, stop in windows)
+    for (doc, mask), (_, start, stop) in zip(seen, windows):
+        assert np.all(doc[~mask] == TOK.pad_id) and np.flatnonzero(~mask).tolist() == list(range(start, stop))
+    monkeypatch.setattr(tasks, "_generate", lambda: (_Config, lambda model_def, params, documents, known, **_: (
+        SimpleNamespace(tokens=[np.where(m, d, TOK.encode("#")[0]) for d, m in zip(documents, known)]))))
+    assert tasks.infill_items(oracle.loaded, items, seq_len=64)["exact_match"] == 0.0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prefix": "a", "suffix": "b"}) + "\n")
+    with pytest.raises(UserError, match="no string 'middle' or 'canonical_solution' or 'target'"):
+        tasks.load_infill_jsonl(bad)
+    with pytest.raises(UserError, match="does not fit seq_len=8"):
+        tasks.infill_window(TOK, {"prefix": "", "middle": "z" * 20, "suffix": ""}, 8)
+
+
+def test_cli_infill_reads_prefix_middle_suffix_items(oracle, tmp_path, capsys):
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps({"prefix": "Question: What color is the sky?\nAnswer: ", "middle": "blue",
+                                "suffix": "\n"}) + "\n")
+    out = tmp_path / "infill.json"
+    code = cli.main(["eval", "--workdir", str(oracle.workdir), "--task", "infill", "--data", str(path),
+                     "--plan", "ar", "--out", str(out), "--no-progress"])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["metrics"]["items"] == 1 and record["metrics"]["middle_tokens"] == len(TOK.encode("blue"))
+    assert set(record["metrics"]) >= {"exact_match", "rouge1", "rouge2", "rougeL", "token_acc"}
 
 
 # Metrics ------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ model; its numbers equal `a3jax eval` on the same data, its generations the adap
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -156,3 +157,48 @@ def test_the_installed_package_declares_the_harness_plugin_entry_point():
     registry = Registry("model")
     registry.register("a3jax", target=found[0].value)  # discovery's lazy placeholder "module:Class"
     assert registry.get("a3jax") is A3JaxLM
+
+
+@pytest.fixture(scope="module")
+def trained_causal(tmp_path_factory):
+    """A micro causal model on a byte-level BPE of its own corpus (the harness's hf model needs a
+    tokenizer transformers can load)."""
+    from a3jax.data import corpus_from_texts, load_tokenizer
+    from a3jax.data.tokenizer import train_bpe
+
+    root = tmp_path_factory.mktemp("lm_eval_causal")
+    texts = [f"def function_{i}(x):\n" + "".join(f"    value_{j} = compute({i}, {j})\n" for j in range(i % 7 + 2))
+             + f"    return x + {i}\n" for i in range(40)] + [m["context"] + m["choices"][0] for m in MC] + TEXTS
+    train_bpe(texts, 320, root / "tokenizer.json")
+    tokenizer = load_tokenizer(str(root / "tokenizer.json"))
+    corpus = corpus_from_texts(texts, tokenizer, eval_fraction=0.1)
+    config = micro_config("model.variant=causal", "orders.curriculum=ar", "orders.eval=['ar']", "train.steps=40",
+                          "train.eval_every=40", "train.checkpoint_every=40", "model.vocab_size=320",
+                          f"data.tokenizer={root / 'tokenizer.json'}")
+    train(config, root / "model", corpus=corpus, progress=False)
+    return root / "model"
+
+
+def test_bench_scorers_puts_a3jax_eval_beside_the_harness_hf_model(trained_causal, tmp_path, capsys):
+    """The same weights scored twice: by a3jax eval and by the harness's own `--model hf` (the
+    checkpoint exported, transformers' LlamaForCausalLM), from the same local items, BOS first."""
+    piqa = tmp_path / "mc.jsonl"
+    piqa.write_text("".join(json.dumps(m) + "\n" for m in MC))
+    lambada = tmp_path / "lambada.txt"
+    # passages short enough that neither scorer truncates (the harness would cut BOS off the left)
+    lambada.write_text("".join(t.replace("\n", " ") + "\n" for t in TEXTS[:2] + [m["context"] + m["choices"][0]
+                                                                                  for m in MC]))
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    code = cli.main(["bench", "scorers", "--workdir", str(trained_causal), "--piqa", str(piqa), "--lambada",
+                     str(lambada), "--text", str(texts), "--batch-size", "4", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err[-3000:]
+    table = re.findall(r"^\| ([A-Za-z/ _-]+) \| ([-\d.]+) \| ([-\d.]+) \| ([-+\d.]+) \|$", out, re.M)
+    rows = {name: values for name, *values in table}
+    assert set(rows) == {"PIQA acc", "PIQA acc_norm", "LAMBADA acc", "LAMBADA perplexity", "held-out bits/byte"}
+    for name, (ours, theirs, _) in rows.items():
+        assert float(ours) == pytest.approx(float(theirs), rel=1e-4, abs=1e-3), name
+    assert float(rows["LAMBADA perplexity"][0]) > 1.0  # real numbers, not 0 == 0
+    assert (tmp_path / "out" / "hf" / "config.json").is_file() and (tmp_path / "out" / "a3jax.json").is_file()

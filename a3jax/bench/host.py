@@ -23,6 +23,7 @@ from a3jax.errors import UserError
 from a3jax.host_memory import OPT_OUT
 from a3jax.xla_flags import HOST_DEVICES_FLAG
 
+MEASURED = (("causal", "ar"), ("a3", "random(4)"))  # (variant, the order of its batch)
 _CHILD = """
 import json, sys
 from a3jax.host_memory import keep_freed_memory
@@ -32,7 +33,7 @@ from a3jax.configs import load_config
 import jax
 config_name, repeats, overrides = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 rows = {}
-for variant, order in (("causal", "ar"), ("a3", "random(4)")):
+for variant, order in json.loads(sys.argv[4]):
     rows[variant] = measure(load_config(config_name, overrides), variant, order, repeats)["step_ms"]
 rows["devices"] = jax.device_count()
 print("A3JAX_HOST_ROW " + json.dumps(rows))
@@ -56,7 +57,8 @@ def settings(cores: int) -> list[tuple[str, dict]]:
 
 def _child(config: str, repeats: int, overrides, env: dict) -> dict:
     full = {**os.environ, **env, "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", _CHILD, config, str(repeats), json.dumps(list(overrides))],
+    done = subprocess.run([sys.executable, "-c", _CHILD, config, str(repeats), json.dumps(list(overrides)),
+                           json.dumps(MEASURED)],
                           env=full, capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("A3JAX_HOST_ROW "):
@@ -72,20 +74,21 @@ def main(args, overrides=()) -> int:
         overrides = [f"model.vocab_size={vocab}", *overrides]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     table = settings(cores)
-    times: dict[str, dict[str, list[float]]] = {name: {"causal": [], "a3": []} for name, _ in table}
+    names = [variant for variant, _ in MEASURED]
+    times: dict[str, dict[str, list[float]]] = {name: {v: [] for v in names} for name, _ in table}
     for r in range(args.rounds):
         for name, env in table:
             row = _child(args.config, args.repeats, overrides, env)
-            for variant in ("causal", "a3"):
+            for variant in names:
                 times[name][variant].append(row[variant])
             print(f"round {r + 1}/{args.rounds} {name}: causal {row['causal']:.1f} ms, a3 {row['a3']:.1f} ms "
                   f"({row['devices']} device{'s' if row['devices'] > 1 else ''})", file=sys.stderr, flush=True)
     print(f"train step of --config {args.config} on {cores} CPU cores, median of {args.rounds} processes x "
           f"{args.repeats} steps")
     print(f"{'setting':<32}{'causal ms':>10}{'x':>7}{'a3 ms':>10}{'x':>7}")
-    base = {v: statistics.median(times["neither"][v]) for v in ("causal", "a3")}
+    base = {v: statistics.median(times["neither"][v]) for v in names}
     for name, _ in table:
-        med = {v: statistics.median(times[name][v]) for v in ("causal", "a3")}
+        med = {v: statistics.median(times[name][v]) for v in names}
         print(f"{name:<32}{med['causal']:>10.1f}{med['causal'] / base['causal']:>7.2f}"
               f"{med['a3']:>10.1f}{med['a3'] / base['a3']:>7.2f}")
     return 0

@@ -203,6 +203,26 @@ def _tokenizer_sources(workdir: pathlib.Path, meta: dict) -> list[pathlib.Path]:
     return []
 
 
+def _write_tokenizer_config(folder: pathlib.Path, hf: dict) -> bool:
+    """tokenizer_config.json naming the special tokens of config.json's ids, for a tokenizer.json
+    that came without one (a BPE a3jax trained): transformers then knows the model's BOS, EOS and
+    PAD (lm-evaluation-harness's hf model prefixes BOS by name)."""
+    from tokenizers import Tokenizer
+
+    names = {}
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    for key in ("bos", "eos", "pad"):
+        token_id = hf.get(f"{key}_token_id")
+        token = tokenizer.id_to_token(int(token_id)) if token_id is not None else None
+        if token is not None:
+            names[f"{key}_token"] = token
+    if not names:
+        return False
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", **names}, indent=2) + "\n")
+    return True
+
+
 def _token_ids(meta: dict) -> dict:
     """bos/eos/pad ids of the training tokenizer, if it can be loaded here."""
     try:
@@ -277,6 +297,9 @@ def export_hf(workdir: str | pathlib.Path, out: str | pathlib.Path, *, step: int
         for source in _tokenizer_sources(workdir, meta):
             shutil.copy2(source, tmp / source.name)
             copied.append(source.name)
+        if "tokenizer.json" in copied and "tokenizer_config.json" not in copied:
+            if _write_tokenizer_config(tmp, hf):
+                copied.append("tokenizer_config.json (written)")
         finish_out(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,6 +2,8 @@
 
     a3jax eval --workdir runs/demo --task nll [--orders "ar,random(4)"] [--limit ROWS]
     a3jax eval --workdir runs/demo --task infill [--span 32] [--plan ar] [--limit WINDOWS]
+    a3jax eval --workdir runs/demo --task infill --data items.jsonl [--plan ar]  (prefix / middle /
+                                       suffix items: HumanEval infilling, story infilling)
     a3jax eval --workdir runs/demo --task mc --data ../shared/data/piqa/valid.jsonl [--labels L]
     a3jax eval --workdir runs/demo --task lambada --data lambada.jsonl [--limit N]
     a3jax eval --workdir runs/demo --task rolling --data texts.jsonl   (bits per byte, left to right:
@@ -31,9 +33,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
     parser.add_argument("--data", default=None,
                         help="mc: JSONL (generic context/choices/label, or PIQA goal/sol1/sol2); "
-                             "lambada: text (one passage a line) or JSONL with 'text'; nll/infill: a "
-                             "text or JSONL file to use as held-out documents instead of the "
-                             "checkpoint's held-out split")
+                             "lambada: text (one passage a line) or JSONL with 'text'; infill: JSONL of "
+                             "prefix/middle/suffix items (or prompt/canonical_solution/suffix), each middle "
+                             "filled at its true length; nll (and infill, with a text file or JSONL of "
+                             "'text'): documents to use instead of the checkpoint's held-out split")
     parser.add_argument("--labels", default=None,
                         help="mc: labels file, one integer a line (default <stem>-labels.lst next to "
                              "--data when present)")
@@ -108,6 +111,21 @@ def _documents_corpus(path: str, tokenizer):
     return Corpus(train_docs=[], eval_docs=docs, eval_names=[f"{path.name}:{i}" for i in range(len(docs))])
 
 
+def _is_infill_jsonl(path: str) -> bool:
+    """A JSONL file whose first item has a middle (prefix/middle/suffix items), not documents."""
+    from a3jax.eval.tasks import MIDDLE_KEYS
+
+    if pathlib.Path(path).suffix not in (".jsonl", ".json", ".ndjson"):
+        return False
+    with open(path, encoding="utf-8") as handle:
+        first = next((line for line in handle if line.strip()), "{}")
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and any(k in record for k in MIDDLE_KEYS)
+
+
 def run_task(args, loaded) -> dict:
     from ml_collections import ConfigDict
 
@@ -121,7 +139,7 @@ def run_task(args, loaded) -> dict:
     progress = not args.no_progress
     context_order = args.context
     tokenizer = loaded.tokenizer
-    if args.task in ("nll", "infill"):
+    if args.task == "nll" or (args.task == "infill" and not (args.data and _is_infill_jsonl(args.data))):
         if args.data:
             corpus = _documents_corpus(args.data, tokenizer)
         else:
@@ -133,6 +151,10 @@ def run_task(args, loaded) -> dict:
         rows = args.limit or loaded.experiment.train.eval_rows
         return tasks.nll_under_orders(loaded.experiment, corpus, tokenizer, loaded.model_def, loaded.params,
                                       specs, rows, batch_size=args.batch_size, progress=progress)
+    if args.task == "infill" and args.data and _is_infill_jsonl(args.data):
+        items = tasks.load_infill_jsonl(args.data)[: args.limit]
+        return tasks.infill_items(loaded, items, plan=args.plan, seed=args.seed, batch_size=args.batch_size,
+                                  progress=progress)
     if args.task == "infill":
         return tasks.infill(loaded, corpus, span=args.span, num_examples=args.limit or DEFAULT_INFILL_EXAMPLES,
                             seed=args.seed, plan=args.plan, batch_size=args.batch_size, progress=progress)

@@ -161,8 +161,8 @@ def multiple_choice(model, items: Sequence[dict], *, batch_size: int = 8, seq_le
     """acc: the choice of highest summed log-likelihood given the context is the label;
     acc_norm: the same with log-likelihood per UTF-8 byte of the choice.
 
-    context_order: how the context is laid out (see `score.loglikelihood`; None = the variant's
-    default: one context group for a3, left to right for causal)."""
+    context_order: how the context is laid out (see `score.loglikelihood`; None = "ar": the
+    context left to right, one group per token, for every variant)."""
     parts = model_parts(model, seq_len)
     if not items:
         raise UserError("no multiple-choice items to evaluate")
@@ -492,4 +492,74 @@ def infill_spans(model, spans, *, plan: str = "ar", temperature: float = 0.0, se
                       for kind in dict.fromkeys(s.kind for s in spans)}
     out["fills"] = filled["predictions"]
     out["plan"] = plan
+    return out
+
+
+# Infilling items in the form benchmarks ship them: prefix, true middle, suffix ---------------------
+
+# key aliases: HumanEval infilling (prompt / canonical_solution / suffix), story infilling sets
+PREFIX_KEYS, MIDDLE_KEYS, SUFFIX_KEYS = ("prefix", "prompt"), ("middle", "canonical_solution", "target"), ("suffix",)
+
+
+def load_infill_jsonl(path: str | pathlib.Path) -> list[dict]:
+    """Items {"prefix", "middle", "suffix"} from a JSONL file: one object per line with a prefix
+    ("prefix" or "prompt"), the true middle ("middle", "canonical_solution" or "target") and a
+    suffix ("suffix", may be empty)."""
+    path = pathlib.Path(path)
+    items = []
+    for number, record in _read_jsonl(path):
+        item = {}
+        for name, keys in (("prefix", PREFIX_KEYS), ("middle", MIDDLE_KEYS), ("suffix", SUFFIX_KEYS)):
+            key = next((k for k in keys if k in record), None)
+            if key is None or not isinstance(record[key], str):
+                raise UserError(f"{path}:{number}: no string {' or '.join(repr(k) for k in keys)}; an infilling "
+                                 "line holds a prefix, the true middle and a suffix")
+            item[name] = record[key]
+        if not item["middle"].strip():
+            raise UserError(f"{path}:{number}: the middle is empty; there is nothing to fill")
+        items.append(item)
+    return items
+
+
+def infill_window(tokenizer, item: dict, seq_len: int) -> tuple[np.ndarray, int, int]:
+    """(window, start, stop): prefix, middle and suffix encoded separately (the middle's true token
+    length is what is filled) and joined; a window longer than seq_len - 1 keeps the middle and
+    cuts the prefix from the left, then the suffix from the right."""
+    prefix, middle, suffix = (np.asarray(tokenizer.encode(item[k]), np.int32) for k in ("prefix", "middle", "suffix"))
+    room = seq_len - 1 - middle.size
+    if room < 0:
+        raise UserError(f"a middle of {middle.size} tokens does not fit seq_len={seq_len} with BOS; raise "
+                         "--seq-len")
+    keep_prefix = min(prefix.size, max(room - min(suffix.size, room // 2), 0))
+    keep_suffix = min(suffix.size, room - keep_prefix)
+    window = np.concatenate([prefix[prefix.size - keep_prefix:], middle, suffix[:keep_suffix]])
+    return window, keep_prefix, keep_prefix + middle.size
+
+
+def infill_items(model, items: Sequence[dict], *, plan: str = "ar", temperature: float = 0.0, seed: int = 0,
+                 batch_size: int = 8, seq_len: int | None = None, progress: bool = False) -> dict:
+    """Fills each item's middle at its true token length given the prefix and the suffix (a causal
+    model: given the prefix alone, as an AR baseline fills) under `plan`: exact match
+    (whitespace-stripped), ROUGE-1/2/L F1 and token accuracy."""
+    parts = model_parts(model, seq_len)
+    if not items:
+        raise UserError("no infilling items to evaluate")
+    windows = [infill_window(parts.tokenizer, item, parts.seq_len) for item in items]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(windows), desc="infill", unit="item", file=sys.stderr, dynamic_ncols=True)
+    try:
+        filled = fill_windows(parts, windows, plan=plan, temperature=temperature, seed=seed, batch_size=batch_size,
+                              bar=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    references = [item["middle"] for item in items]
+    tokens = sum(stop - start for _, start, stop in windows)
+    out = {"exact_match": metrics_lib.mean_exact_match(filled["predictions"], references)}
+    out.update(metrics_lib.rouge(filled["predictions"], references))
+    out.update({"token_acc": sum(filled["hits"]) / max(tokens, 1), "items": len(items), "middle_tokens": int(tokens),
+                "plan": plan})
     return out
