@@ -224,3 +224,27 @@ def test_expand_paths_order_and_dedup(tmp_path):
     assert [f.name for f in files] == ["a.jsonl", "b.jsonl"]
     assert [f.name for f in expand_paths(str(tmp_path), "jsonl")] == ["a.jsonl", "b.jsonl"]
     assert len(expand_paths(str(tmp_path), "text")) == 3
+
+
+def test_offline_source_is_english_and_code_split_by_name():
+    """data.source=offline: the stdlib's documentation topics and installed packages' descriptions
+    (English) with stdlib code making up code_share of the bytes, sorted, the same on a second call,
+    held out by a hash of each document's name."""
+    from a3jax.configs.sections import DataConfig
+    from a3jax.data.corpus import offline_documents, stable_fraction
+
+    docs = offline_documents(0.5)
+    assert docs == offline_documents(0.5) and [n for n, _ in docs] == sorted(n for n, _ in docs)
+    kinds = {name.split(":")[0] for name, _ in docs}
+    assert kinds == {"english", "code"}
+    assert any(n.startswith("english:pydoc:") for n, _ in docs)
+    assert any(n.startswith("english:package:") for n, _ in docs)
+    size = {k: sum(len(t.encode()) for n, t in docs if n.startswith(k)) for k in ("english", "code")}
+    # code is added file by file until it reaches the English bytes: at most one file over
+    assert size["english"] <= size["code"] < size["english"] + max(len(t.encode()) for _, t in docs)
+    assert sum(len(t.encode()) for n, t in offline_documents(0.25) if n.startswith("code")) < size["code"]
+    corpus = load_corpus(DataConfig(source="offline", eval_fraction=0.1), ByteTokenizer())
+    assert len(corpus.eval_names) + len(corpus.train_names) == len(docs)
+    assert all(stable_fraction(n) < 0.1 for n in corpus.eval_names) or len(corpus.eval_names) == 1
+    with pytest.raises(ValueError, match="data.code_share=1.0 must be in"):
+        offline_documents(1.0)

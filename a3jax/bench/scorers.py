@@ -72,7 +72,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True, help="an a3jax workdir (e.g. from a3jax convert --from-gguf)")
     parser.add_argument("--piqa", default=None, help="PIQA JSONL (goal/sol1/sol2) with <stem>-labels.lst beside it")
     parser.add_argument("--lambada", default=None, help="LAMBADA: one passage a line")
-    parser.add_argument("--text", default=None, help="held-out texts for bits per byte: a text file or JSONL of 'text'")
+    parser.add_argument("--text", default=None,
+                        help="texts for bits per byte: a text file, a JSONL of 'text', or 'heldout' (the "
+                             "workdir's own held-out documents)")
     parser.add_argument("--limit", type=int, default=None, help="the first N items of each task")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=None, help="a3jax's row length (default: the workdir's)")
@@ -151,7 +153,7 @@ def run_ours(args, loaded, texts, out: pathlib.Path) -> dict:
     return {"metrics": results, "seconds": seconds}
 
 
-def run_harness(args, hf_dir: pathlib.Path, texts, out: pathlib.Path) -> dict:
+def run_harness(args, hf_dir: pathlib.Path, texts, out: pathlib.Path, max_length: int) -> dict:
     """The harness's own CLI in a subprocess, offline. Two runs: the loglikelihood tasks with
     add_bos_token=True (BOS first, as a3jax scores), the rolling task without it (the harness puts
     the model's BOS before every rolling window itself; add_bos_token would score a second BOS)."""
@@ -165,7 +167,8 @@ def run_harness(args, hf_dir: pathlib.Path, texts, out: pathlib.Path) -> dict:
         folder = out / f"harness-{'bos' if add_bos else 'rolling'}"
         done = subprocess.run(
             [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
-             f"pretrained={hf_dir},dtype=float32,add_bos_token={add_bos}", "--tasks", ",".join(tasks),
+             f"pretrained={hf_dir},dtype=float32,add_bos_token={add_bos},max_length={max_length}",
+             "--tasks", ",".join(tasks),
              "--include_path", str(out / "tasks"), "--batch_size", str(args.batch_size), "--device", "cpu",
              "--output_path", str(folder)], env=env, text=True, stderr=subprocess.PIPE)
         (out / f"{folder.name}.log").write_text(done.stderr or "")
@@ -193,7 +196,7 @@ def main(args, overrides=()) -> int:
         raise UserError(f"a3jax bench scorers takes no --config overrides (got {list(overrides)})")
     if not (args.piqa or args.lambada or args.text):
         raise UserError("nothing to score: pass --piqa, --lambada and/or --text")
-    for path in (args.piqa, args.lambada, args.text):
+    for path in (args.piqa, args.lambada, None if args.text == "heldout" else args.text):
         if path and not pathlib.Path(path).is_file():
             raise UserError(f"{path} does not exist")
     workdir = pathlib.Path(args.workdir)
@@ -205,14 +208,19 @@ def main(args, overrides=()) -> int:
         from a3jax.eval.tasks import model_parts
 
         loaded = model_parts(loaded, args.seq_len)
-    # the exported model's max_length is its config's max_position_embeddings (the seq_len it
-    # was trained at): --seq-len beyond that would make the harness truncate what a3jax keeps
+    # the harness's hf model gets a3jax's row length as its max_length: both truncate alike
     from a3jax.eval.tasks import load_lambada, model_parts
 
     texts = None
     if args.text:  # pieces that fit one row of a3jax (BOS first) and of the exported HF model
-        texts = window_pieces(load_lambada(args.text)[:args.limit], loaded.tokenizer,
-                              model_parts(loaded).seq_len - 2)
+        if args.text == "heldout":
+            from a3jax.data import load_corpus
+
+            docs = load_corpus(loaded.experiment.data, loaded.tokenizer).eval_docs
+            raw = [loaded.tokenizer.decode(d) for d in docs]
+        else:
+            raw = load_lambada(args.text)
+        texts = window_pieces(raw[:args.limit], loaded.tokenizer, model_parts(loaded).seq_len - 2)
     ours = run_ours(args, loaded, texts, out)
     theirs = None
     if not args.skip_harness:
@@ -221,7 +229,7 @@ def main(args, overrides=()) -> int:
             from a3jax.convert.hf_export import export_hf
 
             export_hf(workdir, hf_dir)
-        theirs = run_harness(args, hf_dir, texts, out)
+        theirs = run_harness(args, hf_dir, texts, out, model_parts(loaded).seq_len)
     print(f"{workdir} (step {step}): a3jax eval vs lm-evaluation-harness "
           "--model hf (same weights, BOS first)")
     print("| metric | a3jax eval | harness hf | difference |\n|---|---|---|---|")

@@ -28,13 +28,13 @@ from a3jax.orders import Curriculum, parse_sampler
 from a3jax.schema import _coerce, defaults, jsonable, parse_section
 
 SCHEDULES = ("cosine", "constant", "wsd")
-SOURCES = ("stdlib", "text", "jsonl", "parquet", "arrayrecord")
+SOURCES = ("stdlib", "offline", "text", "jsonl", "parquet", "arrayrecord")
 GROUP_SIZE_SCOPES = ("example", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: str = "stdlib"  # stdlib, text, jsonl, parquet or arrayrecord (from `a3jax prepare`)
+    source: str = "stdlib"  # stdlib, offline, text, jsonl, parquet or arrayrecord (from `a3jax prepare`)
     paths: tuple[str, ...] = ()  # files / globs / folders (text, jsonl, parquet) or the prepared folder
     text_field: str = "text"  # jsonl / parquet field holding the text
     doc_separator: str = ""  # text: split each file into documents here ("" = one per file)
@@ -45,6 +45,7 @@ class DataConfig:
     seq_len: int = 128
     eval_fraction: float = 0.02  # share of files held out, chosen by a hash of the path
     max_files: int = 0  # 0 = all files of the source
+    code_share: float = 0.5  # offline: the share of the bytes that is code
     worker_count: int = 0  # Grain worker processes (0 = in the training process)
     shuffle: bool = True
     # One group size per step (needs orders.group_size_scope="batch"), every document's groups

@@ -30,7 +30,8 @@ def add_convert_arguments(parser) -> None:
                         help="a3: add the query vector (two-stream model); causal: plain LLaMA")
     parser.add_argument("--config", default=None,
                         help="base experiment config for everything but the architecture "
-                             "(a preset name or file; default: the adapt_tiny preset); --config.KEY=VALUE "
+                             "(a preset name or file; default: adapt_smollm2 for --from-gguf, a converted "
+                             "pretrained model on a CPU; adapt_tiny for --from-hf); --config.KEY=VALUE "
                              "overrides apply")
     parser.add_argument("--seed", type=int, default=0, help="seed of the query vector's initialisation")
 
@@ -39,12 +40,14 @@ def convert_main(args, overrides: Sequence[str] = ()) -> int:
     from a3jax.configs import apply_overrides, load_config_file
     from a3jax.convert.hf_import import DEFAULT_CONFIG, convert_hf
 
-    config = apply_overrides(load_config_file(args.config or DEFAULT_CONFIG), overrides)
     if args.from_gguf:
+        from a3jax.convert.gguf_import import DEFAULT_CONFIG as GGUF_DEFAULT
         from a3jax.convert.gguf_import import convert_gguf
 
+        config = apply_overrides(load_config_file(args.config or GGUF_DEFAULT), overrides)
         convert_gguf(args.from_gguf, args.out, variant=args.variant, config=config, seed=args.seed)
     else:
+        config = apply_overrides(load_config_file(args.config or DEFAULT_CONFIG), overrides)
         convert_hf(args.from_hf, args.out, variant=args.variant, config=config, seed=args.seed)
     return 0
 

@@ -44,6 +44,7 @@ from a3jax.convert.hf_import import (
 from a3jax.model.config import ModelConfig
 
 ARCHITECTURE = "llama"
+DEFAULT_CONFIG = "adapt_smollm2"  # the preset for a converted pretrained model on a CPU
 # GGUF metadata key (after "llama.") -> HF config.json key
 CONFIG_KEYS = {
     "block_count": "num_hidden_layers",

@@ -9,6 +9,14 @@ into memory; ArrayRecord documents are read lazily.
 Raw sources hold a document out iff a stable hash of its name (see sources.py) maps below
 `eval_fraction`; ArrayRecord corpora hash the document's global index instead.
 
+The embedded source 'offline' is English and code that every offline Python install has
+(`offline_documents`): the stdlib's documentation topics (pydoc_data/topics.py, one document per
+topic) and the long descriptions of the installed distributions (METADATA bodies of 1,000+
+characters: READMEs, English prose about software) as English; stdlib .py files, taken in a fixed
+hashed order until they are half the bytes (data.code_share), as code. Documents are split by a
+hash of their names (`english:pydoc:TOPIC`, `english:package:NAME`, `code:PATH`); the package
+descriptions depend on what is installed.
+
 The embedded default source 'stdlib' is the Python standard library's own .py files, without
 tests and site-packages, in sorted relative-path order. A file is held out (eval) iff a stable
 hash of its relative path maps below `eval_fraction`; at least one file lands in each split.
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import pathlib
 import sysconfig
 from collections.abc import Sequence
@@ -33,7 +42,8 @@ from a3jax.data import sources as sources_lib
 from a3jax.data.tokenizer import Tokenizer
 from a3jax.errors import UserError
 
-SOURCES = ("stdlib", "text", "jsonl", "parquet", "arrayrecord")
+SOURCES = ("stdlib", "offline", "text", "jsonl", "parquet", "arrayrecord")
+MIN_DESCRIPTION = 1000  # characters of a distribution's description to count as an English document
 _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 
 
@@ -154,6 +164,34 @@ def load_prepared_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
                   eval_names=[f"document{i}" for i in np.flatnonzero(is_eval)])
 
 
+def offline_documents(code_share: float = 0.5) -> list[tuple[str, str]]:
+    """(name, text) of the 'offline' source (see the module doc), sorted by name."""
+    if not 0.0 <= code_share < 1.0:
+        raise UserError(f"data.code_share={code_share} must be in [0, 1)")
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # a Python built without its docs
+        topics = {}
+    english = [(f"english:pydoc:{key}", text) for key, text in topics.items() if len(text) >= MIN_DESCRIPTION // 4]
+    seen = set()
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata.get("Name") or "").lower()
+        body = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
+        if name and name not in seen and isinstance(body, str) and len(body) >= MIN_DESCRIPTION:
+            seen.add(name)
+            english.append((f"english:package:{name}", body))
+    budget = sum(len(t.encode("utf-8")) for _, t in english) * code_share / (1.0 - code_share)
+    root, names = stdlib_files()
+    code, used = [], 0
+    for name in sorted(names, key=stable_fraction):
+        if used >= budget:
+            break
+        text = (root / name).read_text(encoding="utf-8", errors="replace")
+        code.append((f"code:{name}", text))
+        used += len(text.encode("utf-8"))
+    return sorted(english + code)
+
+
 def load_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
     """The corpus named by data_config.source, split with data_config.eval_fraction."""
     source = data_config.source
@@ -161,6 +199,9 @@ def load_corpus(data_config, tokenizer: Tokenizer) -> Corpus:
         raise UserError(f"unknown data.source {source!r}; valid sources: {', '.join(SOURCES)}")
     if source == "arrayrecord":
         return load_prepared_corpus(data_config, tokenizer)
+    if source == "offline":
+        names, texts = zip(*offline_documents(data_config.code_share))
+        return corpus_from_texts(texts, tokenizer, names=names, eval_fraction=data_config.eval_fraction)
     if source != "stdlib":
         return load_raw_corpus(data_config, tokenizer)
     root, names = stdlib_files(data_config.max_files)
