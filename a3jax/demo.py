@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from a3jax.demo_output import Clock, minutes, snippet_line
 from a3jax.errors import UserError
 
 SHOWCASE_PLANS = ("ar", "blocks(4)", "confidence(2)")
@@ -37,45 +38,20 @@ ENDING_COST = 350
 def add_arguments(parser) -> None:
     parser.add_argument("--config", default="demo",
                         help="a preset or file with pretrain_config() and get_config() (default: demo)")
-    parser.add_argument("--workdir", default="runs/demo",
+    parser.add_argument("--workdir", default=None,
                         help="pretrain/ and a3/ (checkpoints, metrics.jsonl, tensorboard/) go here; "
-                             "an existing one resumes")
+                             "an existing one resumes (default runs/demo; with --model: runs/MODEL)")
+    parser.add_argument("--model", default=None, choices=("smollm2",),
+                        help="instead of training the tiny model: a real pretrained LLaMA, fetched, converted, "
+                             "checked against transformers and shown (a3jax/demo_pretrained.py)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--seed", type=int, default=0, help="picks the held-out spans")
-
-
-def _minutes(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-class _Clock:
-    """The demo's messages, each with the time since the start."""
-
-    def __init__(self):
-        self.started = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def say(self, message: str) -> None:
-        print(f"[a3jax {_minutes(self.elapsed())}] {message}", flush=True)
 
 
 def _step_seconds(summary: dict, exp) -> float | None:
     """Seconds per step of the stage just trained (None when it only resumed a finished run)."""
     rate = summary.get("tokens_per_s")
     return exp.train.batch_size * exp.data.seq_len / rate if rate else None
-
-
-def _snippet_line(tokenizer, window, start, stop, fill: str | None = None) -> str:
-    """The line(s) holding the span, with the span shown as [...] or as the fill."""
-    text_before = tokenizer.decode(window[:start])
-    text_after = tokenizer.decode(window[stop:])
-    head = text_before[text_before.rfind("\n", 0, max(len(text_before) - 1, 0)) + 1:]
-    tail = text_after.split("\n", 1)[0]
-    middle = "[...]" if fill is None else f"[{fill}]"
-    return (head + middle + tail).replace("\n", "\\n ")
 
 
 def showcase(parts, spans, plans=SHOWCASE_PLANS) -> None:
@@ -94,7 +70,7 @@ def showcase(parts, spans, plans=SHOWCASE_PLANS) -> None:
     print("\n==== held-out code, one masked span each, filled greedily under three orders ====")
     for i, span in enumerate(chosen):
         truth = tokenizer.decode(span.window[span.start:span.stop])
-        print(f"\n-- {span.kind}: {_snippet_line(tokenizer, span.window, span.start, span.stop)}")
+        print(f"\n-- {span.kind}: {snippet_line(tokenizer, span.window, span.start, span.stop)}")
         print(f"   {'original':<14} {truth!r}")
         for plan in plans:
             print(f"   {plan:<14} {fills[plan][i]!r}")
@@ -155,6 +131,14 @@ def _devices_per_core(*batch_sizes: int) -> int:
 
 
 def main(args, overrides=()) -> int:
+    if args.model:
+        from a3jax.demo_pretrained import main as pretrained_main
+
+        if overrides:
+            raise UserError(f"a3jax demo --model takes no --config overrides (got {list(overrides)})")
+        args.workdir = args.workdir or f"runs/{args.model}"
+        return pretrained_main(args, args.model)
+    args.workdir = args.workdir or "runs/demo"
     from a3jax.configs import apply_overrides, load_config_module, parse
     from a3jax.data import ByteTokenizer, load_corpus, load_tokenizer
     from a3jax.eval import tasks
@@ -162,7 +146,7 @@ def main(args, overrides=()) -> int:
     from a3jax.model.params import abstract_params
     from a3jax.train.loop import train
 
-    clock = _Clock()
+    clock = Clock()
     say = clock.say
     module = load_config_module(args.config)
     if not hasattr(module, "pretrain_config"):
@@ -188,8 +172,8 @@ def main(args, overrides=()) -> int:
     causal_step = _step_seconds(causal, pretrain)
     if causal_step:
         left = causal_step * (adapt.train.steps * A3_STEP_COST + ENDING_COST)
-        say(f"1/3 done in {_minutes(clock.elapsed() - stage_started)} ({causal_step * 1e3:.0f} ms a step); "
-            f"about {_minutes(left)} left: {adapt.train.steps} adaptation steps, then the ending")
+        say(f"1/3 done in {minutes(clock.elapsed() - stage_started)} ({causal_step * 1e3:.0f} ms a step); "
+            f"about {minutes(left)} left: {adapt.train.steps} adaptation steps, then the ending")
     a3_dir = workdir / "a3"
     say(f"2/3 adapting to any order for {adapt.train.steps} steps (converted to A3 with query input "
         f"{adapt.model.query_input}): {adapt.orders.curriculum} -> {a3_dir}")
@@ -197,8 +181,8 @@ def main(args, overrides=()) -> int:
     summary = train(adapt, a3_dir, corpus=corpus, progress=not args.no_progress)
     a3_step = _step_seconds(summary, adapt)
     if a3_step:
-        say(f"2/3 done in {_minutes(clock.elapsed() - stage_started)} ({a3_step * 1e3:.0f} ms a step); "
-            f"about {_minutes(a3_step / A3_STEP_COST * ENDING_COST)} left: the ending")
+        say(f"2/3 done in {minutes(clock.elapsed() - stage_started)} ({a3_step * 1e3:.0f} ms a step); "
+            f"about {minutes(a3_step / A3_STEP_COST * ENDING_COST)} left: the ending")
 
     say("3/3 infilling held-out code (each plan compiles once, then decodes)")
     model_def, _ = abstract_params(adapt.model)

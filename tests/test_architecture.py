@@ -22,7 +22,7 @@ LEVELS = [
                           "a3jax.distributed"]),
     ("training and decoding", ["a3jax.train", "a3jax.decode"]),
     ("evaluation and weights", ["a3jax.eval", "a3jax.inference", "a3jax.convert"]),
-    ("entry points", ["a3jax.study", "a3jax.bench", "a3jax.demo", "a3jax.cli", "a3jax.train.cli",
+    ("entry points", ["a3jax.study", "a3jax.bench", "a3jax.demo", "a3jax.demo_output", "a3jax.cli", "a3jax.train.cli",
                       "a3jax.decode.cli", "a3jax.eval.cli", "a3jax.convert.cli", "a3jax"]),
 ]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from a3jax.data import ByteTokenizer, target_bytes, train_bpe
-from a3jax.eval.spans import KINDS, find_spans
+from a3jax.eval.spans import KINDS, find_spans, prose_items, span_items
 from a3jax.layout import build_layout, stack_layouts
 from a3jax.orders import example_rng, parse_sampler
 
@@ -82,3 +82,31 @@ def test_target_bytes_counts_the_text_under_any_order(which, bpe):
         layouts = [build_layout([d], [g], 160, bos_id=tokenizer.bos_id, pad_id=tokenizer.pad_id)
                    for d, g in zip(docs, groups)]
         assert target_bytes(stack_layouts(layouts), tokenizer) == want, spec
+
+
+PROSE = ("Intro line without a full stop\n\n"
+         "The cache keeps every key. It never changes once a group is committed. Decoding appends to it. "
+         "That is why the sampler is exact.\n\n"
+         "```\nNot. Prose. Here. At all.\n```\n\n"
+         "Short. Too. Few.")
+
+
+def test_prose_items_mask_a_whole_middle_sentence_between_its_neighbours():
+    """Only an inner sentence of 30-200 characters of a prose paragraph of 3+ sentences: never a
+    code block, a first or last sentence, or a short one ("Decoding appends to it.")."""
+    texts = [PROSE, PROSE.replace("cache", "store")]
+    items = prose_items(texts, 10, seed=3)
+    assert [i["middle"] for i in items] == ["It never changes once a group is committed."] * 2
+    for item, noun in zip(sorted(items, key=lambda i: i["prefix"]), ("cache", "store")):
+        assert item["prefix"] == f"The {noun} keeps every key. "
+        assert item["suffix"] == " Decoding appends to it. That is why the sampler is exact."
+    assert prose_items(texts, 1, seed=3) == prose_items(texts, 1, seed=3) and len(prose_items(texts, 1)) == 1
+
+
+def test_span_items_are_the_windows_text_around_each_span():
+    tokenizer = ByteTokenizer()
+    doc = np.asarray(tokenizer.encode(SOURCE), np.int32)
+    spans = find_spans([doc], tokenizer, 200, 2)
+    for span, item in zip(spans, span_items(spans, tokenizer)):
+        assert item["prefix"] + item["middle"] + item["suffix"] == tokenizer.decode(span.window)
+        assert item["middle"] == tokenizer.decode(span.window[span.start:span.stop]) and item["kind"] == span.kind

@@ -204,23 +204,19 @@ def main(args, overrides=()) -> int:
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_model(workdir, None)
     step = loaded.step
-    if args.seq_len:
-        from a3jax.eval.tasks import model_parts
-
-        loaded = model_parts(loaded, args.seq_len)
-    # the harness's hf model gets a3jax's row length as its max_length: both truncate alike
     from a3jax.eval.tasks import load_lambada, model_parts
 
+    parts = model_parts(loaded, args.seq_len)  # the harness's hf model gets its seq_len as max_length
     texts = None
     if args.text:  # pieces that fit one row of a3jax (BOS first) and of the exported HF model
         if args.text == "heldout":
             from a3jax.data import load_corpus
 
-            docs = load_corpus(loaded.experiment.data, loaded.tokenizer).eval_docs
-            raw = [loaded.tokenizer.decode(d) for d in docs]
+            raw = [loaded.tokenizer.decode(d) for d in load_corpus(loaded.experiment.data, loaded.tokenizer).eval_docs]
         else:
             raw = load_lambada(args.text)
-        texts = window_pieces(raw[:args.limit], loaded.tokenizer, model_parts(loaded).seq_len - 2)
+        texts = window_pieces(raw[:args.limit], loaded.tokenizer, parts.seq_len - 2)
+    loaded = parts
     ours = run_ours(args, loaded, texts, out)
     theirs = None
     if not args.skip_harness:
@@ -229,7 +225,7 @@ def main(args, overrides=()) -> int:
             from a3jax.convert.hf_export import export_hf
 
             export_hf(workdir, hf_dir)
-        theirs = run_harness(args, hf_dir, texts, out, model_parts(loaded).seq_len)
+        theirs = run_harness(args, hf_dir, texts, out, parts.seq_len)
     print(f"{workdir} (step {step}): a3jax eval vs lm-evaluation-harness "
           "--model hf (same weights, BOS first)")
     print("| metric | a3jax eval | harness hf | difference |\n|---|---|---|---|")

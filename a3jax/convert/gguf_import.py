@@ -99,6 +99,8 @@ def hf_config_of(reader, path: pathlib.Path) -> dict:
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu"}
     for key, hf_key in CONFIG_KEYS.items():
         value = field(reader, f"{ARCHITECTURE}.{key}")
+        if isinstance(value, float):  # stored as float32: 1e-05 reads back as 9.999999747378752e-06
+            value = float(f"{value:.7g}")
         if value is not None:
             config[hf_key] = value
     names = {t.name for t in reader.tensors}

@@ -101,3 +101,85 @@ def find_spans(documents: Sequence[np.ndarray], tokenizer, seq_len: int, per_kin
             a, b = _window(doc.size, start, stop, width)
             spans.append(Span(kind, doc[a:b].copy(), start - a, stop - a, index))
     return spans
+
+
+# Infilling items (prefix, true middle, suffix: the form `a3jax eval --task infill --data` reads) ----
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def prose_items(texts: Sequence[str], count: int, *, seed: int = 0, before: int = 400,
+                after: int = 200) -> list[dict]:
+    """Up to `count` items from English prose: one sentence (30-200 characters, starting with a
+    capital and ending in . ! or ?) of a paragraph of at least three sentences, with up to `before`
+    characters of its text before it and `after` after it; at most one per text while other
+    texts have candidates left (a story-infilling item)."""
+    candidates = []
+    for index, text in enumerate(texts):
+        for paragraph in re.split(r"\n\s*\n", text):
+            if "```" in paragraph or paragraph.lstrip().startswith(("    ", ">>>", "$")):
+                continue  # code blocks and shell sessions are not prose
+            flat = " ".join(paragraph.split())
+            sentences = _SENTENCE.split(flat)
+            if len(sentences) < 3:
+                continue
+            for i in range(1, len(sentences) - 1):
+                middle = sentences[i]
+                if 30 <= len(middle) <= 200 and middle[0].isupper() and middle[-1] in ".!?":
+                    head = flat[: flat.index(middle)]
+                    candidates.append((index, head, middle, flat[len(head) + len(middle):]))
+    order = np.random.default_rng(seed).permutation(len(candidates))
+    items, used, taken = [], set(), set()
+    for first_round in (True, False):  # one per text first, then any
+        for i in order:
+            index, head, middle, tail = candidates[i]
+            if len(items) == count or i in taken or (first_round and index in used):
+                continue
+            used.add(index)
+            taken.add(i)
+            items.append({"prefix": head[-before:], "middle": middle, "suffix": tail[:after]})
+    return items
+
+
+def span_items(spans: Sequence[Span], tokenizer) -> list[dict]:
+    """Natural code spans (find_spans) as infilling items: their window's text before and after."""
+    return [{"prefix": tokenizer.decode(s.window[:s.start]), "middle": tokenizer.decode(s.window[s.start:s.stop]),
+             "suffix": tokenizer.decode(s.window[s.stop:]), "kind": s.kind} for s in spans]
+
+
+def main(argv=None) -> int:
+    """python -m a3jax.eval.spans --workdir W --out DIR: DIR/english.jsonl (prose_items) and
+    DIR/code.jsonl (natural code spans) from the held-out documents of the workdir's corpus, for
+    `a3jax eval --task infill --data` (names starting english: / code:, as data.source=offline
+    names them; other corpora: every held-out document is tried as both)."""
+    import argparse
+    import json
+    import pathlib
+
+    from a3jax.data import load_corpus
+    from a3jax.inference import load_model
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--out", required=True, type=pathlib.Path)
+    parser.add_argument("--count", type=int, default=64, help="items of each kind")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    loaded = load_model(args.workdir)
+    corpus = load_corpus(loaded.experiment.data, loaded.tokenizer)
+    named = list(zip(corpus.eval_names, corpus.eval_docs))
+    english = [loaded.tokenizer.decode(d) for n, d in named if not n.startswith("code:")]
+    code = [d for n, d in named if not n.startswith("english:")]
+    kinds = {"english": prose_items(english, args.count, seed=args.seed),
+             "code": span_items(find_spans(code, loaded.tokenizer, loaded.experiment.data.seq_len,
+                                           -(-args.count // len(KINDS)), seed=args.seed), loaded.tokenizer)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for kind, items in kinds.items():
+        (args.out / f"{kind}.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+        print(f"{args.out / f'{kind}.jsonl'}: {len(items)} items from {len(english if kind == 'english' else code)} "
+              "held-out documents")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

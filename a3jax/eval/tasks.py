@@ -410,11 +410,12 @@ def fill_windows(parts: ModelParts, windows, *, plan: str = "ar", temperature: f
 def speculative_calls(parts: ModelParts, windows, *, k: int = 4, temperature: float = 1.0, seed: int = 0,
                       batch_size: int = 8) -> dict:
     """speculative(k) sampling of window[start:stop] given the rest of each window: tokens per
-    model call per row (one-at-a-time decoding makes one call per token), and how often each draft
-    position was accepted."""
+    model call per row and per full-model pass per row (one-at-a-time decoding makes one call, one
+    pass, per token; a chained round is one call of k passes), and how often each draft position
+    was accepted."""
     SampleConfig, generate = _generate()
     tokenizer = parts.tokenizer
-    tokens = calls = 0
+    tokens = calls = passes = 0
     offered, accepted = np.zeros(k, np.int64), np.zeros(k, np.int64)
     for first in range(0, len(windows), batch_size):
         chunk = windows[first:first + batch_size]
@@ -429,12 +430,14 @@ def speculative_calls(parts: ModelParts, windows, *, k: int = 4, temperature: fl
                           sampling=SampleConfig(plan=f"speculative({k})", temperature=temperature,
                                                 seed=seed + first))
         tokens += sum(stop - start for _, start, stop in chunk)
-        calls += int(result.stats["row_calls"].sum())
+        row_calls = int(result.stats["row_calls"].sum())
+        calls += row_calls
+        passes += row_calls * result.stats["passes"] / max(result.stats["calls"], 1)
         offered += result.stats["offered"]
         accepted += result.stats["accepted"]
     rates = [float(a) / max(float(o), 1.0) for a, o in zip(accepted, offered)]
-    return {"tokens_per_call": tokens / max(calls, 1), "tokens": tokens, "row_calls": calls,
-            "acceptance_by_position": rates}
+    return {"tokens_per_call": tokens / max(calls, 1), "tokens_per_pass": tokens / max(passes, 1), "tokens": tokens,
+            "row_calls": calls, "acceptance_by_position": rates}
 
 
 def infill(model, corpus, *, span: int = 32, num_examples: int = 8, seed: int = 0, plan: str = "ar",

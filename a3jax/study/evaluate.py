@@ -202,6 +202,7 @@ def _natural_spans(record: dict, policy, corpus, loaded, settings: dict) -> None
     out = tasks.speculative_calls(parts, [(s.window, s.start, s.stop) for s in spans], k=k,
                                   temperature=float(speculative["temperature"]), seed=int(speculative["seed"]))
     extra[f"speculative({k}) tokens/call"] = out["tokens_per_call"]
+    extra[f"speculative({k}) tokens/pass"] = out["tokens_per_pass"]
     extra[f"speculative({k}) accept 2nd draft"] = out["acceptance_by_position"][1] if k > 1 else None
 
 

@@ -24,6 +24,10 @@ STEPS = 400
 def get_config():
     config = tiny.get_config()
     m = config.model
+    # SmolLM2-135M's architecture (what `a3jax convert --from-gguf` reads from its file anyway), so
+    # that a run can start from a converted workdir with train.init_from
+    m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim = 49152, 576, 30, 9, 3, 64
+    m.ffn_dim, m.rope_theta, m.norm_eps, m.tie_embeddings = 1536, 100000.0, 1e-5, True
     m.variant, m.query_input, m.dtype = "a3", "shift", "float32"
     d = config.data
     d.source, d.eval_fraction, d.seq_len = "offline", 0.1, 128
