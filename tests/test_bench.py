@@ -108,3 +108,19 @@ def test_bench_host_times_each_host_setting_in_its_own_process(capsys):
     assert re.search(r"neither: .*\(1 device\)", out.err)
     cores = int(rows[2][0].split()[0])
     assert re.search(rf"both .*\({cores} devices?\)", out.err)
+
+
+def test_bench_decode_speculative_counts_passes_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "decode.json"
+    code = cli.main(["bench", "decode", f"--config={TINY}", "--row-len=24", "--gap=8", "--batch=2", "--repeats=1",
+                     "--speculative=2", "--config.model.n_layers=1", "--config.model.query_input=shift",
+                     f"--json={out}"])
+    text = capsys.readouterr().out
+    assert code == 0 and "passes/token" in text
+    import json
+
+    rows = {r["plan"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["ar"]["passes_per_token"] == rows["ar"]["calls_per_token"] == 1.0  # one pass per token
+    assert rows["ar"]["tokens"] == 16 and {"ms", "calls", "passes", "acceptance"} <= set(rows["ar"])
+    chained = rows["speculative(2, draft=model)"]  # shifted query stream: proposals chained, 2 passes a round
+    assert chained["passes_per_token"] > chained["calls_per_token"]

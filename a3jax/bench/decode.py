@@ -148,8 +148,11 @@ def speculative_rows(model_def, params, cfg, docs, known, args, special, drafter
         sources = {name: v["accepted"] / v["offered"] for name, v in stats.get("by_source", {}).items()
                    if v["offered"]}
         passes = stats.get("passes", calls)  # sequential passes through the layer stack (a chained round: k)
+        # per row: a call of a chained round is several passes; what a GPU pays at small batch
+        row_passes = row_calls * passes / max(calls, 1)
         rows.append({"plan": plan, "ms": statistics.median(times[plan]), "calls": calls,
                      "calls_per_token": row_calls / generated, "passes": passes,
+                     "passes_per_token": row_passes / generated, "tokens": generated,
                      "acceptance": None if offered is None else
                      [a / o if o else float("nan") for a, o in zip(stats["accepted"], offered)],
                      "sources": sources})
@@ -170,6 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="for the speculative comparison")
     parser.add_argument("--seed", type=int, default=0,
                         help="which held-out windows (and, --speculative, the sampling seed)")
+    parser.add_argument("--json", default="", metavar="FILE",
+                        help="--speculative: also write every row (plan, ms, calls, passes, tokens, acceptance) "
+                             "as JSON")
 
 
 def main(args, overrides=()) -> int:
@@ -219,14 +225,25 @@ def main_speculative(args, overrides=()) -> int:
     print(f"decode on {jax.devices()[0].device_kind} (jax {jax.__version__}): {what}; d_model={cfg.d_model} "
           f"layers={cfg.n_layers}; batch {args.batch} x {args.row_len} tokens, infill {args.gap} positions, "
           f"temperature {args.temperature}; median of {args.repeats}, the plans interleaved")
-    print(f"{'plan':<44}{'ms':>9}{'x ar ms':>8}{'calls':>7}{'passes':>7}{'calls/token':>13}{'x ar':>7}  "
+    print("passes: full-model passes per generated token of a row (a chained round of k drafts is one call of "
+          "k passes); 'x fewer' is ar's count over the plan's")
+    print(f"{'plan':<44}{'ms':>9}{'x ar ms':>8}{'calls/token':>12}{'x fewer':>8}{'passes/token':>13}{'x fewer':>8}  "
           "acceptance by source; by draft position")
-    ar, ar_ms = rows[0]["calls_per_token"], rows[0]["ms"]
+    ar_calls, ar_passes, ar_ms = rows[0]["calls_per_token"], rows[0]["passes_per_token"], rows[0]["ms"]
     for r in rows:
         acceptance = "" if r["acceptance"] is None else " ".join(f"{a:.2f}" for a in r["acceptance"])
         sources = " ".join(f"{name} {rate:.2f}" for name, rate in (r.get("sources") or {}).items())
-        print(f"{r['plan']:<44}{r['ms']:>9.1f}{r['ms'] / ar_ms:>8.2f}{r['calls']:>7}{r['passes']:>7}"
-              f"{r['calls_per_token']:>13.3f}"
-              f"{ar / r['calls_per_token']:>7.2f}  {sources}{'; ' if sources else ''}{acceptance}")
+        print(f"{r['plan']:<44}{r['ms']:>9.1f}{r['ms'] / ar_ms:>8.2f}{r['calls_per_token']:>12.3f}"
+              f"{ar_calls / r['calls_per_token']:>8.2f}{r['passes_per_token']:>13.3f}"
+              f"{ar_passes / r['passes_per_token']:>8.2f}  {sources}{'; ' if sources else ''}{acceptance}")
+    if args.json:
+        import json
+        import pathlib
+
+        record = {"setting": {"what": what, "batch": args.batch, "row_len": args.row_len, "gap": args.gap,
+                              "temperature": args.temperature, "repeats": args.repeats, "seed": args.seed,
+                              "device": jax.devices()[0].device_kind, "jax": jax.__version__},
+                  "rows": [{k: v for k, v in r.items()} for r in rows]}
+        pathlib.Path(args.json).write_text(json.dumps(record, indent=2, default=float) + "\n")
     return 0
 
