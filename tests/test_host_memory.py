@@ -39,13 +39,17 @@ def _faults(opt_out: bool) -> tuple[str, int]:
 
 @pytest.mark.skipif(host_memory._glibc() is None, reason="glibc's mallopt only (Linux with glibc)")
 def test_kept_memory_stops_the_page_faults_of_each_call():
-    """Without the settings every call faults its 64 MB of temporaries in again (16k faults of
-    4 KB); with them the block stays in the heap."""
+    """With the settings the 64 MB of temporaries stay in the heap: ten calls fault in less than
+    one call's worth (16k pages of 4 KB). jax 0.10's XLA:CPU mmaps the block afresh in every call
+    without them (~170k faults in ten calls); newer XLA (jax 0.12, seen in CI) reuses it by itself,
+    so the comparison with the default is made only where the default faults."""
     applied, faults_kept = _faults(opt_out=False)
     not_applied, faults_default = _faults(opt_out=True)
     assert (applied, not_applied) == ("True", "False")
-    assert faults_default > 10 * 10_000, faults_default
-    assert faults_kept < faults_default / 10, (faults_kept, faults_default)
+    one_call = 4096 * 4096 * 4 // 4096
+    assert faults_kept < one_call, (faults_kept, faults_default)
+    if faults_default > 10 * one_call // 2:  # this XLA frees the block between calls
+        assert faults_kept < faults_default / 10, (faults_kept, faults_default)
 
 
 def test_malloc_settings_apply_only_where_xla_computes_on_the_cpu(monkeypatch):
