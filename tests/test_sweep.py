@@ -7,11 +7,13 @@ import json
 import math
 import pathlib
 import shlex
+import shutil
 import time
 
 import pytest
 
 from a3jax import study
+from a3jax.errors import UserError
 from a3jax.orders import Curriculum
 from a3jax.study import run as sweep_cli
 
@@ -80,6 +82,22 @@ def test_micro_sweep_end_to_end_then_report_then_rerun_skips(tmp_path, capsys):
     for name in study.PLOTS:
         blob = (out / name).read_bytes()
         assert blob.startswith(PNG_MAGIC) and len(blob) > 2000, name
+
+    # --evaluate: the sweep's eval of another workdir (here a copy of a point's checkpoints, as a
+    # conversion would be) on the same held-out rows gives the point's own numbers
+    start = tmp_path / "start"
+    shutil.copytree(root / "a3_direct-s0" / "checkpoints", start / "checkpoints")
+    assert sweep_cli.main(sweep_args("--config", str(MICRO), "--root", str(root), "--evaluate", str(start))) == 0
+    again = json.loads((start / "eval_final.json").read_text())
+    assert again["step"] == 6 and again["nll"] == a3["nll"] and again["infill"] == a3["infill"]
+    with pytest.raises(UserError, match="no checkpoints/ folder"):
+        sweep_cli.main(sweep_args("--config", str(MICRO), "--root", str(root), "--evaluate", str(tmp_path)))
+    # a conversion evaluated at step 0 (no training files) is a run of the report, with no problems
+    again["step"], again["tokens_seen"] = 0, 0
+    (start / "eval_final.json").write_text(json.dumps(again))
+    summary = study.build_report([start, root], tmp_path / "report0")
+    assert summary["problems"] == [] and [r["problems"] for r in summary["runs"]] == [[], [], []]
+    assert table_rows((tmp_path / "report0" / "report.md").read_text(), "Runs")[0][0] == str(start)
 
     # a rerun finds both points done: no training, no evaluation, files untouched
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.glob("*/*.json*")}

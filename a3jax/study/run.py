@@ -187,6 +187,30 @@ def run_sweep(config_path, root, *, overrides: Sequence[str] = (), only=None, pr
     return write_sweep_file(sweep, root, overrides, runtime)
 
 
+def evaluate_start(config_path, root, workdir, *, overrides: Sequence[str] = (), only=None) -> dict:
+    """The sweep's post-training eval (get_eval) of another workdir, usually the one its points
+    start from (train.init_from), on the held-out rows of the first selected point's data:
+    WORKDIR/eval_final.json, a step-0 row beside the arms in `a3jax report`."""
+    from a3jax.data import load_corpus, load_tokenizer
+
+    sweep = load_sweep(config_path)
+    chosen = select(sweep.points, only)
+    overrides = with_tokenizer(sweep, pathlib.Path(root), overrides)
+    exp = point_config(sweep, chosen[0], overrides, pathlib.Path(root))
+    workdir = pathlib.Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise UserError(f"--evaluate {workdir}: no checkpoints/ folder there (an a3jax workdir, e.g. from "
+                        "a3jax convert, is expected)")
+    settings = eval_settings(sweep.eval, exp)
+    _log(f"evaluating {workdir} with the eval settings of {sweep.path} ({len(settings['orders'])} orders) "
+         f"on the held-out rows of {chosen[0].name}")
+    started = time.perf_counter()
+    record = evaluate_point(workdir, settings, corpus=load_corpus(exp.data, load_tokenizer(exp.data)))
+    write_json(workdir / EVAL_FILE, record)
+    _log(f"{workdir / EVAL_FILE} written in {time.perf_counter() - started:.0f} s")
+    return record
+
+
 # ---- command line --------------------------------------------------------------------------------
 
 def add_arguments(parser) -> None:
@@ -198,9 +222,18 @@ def add_arguments(parser) -> None:
                         help="print one `a3jax train ... && a3jax sweep --only NAME` line per point "
                              "(to run points as separate jobs) instead of running")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--evaluate", metavar="WORKDIR", default=None,
+                        help="instead of running the points, evaluate WORKDIR (say, the conversion the "
+                             "points start from) with the sweep's eval settings on the first point's "
+                             "held-out data: WORKDIR/eval_final.json, a step-0 row in `a3jax report`")
 
 
 def main(args, overrides: Sequence[str] = ()) -> int:
+    if args.evaluate:
+        evaluate_start(args.config, args.root, args.evaluate, overrides=overrides, only=args.only)
+        print(f"[a3jax] report it beside the sweep: a3jax report {args.evaluate} {args.root} --out "
+              f"{pathlib.Path(args.root) / 'report'}", file=sys.stderr)
+        return 0
     if args.print_commands:
         for line in commands(args.config, args.root, overrides=overrides, only=args.only):
             print(line)

@@ -154,6 +154,10 @@ def _read_metrics(run: Run) -> None:
 def _check_run(run: Run) -> None:
     """Reads the run's files; adds what is missing, partial or non-finite to run.problems."""
     config_path = run.path / "config.json"
+    eval_path = run.path / EVAL_FILE
+    if _untrained(run.path):  # a conversion evaluated as it is (a3jax sweep --evaluate): no training files
+        run.eval = _read_json_file(eval_path, run, EVAL_FILE)
+        return
     if config_path.exists():
         run.config = _read_json_file(config_path, run, "config.json")
     else:
@@ -164,7 +168,6 @@ def _check_run(run: Run) -> None:
                 else f"training at step {last}" + (f" of {steps}" if steps else ""))
     if steps and run.metrics and last < steps:
         run.problems.append(f"partial metrics: {progress}")
-    eval_path = run.path / EVAL_FILE
     if eval_path.exists():
         run.eval = _read_json_file(eval_path, run, EVAL_FILE)
         if run.eval is not None and not isinstance(run.eval, dict):
@@ -189,6 +192,17 @@ def _check_run(run: Run) -> None:
     for key, value in _eval_numbers(run.eval).items():
         if not finite(value):
             run.problems.append(f"non-finite {key} = {value} in {EVAL_FILE}")
+
+
+def _untrained(path: pathlib.Path) -> bool:
+    """A workdir that was never trained here but evaluated at its step 0 (a conversion)."""
+    if (path / "config.json").exists() or (path / "metrics.jsonl").exists() or not (path / EVAL_FILE).exists():
+        return False
+    try:
+        record = json.loads((path / EVAL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("step") == 0
 
 
 def _eval_numbers(record) -> dict:
