@@ -251,3 +251,35 @@ def test_init_from_refuses_another_architecture(tmp_path, small_corpus):
     with pytest.raises(ValueError, match=r"holds a different model: model.ffn_dim=64 there, 96 here"):
         train(config, tmp_path / "other", corpus=small_corpus, progress=False)
     assert not (tmp_path / "other" / "checkpoints").exists() or not any((tmp_path / "other" / "checkpoints").iterdir())
+
+
+def test_on_a_cpu_each_train_step_is_waited_for_before_the_next(tmp_path, small_corpus, monkeypatch):
+    """XLA:CPU: steps dispatched ahead of the running one held their memory at once (the SmolLM2
+    adaptation peaked at 20-24 GB and was killed; 9 GB waiting for each step)."""
+    from a3jax.train import loop
+
+    assert jax.default_backend() == "cpu"
+    dispatched, waited = {}, []
+    real_make, real_block = loop.make_train_step, jax.block_until_ready
+
+    def make(*args, **kwargs):
+        step_fn = real_make(*args, **kwargs)
+
+        def recorded(params, opt_state, step, batch, group_size):
+            if step >= 1:  # the step before was waited on before this one was dispatched
+                assert any(w is dispatched[step - 1] for w in waited), step
+            out = step_fn(params, opt_state, step, batch, group_size)
+            dispatched[step] = out[2]
+            return out
+
+        return recorded
+
+    def block(x):
+        waited.append(x)
+        return real_block(x)
+
+    monkeypatch.setattr(loop, "make_train_step", make)
+    monkeypatch.setattr(jax, "block_until_ready", block)
+    summary = train(micro_config("train.steps=6", "train.log_every=6"), tmp_path, corpus=small_corpus,
+                    progress=False)
+    assert summary["step"] == 6 and sorted(dispatched) == list(range(6))

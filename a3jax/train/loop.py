@@ -151,6 +151,11 @@ def _train_on_mesh(exp: Experiment, workdir, tokenizer, checkpointer, stop_after
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not (progress and is_chief),
                file=sys.stderr, dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 15.0)
     summary = {"step": start, "stopped_by": None}
+    # On XLA:CPU the host and the "device" share the cores, so running ahead of the step buys
+    # nothing, and with steps dispatched ahead the SmolLM2 adaptation's process peaked at 20-24 GB
+    # (killed by the kernel) against 9 GB waiting for each one (BENCHMARKS.md, issue 39).
+    # Accelerators run ahead to the next log step.
+    wait_each_step = jax.default_backend() == "cpu"
 
     def report(prefix: str, results: dict) -> None:
         if is_chief:
@@ -170,6 +175,8 @@ def _train_on_mesh(exp: Experiment, workdir, tokenizer, checkpointer, stop_after
                 group_size = _group_size(local)
                 batch = parallel.global_batch(local, shardings[2])
                 params, opt_state, metrics = train_step(params, opt_state, step, batch, group_size)
+                if wait_each_step:
+                    jax.block_until_ready(metrics)
                 done = summary["step"] = step + 1
                 window.add(done, metrics)
                 bar.update(1)
