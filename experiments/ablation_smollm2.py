@@ -4,20 +4,23 @@ shifted query stream (under `ar` it IS the pretrained model), adapted to any ord
     a3jax fetch smollm2
     a3jax convert --from-gguf ~/.cache/a3jax/SmolLM2-135M-Instruct.Q4_1.gguf --out runs/smollm2/converted
     a3jax sweep --config experiments/ablation_smollm2.py --root runs/smollm2/study
-    a3jax report runs/smollm2/study --out docs/ablation/smollm2
+    a3jax sweep --config experiments/ablation_smollm2.py --root runs/smollm2/study --evaluate runs/smollm2/converted
+    a3jax report runs/smollm2/converted runs/smollm2/study --out docs/ablation/smollm2
 
 Corpus: data.source=offline, English and code every offline Python install has (the stdlib's
 documentation topics and the installed packages' descriptions; stdlib .py files, half the bytes),
 a tenth of the documents held out by a hash of their names: whole documents, so no held-out text
 was seen in training, and both kinds are held out. Every arm: 200 steps of 8 x 128 tokens
-(204,800 training tokens, about 35 minutes at ~9.5 s a step: two arms fit one 3-hour session beside
-the full PIQA/LAMBADA scoring of the better one), AdamW (weight decay 0.01, b2 0.95), 20 warmup
-steps, cosine to a tenth; held-out bits per byte under ar, random(4) and blocks(8) every 50 steps
-(64 rows: the curve by token count). Arms:
+(204,800 training tokens, about 30 minutes at ~9.1 s a step, 45 with the evaluations), AdamW
+(weight decay 0.01, b2 0.95), 20 warmup steps, cosine to a tenth; held-out bits per byte under ar,
+random(4) and blocks(8) every 50 steps (64 rows: the curve by token count). Arms:
   mix_lr1e-4    0.5*ar + 0.5*random(4) at lr 1e-4 (the adapt_smollm2 preset's mix and lr)
   mix_lr3e-4    the same at lr 3e-4: faster to learn the query stream, or harmful to `ar`?
 Resume either with the same command (checkpoints every 25 steps); longer runs: `train.steps`.
-Post-training eval: the same orders on 128 rows; greedy infilling of 64 natural held-out code spans
+Run on 2026-12-07: mix_lr1e-4 only (`--only mix_lr1e-4-s0`; the session had no time for the second
+arm); the unadapted start with `--evaluate runs/smollm2/converted`. Results: docs/ablation/smollm2.
+Post-training eval: the same orders on 128 rows; greedy infilling of natural held-out code spans (16 of
+each kind asked for; 50 found)
 (token accuracy, exact match); speculative(4) on those spans at temperature 1 (calls and passes
 per token, acceptance by draft position). PIQA and LAMBADA under `ar`: `a3jax bench scorers`.
 """
