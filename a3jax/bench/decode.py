@@ -243,7 +243,7 @@ def main_speculative(args, overrides=()) -> int:
         record = {"setting": {"what": what, "batch": args.batch, "row_len": args.row_len, "gap": args.gap,
                               "temperature": args.temperature, "repeats": args.repeats, "seed": args.seed,
                               "device": jax.devices()[0].device_kind, "jax": jax.__version__},
-                  "rows": [{k: v for k, v in r.items()} for r in rows]}
+                  "rows": rows}
         pathlib.Path(args.json).write_text(json.dumps(record, indent=2, default=float) + "\n")
     return 0
 
