@@ -72,7 +72,6 @@ def fast_compile_options() -> dict | None:
 E2E_MODULES = ("tests/reliability/", "tests/test_multiprocess.py", "tests/test_demo.py", "tests/test_device_script.py",
                "tests/test_packaging.py", "tests/test_sweep.py", "tests/test_lm_eval.py", "tests/test_bench.py")
 HEAVY = (
-    "tests/test_speculative.py::test_device_rounds_sample_what_the_host_loop_samples",  # device vs host loop
     "tests/test_speculative.py::test_the_same_seed_samples_the_same_with_x64_on",
     "tests/test_parallel.py::test_checkpoint_from_one_mesh_restores_on_others",
     "tests/test_parallel.py::test_mesh_matches_single_device[8x1x1]",  # [2x2x2] stays in tier 1

@@ -122,5 +122,7 @@ def test_bench_decode_speculative_counts_passes_and_writes_json(tmp_path, capsys
     rows = {r["plan"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["ar"]["passes_per_token"] == rows["ar"]["calls_per_token"] == 1.0  # one pass per token
     assert rows["ar"]["tokens"] == 16 and {"ms", "calls", "passes", "acceptance"} <= set(rows["ar"])
-    chained = rows["speculative(2, draft=model)"]  # shifted query stream: proposals chained, 2 passes a round
+    chained = rows["speculative(2, draft=model, chain)"]  # proposals chained: 2 passes a round
     assert chained["passes_per_token"] > chained["calls_per_token"]
+    one_pass = rows["speculative(2, draft=model)"]  # one pass a round, at least one token decided
+    assert one_pass["passes_per_token"] == one_pass["calls_per_token"] <= 1.0

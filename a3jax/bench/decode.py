@@ -75,10 +75,12 @@ def measure(cfg_config, mode: str, args) -> dict:
 
 
 def _documents(args, cfg, tokenizer=None, corpus=None):
-    """[batch] rows of row_len tokens with a gap of `gap` in the middle: random tokens, or windows of
-    held-out text of a trained model's corpus."""
+    """[batch] rows of row_len tokens with a gap of `gap` in the middle (an infill) or at the end
+    (--gap-at end: a plain continuation): random tokens, or windows of held-out text of a trained
+    model's corpus."""
     rng = np.random.default_rng(args.seed)
-    length, start = args.row_len, (args.row_len - args.gap) // 2
+    length = args.row_len
+    start = length - args.gap if getattr(args, "gap_at", "middle") == "end" else (length - args.gap) // 2
     if corpus is None:
         docs = [rng.integers(0, min(cfg.vocab_size, 256), length).astype(np.int32) for _ in range(args.batch)]
     else:
@@ -92,9 +94,6 @@ def _documents(args, cfg, tokenizer=None, corpus=None):
     return docs, known
 
 
-HOST_ROUNDS = "[host rounds]"  # a row label's suffix: the rounds driven from the host
-
-
 def speculative_rows(model_def, params, cfg, docs, known, args, special, drafter=None) -> list[dict]:
     """Model calls per generated token, acceptance by draft position and wall time of the
     speculative plans, beside ar and blocks(k) (cached mode, same documents, same temperature);
@@ -102,30 +101,24 @@ def speculative_rows(model_def, params, cfg, docs, known, args, special, drafter
     interleaved (every plan once per repeat, after one warm-up run each), so that a noisy
     machine moves every plan's median alike."""
     k = args.speculative
-    plans = ["ar", f"blocks({k})", "speculative(2, draft=model)", f"speculative({k}, draft=model)",
-             f"speculative({k}, draft=copy)", f"speculative({k})", f"speculative({2 * k}, adaptive)"]
-    if drafter is not None:
-        plans += [f"speculative({k}, draft=ngram)"]
-    plans = list(dict.fromkeys(plans))  # k = 2: one speculative(2, draft=model) row
-    # the same plan with its rounds driven from the host (decode/speculative.py's reference loop,
-    # one transfer per round) instead of kept on the device (decode/rounds.py): what that saves
-    plans.insert(3, f"{plans[2]} {HOST_ROUNDS}")
-    if drafter is not None:
-        plans.append(f"{plans[-1]} {HOST_ROUNDS}")
+    if args.plans:
+        plans = ["ar"] + [p.strip() for p in args.plans.split(";") if p.strip() and p.strip() != "ar"]
+    else:
+        plans = ["ar", f"blocks({k})", f"speculative({k}, draft=model)", f"speculative({k}, draft=model, chain)",
+                 f"speculative({k}, draft=copy)", f"speculative({k})", f"speculative({2 * k}, adaptive)"]
+        if drafter is not None:
+            plans += [f"speculative({k}, draft=ngram)"]
+    for plan in plans:
+        parse_plan(plan)  # a bad plan fails before any compile
+        if "ngram" in plan and drafter is None:
+            raise UserError(f"plan {plan!r} drafts from a training corpus: give --workdir (a trained model)")
+    plans = list(dict.fromkeys(plans))
     import jax
 
-    from a3jax.decode import speculative
-
     def run(plan):
-        label, plan = plan, plan.removesuffix(f" {HOST_ROUNDS}")
         sampling = SampleConfig(plan=plan, temperature=args.temperature, seed=args.seed, stop_at_eos=False)
-        on_device = speculative.DEVICE_SOURCES
-        speculative.DEVICE_SOURCES = () if label != plan else on_device
-        try:
-            result = generate(model_def, params, docs, known, bos_id=special, pad_id=special, sampling=sampling,
-                              drafter=drafter)
-        finally:
-            speculative.DEVICE_SOURCES = on_device
+        result = generate(model_def, params, docs, known, bos_id=special, pad_id=special, sampling=sampling,
+                          drafter=drafter)
         jax.block_until_ready(result.tokens)
         return result
 
@@ -147,6 +140,8 @@ def speculative_rows(model_def, params, cfg, docs, known, args, special, drafter
         offered = stats.get("offered")
         sources = {name: v["accepted"] / v["offered"] for name, v in stats.get("by_source", {}).items()
                    if v["offered"]}
+        if stats.get("fallback", {}).get("offered"):  # first drafts from a rejection's fallback row
+            sources["fallback"] = stats["fallback"]["accepted"] / stats["fallback"]["offered"]
         passes = stats.get("passes", calls)  # sequential passes through the layer stack (a chained round: k)
         # per row: a call of a chained round is several passes; what a GPU pays at small batch
         row_passes = row_calls * passes / max(calls, 1)
@@ -163,6 +158,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="tiny", help="model shape (weights random): preset or config file")
     parser.add_argument("--row-len", type=int, default=1024, help="tokens per row (BOS not counted)")
     parser.add_argument("--gap", type=int, default=256, help="positions to infill per row")
+    parser.add_argument("--gap-at", choices=["middle", "end"], default="middle",
+                        help="--speculative: the gap in the middle of each row (an infill) or at its end (a plain "
+                             "continuation)")
     parser.add_argument("--plan", default="blocks(4)", help="decoding plan (default: 4 positions per step)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
@@ -173,6 +171,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="for the speculative comparison")
     parser.add_argument("--seed", type=int, default=0,
                         help="which held-out windows (and, --speculative, the sampling seed)")
+    parser.add_argument("--plans", default="", metavar="'P1; P2'",
+                        help="--speculative: the plans to compare with ar, separated by ';' (default: blocks(k) "
+                             "and the speculative plans)")
     parser.add_argument("--json", default="", metavar="FILE",
                         help="--speculative: also write every row (plan, ms, calls, passes, tokens, acceptance) "
                              "as JSON")
@@ -223,7 +224,8 @@ def main_speculative(args, overrides=()) -> int:
         special, what = cfg.vocab_size - 1, f"random weights ({args.config} shape) on random tokens"
     rows = speculative_rows(model_def, params, cfg, docs, known, args, special, drafter)
     print(f"decode on {jax.devices()[0].device_kind} (jax {jax.__version__}): {what}; d_model={cfg.d_model} "
-          f"layers={cfg.n_layers}; batch {args.batch} x {args.row_len} tokens, infill {args.gap} positions, "
+          f"layers={cfg.n_layers}; batch {args.batch} x {args.row_len} tokens, "
+          f"{'continue with' if args.gap_at == 'end' else 'infill'} {args.gap} positions, "
           f"temperature {args.temperature}; median of {args.repeats}, the plans interleaved")
     print("passes: full-model passes per generated token of a row (a chained round of k drafts is one call of "
           "k passes); 'x fewer' is ar's count over the plan's")
@@ -241,6 +243,7 @@ def main_speculative(args, overrides=()) -> int:
         import pathlib
 
         record = {"setting": {"what": what, "batch": args.batch, "row_len": args.row_len, "gap": args.gap,
+                              "gap_at": args.gap_at,
                               "temperature": args.temperature, "repeats": args.repeats, "seed": args.seed,
                               "device": jax.devices()[0].device_kind, "jax": jax.__version__},
                   "rows": rows}

@@ -104,28 +104,6 @@ class NgramDrafter:
             token[index], share[index] = best[at[found]], chance[at[found]]
         return token, share
 
-    def continuation(self, text: np.ndarray, position: int, k: int, min_chance: float = MIN_RUN_CHANCE) -> np.ndarray:
-        """Up to k chained drafts for positions position, position + 1, ... of `text` (int [L + 1],
-        index = document position, -1 = unknown): each continues the known tokens right before it
-        and the drafts before it; drafting stops where the table has no continuation or where the
-        product of its chances falls below min_chance (the first draft is always offered)."""
-        width = self.max_order - 1
-        context = np.full(width, -1, np.int64)
-        for t in range(width):  # the known run right before `position`, BOS (index 0) excluded
-            i = position - 1 - t
-            if i < 1 or text[i] < 0:
-                break
-            context[width - 1 - t] = text[i]
-        drafts, chance = [], 1.0
-        for _ in range(k):
-            token, share = self.next_tokens(context[None])
-            if token[0] < 0 or (drafts and chance * share[0] < min_chance):
-                break
-            drafts.append(int(token[0]))
-            chance *= float(share[0])
-            context = np.concatenate([context[1:], token[:1].astype(np.int64)])
-        return np.asarray(drafts, np.int64)
-
 
 MAX_TOKENS = 20_000_000  # the table is built from at most this many training tokens (~80 B each at peak)
 

@@ -10,15 +10,19 @@ Dynamic plans look at the model's predictions for every remaining position and c
   confidence(steps=T)                                           k_t spread evenly over T steps
   confidence(steps=T, schedule=cosine)                          few first, more later (MaskGIT)
 Speculative plans sample EXACTLY from the one-position-at-a-time joint of an order (ar, random, or
-the caller's groups as a ranking) in fewer model calls (decode/speculative.py):
-  speculative                           the fastest exact plan measured: speculative(2), drafts from the
-                                        known text where it repeats, else (chained) from the model
+the caller's groups as a ranking) in fewer full-model passes (decode/speculative.py): every round
+is one pass that verifies its drafts and proposes the next ones, so no plan takes more passes than
+`ar` (except with `chain`):
+  speculative                           the plan with the fewest passes measured: speculative(4),
+                                        drafts from the known text where it repeats, else the model
   speculative(k)                        up to k drafts per round
   speculative(k, adaptive)              each row drafts as many as its acceptance makes worthwhile
   speculative(k, draft=model)           drafts from the model only (draft=copy: from the text only
                                         where it repeats; draft=auto, the default: either;
                                         draft=ngram: from the training text's most frequent
-                                        continuations, one pass per round)
+                                        continuations)
+  speculative(k, chain)                 the model's proposals chained through the shifted query
+                                        stream: better drafts, but a pass per drafted position
   speculative(k, order=random)          a random order of the unknown positions (order=groups: the
                                         caller's group ids rank the positions); copies need 'ar'
 """
@@ -38,12 +42,12 @@ from a3jax.orders import normal_spec
 STATIC = ("ar", "blocks", "random", "groups")
 SPECULATIVE_ORDERS = ("ar", "random", "groups")
 DRAFT_SOURCES = ("auto", "model", "copy", "ngram")
-# what a bare `speculative` means: the fastest speculative plan measured on the BPE demo model (a
-# chained round costs k passes of the layer stack; k = 2 costs the fewest passes per token and the
-# least wall time of the speculative plans at batch 1 and 8, temperature 1 and greedy; k = 4 takes
-# fewer calls; on a CPU every one of them is slower than `ar`, even with the rounds kept on the
-# device: a chained round of k drafts is k passes for at most k tokens: BENCHMARKS.md)
-BEST_SPECULATIVE = "speculative(2)"
+# what a bare `speculative` means: the exact plan with the fewest full-model passes per token on
+# SmolLM2-135M (converted and adapted; batch 1 and 8, greedy and temperature 1: BENCHMARKS.md, issue
+# 40): one-pass rounds never spend more passes than `ar`; copies of the known text are the drafts
+# accepted most often (the model's own group predictions are rarely accepted, even after the
+# study's adaptation)
+BEST_SPECULATIVE = "speculative(4)"
 DYNAMIC = {"confidence": "confidence", "entropy": "entropy", "margin": "margin", "random_pick": "random"}
 SCHEDULES = ("linear", "cosine")
 
@@ -57,6 +61,7 @@ class Plan:
     adaptive: bool = False  # speculative only: k adapts to the acceptance (the given k is the most)
     order: str = "ar"  # speculative only: the order whose one-at-a-time joint is sampled
     draft: str = "auto"  # speculative only: where drafts come from (DRAFT_SOURCES)
+    chain: bool = False  # speculative only: chained proposals, a pass per drafted position
 
     @property
     def speculative(self) -> bool:
@@ -150,11 +155,12 @@ def parse_plan(spec: str) -> Plan:
 
 
 def _speculative(spec: str, positional: list[str], keywords: dict, integer) -> Plan:
-    adaptive = "adaptive" in positional
-    positional = [p for p in positional if p != "adaptive"]
+    adaptive, chain = "adaptive" in positional, "chain" in positional
+    positional = [p for p in positional if p not in ("adaptive", "chain")]
     unknown = set(keywords) - {"k", "adaptive", "order", "draft"}
     if unknown:
-        raise UserError(f"plan {spec!r}: unknown argument(s) {sorted(unknown)}; use k, adaptive, order, draft")
+        raise UserError(f"plan {spec!r}: unknown argument(s) {sorted(unknown)}; use k, adaptive, chain, order, "
+                        "draft")
     if len(positional) + ("k" in keywords) != 1:
         raise UserError(f"plan {spec!r}: write speculative(k) with one integer k (drafts per round)")
     k = integer(positional[0] if positional else keywords["k"], "k")
@@ -171,7 +177,7 @@ def _speculative(spec: str, positional: list[str], keywords: dict, integer) -> P
     if draft in ("copy", "ngram") and order != "ar":
         raise UserError(f"plan {spec!r}: {draft} drafts follow the text left to right; use order=ar or "
                         "draft=model")
-    return Plan("speculative", k=k, adaptive=adaptive, order=order, draft=draft)
+    return Plan("speculative", k=k, adaptive=adaptive, order=order, draft=draft, chain=chain)
 
 
 def static_groups(plan: Plan, unknown_positions: np.ndarray, rng: np.random.Generator,

@@ -1,13 +1,14 @@
-"""Speculative rounds kept on the device: for drafts from the model's proposal table, copies from
-the text and n-gram tables (every draft= source), everything the host loop of
-decode/speculative.py decides between two rounds -- each row's next positions, its draft source
-and count, the pending resampled token, the acceptance rates, the text copies and n-gram
-contexts are read from, the EOS cut -- is computed inside the round's own jitted call. The host
-only enqueues rounds, looks two rounds back for whether any row has positions left (as
-sampler._dynamic_step does), and fetches the rounds' commits once at the end.
+"""Speculative rounds, kept on the device: one jitted round per full-model pass. Everything a
+round decides -- each row's next positions, its draft source and count, the pending resampled
+token, the acceptance rates, the text that copies and n-gram contexts are read from, the
+fallback after a rejection, the EOS cut -- is computed inside the round's own call, over typed
+pytrees (RoundState, Tables, Commit, Queries, Verdict, RoundRecord below). The host only
+enqueues rounds, looks two rounds back for whether any row has positions left (as
+sampler._dynamic_step does), and fetches the rounds' commits once at the end
+(speculative._device_rounds).
 
-The rules are the host loop's, written in jnp: for the same seed both sample the same tokens
-(tests/test_speculative.py runs the two side by side). The host loop stays as the reference.
+Exactness does not rest on these rules (any draft fixed before the target reads it keeps the
+sampling exact): tests/test_speculative.py checks the samples against the one-at-a-time joint.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class RoundState(NamedTuple):
       -1 where undecided. stop: the order's end (earlier after a generated EOS); decided: order
       indices whose token is decided; pending: a resampled token not yet in the cache (-1: none);
       group_next: the next group id; rate: [B, 2] float32 running acceptance of the model's drafts
-      and of copies; cut: 1-based position of the first generated EOS (NO_CUT: none)."""
+      and of copies; cut: 1-based position of the first generated EOS (NO_CUT: none); fallback:
+      the table's proposal for the row's next position came from a rejection's fallback row."""
 
     order: jax.Array
     filled: jax.Array
@@ -45,13 +47,65 @@ class RoundState(NamedTuple):
     group_next: jax.Array
     rate: jax.Array
     cut: jax.Array
+    fallback: jax.Array
+
+
+class Tables(NamedTuple):
+    """The proposal table, per row and order index (the last slot discards): the draft
+    distribution q [B, S, V] float32 and a token sampled from it, tok [B, S] int32."""
+
+    q: jax.Array
+    tok: jax.Array
+
+
+class Commit(NamedTuple):
+    """What a round writes into the cache, per row: the pending token (the last rejection's
+    resampled token; [B] token, position, valid) in group `group` [B], then up to k drafts ([B, k]
+    position, valid, table slot `index` of a model draft, and `copy_tokens` where `is_copy`: a
+    point mass), draft j in group group + 1 + j."""
+
+    pending: jax.Array
+    pending_position: jax.Array
+    pending_valid: jax.Array
+    group: jax.Array
+    positions: jax.Array
+    valid: jax.Array
+    index: jax.Array
+    copy_tokens: jax.Array
+    is_copy: jax.Array
+
+
+class Queries(NamedTuple):
+    """A round's query rows, [B, 3k] position and group: k verify rows (row j sees the drafts
+    before j), k proposal rows (they see every draft) and k fallback rows (row j: the position
+    after draft j, seen without it); the table slots the proposals go to, write_index [B, k], and
+    fallback row j's, fallback_index [B, k] (the discard slot: none)."""
+
+    positions: jax.Array
+    groups: jax.Array
+    write_index: jax.Array
+    fallback_index: jax.Array
+
+
+class Verdict(NamedTuple):
+    """What a round's pass decided, per row: drafts accepted [B] (before the first rejection),
+    the drafts [B, k], the token resampled at the rejection [B], the temperature-1 log-probs of
+    the drafts [B, k] and of the resampled token [B], and whether the rejected draft's fallback
+    proposal went into the table (fell [B])."""
+
+    accepted: jax.Array
+    drafts: jax.Array
+    resampled: jax.Array
+    draft_log_probs: jax.Array
+    resampled_log_prob: jax.Array
+    fell: jax.Array
 
 
 class RoundRecord(NamedTuple):
     """What one round decided, per row: the committed tokens ([B, k]: rank in the order, token,
     position, valid, temperature-1 log-prob) and the drafts (offered, accepted, from a copy) of
-    the rows that took part (active); lead: an n-gram round's first draft was the model's exact
-    proposal (counted as the model's)."""
+    the rows that took part (active); lead: an n-gram round's first draft was the model's
+    proposal (counted as the model's); fallback: the first draft was a fallback proposal."""
 
     rank: jax.Array
     tokens: jax.Array
@@ -63,6 +117,7 @@ class RoundRecord(NamedTuple):
     copied: jax.Array
     lead: jax.Array
     active: jax.Array
+    fallback: jax.Array
 
 
 def drafts_worth(rate, room):
@@ -193,16 +248,20 @@ def ngram_run(tables, width: int, text, position, lead, has_lead, room, k: int, 
 
 
 @functools.lru_cache(maxsize=16)
-def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, min_match: int, max_match: int,
+def device_round(verify, k: int, source_mode: str, adaptive: bool, one_pass: bool, min_match: int, max_match: int,
                  ngram_width: int = 0, min_chance: float = MIN_RUN_CHANCE):
-    """The jitted round: plan (speculative.py's host rules), `verify` (speculative._calls' round
-    body: commit, verify, propose), then the bookkeeping. Returns (cache, tables, state, record,
-    whether any row has positions left). draft=ngram: `ngrams` are device_ngram_tables(drafter),
-    ngram_width its max_order - 1 and min_chance NgramDrafter.continuation's."""
+    """The jitted round: plan, `verify` (speculative._calls' round body: commit, verify, propose),
+    then the bookkeeping. Returns (cache, tables, state, record, whether any row has positions
+    left). `one_pass`: the verify pass has fallback rows, and a rejection keeps the table's later
+    proposals (drafts, if stale ones: any draft fixed before the target reads it keeps the
+    sampling exact) with the rejected draft's fallback proposal first, so every round drafts;
+    otherwise (chained proposals) a rejection clears the table and the next round only proposes.
+    draft=ngram: `ngrams` are device_ngram_tables(drafter), ngram_width its max_order - 1 and
+    min_chance the chance a chain of table drafts must keep."""
 
-    @functools.partial(jax.jit, donate_argnums=(1, 2, 3, 4))
-    def round_(params, cache, table_q, table_tok, state: RoundState, key, round_index, eos_id, ngrams=()):
-        order, filled, text, stop, decided, pending, group_next, rate, cut = state
+    @functools.partial(jax.jit, donate_argnums=(1, 2, 3))
+    def round_(params, cache, tables: Tables, state: RoundState, key, round_index, eos_id, ngrams=()):
+        order, filled, text, stop, decided, pending, group_next, rate, cut, fell_before = state
         b, slots = order.shape
         discard = slots - 1
         rows = jnp.arange(b)[:, None]
@@ -217,13 +276,13 @@ def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, 
         pend_tok = jnp.where(pend_valid, pending, 0)
         pend_pos = jnp.where(pend_valid, take(order, start[:, None] - 1)[:, 0], 0)
         model_ready = take(filled, start[:, None])[:, 0]
-        lead = jnp.zeros(b, bool)  # n-gram rounds: the model's exact proposal is the first draft
+        lead = jnp.zeros(b, bool)  # n-gram rounds: the model's proposal is the first draft
         if source_mode == "model":
             copied, copy_count = jnp.zeros((b, k), jnp.int32), jnp.zeros(b, jnp.int32)
         elif source_mode == "ngram":
             lead = active & model_ready
             copied, copy_count = ngram_run(ngrams, ngram_width, text, take(order, start[:, None])[:, 0],
-                                           take(table_tok, start[:, None])[:, 0], lead, room, k, min_chance)
+                                           take(tables.tok, start[:, None])[:, 0], lead, room, k, min_chance)
         else:
             copied, copy_count = copy_run(text, take(order, start[:, None])[:, 0], room, k, min_match, max_match)
         has_copy = active & (copy_count > 0)
@@ -236,26 +295,32 @@ def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, 
         ready = jnp.sum(jnp.cumprod(take(filled, start[:, None] + j) & (j < want[:, None]), axis=1), axis=1)
         count = jnp.where(active, jnp.where(use_copy, jnp.minimum(want, copy_count), ready), 0).astype(jnp.int32)
         draft_valid = j < count[:, None]
-        is_copy = draft_valid & use_copy[:, None] & ~(lead[:, None] & (j == 0))  # the lead keeps q = p
+        is_copy = draft_valid & use_copy[:, None] & ~(lead[:, None] & (j == 0))  # the lead keeps its q
         draft_index = jnp.where(draft_valid, start[:, None] + j, discard)
         draft_pos = jnp.where(draft_valid, take(order, start[:, None] + j), 0)
         g = group_next[:, None]
-        commit_groups = jnp.concatenate([jnp.where(active[:, None], g, 0), jnp.where(draft_valid, g + 1 + j, 0)], 1)
         after = start[:, None] + count[:, None] + j  # proposals for the positions after the drafts
         propose = active[:, None] & (after < stop[:, None])
-        query_pos = jnp.concatenate([draft_pos, jnp.where(propose, take(order, after), 0)], 1)
+        # fallback row j: the position after draft j, seeing what verify row j sees
+        behind = start[:, None] + 1 + j
+        fall = draft_valid & (behind < stop[:, None])
+        query_pos = jnp.concatenate([draft_pos, jnp.where(propose, take(order, after), 0),
+                                     jnp.where(fall, take(order, behind), 0)], 1)
         query_groups = jnp.concatenate([jnp.where(draft_valid, g + 1 + j, 0),
-                                        jnp.where(propose, g + 1 + count[:, None], 0)], 1)
-        write_index = jnp.concatenate([jnp.full((b, k), discard, jnp.int32),
-                                       jnp.where(propose & (j < stored), after, discard)], 1)
-
-        cache, table_q, table_tok, n, drafts, resampled, draft_lp, resampled_lp, _ = verify(
-            params, cache, table_q, table_tok, pend_tok, pend_pos, pend_valid, jnp.where(is_copy, copied, 0),
-            is_copy, draft_index, draft_pos, draft_valid, commit_groups, query_pos, query_groups, write_index,
-            key, round_index)
+                                        jnp.where(propose, g + 1 + count[:, None], 0),
+                                        jnp.where(fall, g + 1 + j, 0)], 1)
+        write_index = jnp.where(propose, after, discard)
+        commit = Commit(pending=pend_tok, pending_position=pend_pos, pending_valid=pend_valid,
+                        group=jnp.where(active, group_next, 0), positions=draft_pos, valid=draft_valid,
+                        index=draft_index, copy_tokens=jnp.where(is_copy, copied, 0), is_copy=is_copy)
+        queries = Queries(positions=query_pos, groups=query_groups, write_index=write_index,
+                          fallback_index=jnp.where(fall, behind, discard))
+        cache, tables, verdict = verify(params, cache, tables, commit, queries, key, round_index)
+        n, drafts, resampled, fell = verdict.accepted, verdict.drafts, verdict.resampled, verdict.fell
 
         # the bookkeeping: what was decided, and the state for the next round
-        filled = filled.at[rows, write_index].set(True).at[:, discard].set(False)
+        written = write_index[:, :1] if source_mode == "ngram" else write_index
+        filled = filled.at[rows, written].set(True).at[:, discard].set(False)
         accepted = jnp.minimum(n, count).astype(jnp.int32)
         drafted = count > 0
         took = jnp.where(drafted, accepted + (accepted < count), 0)
@@ -266,14 +331,17 @@ def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, 
         valid = j < took[:, None]
         tokens = jnp.where(j < accepted[:, None], drafts, resampled[:, None]).astype(jnp.int32)
         positions = jnp.where(valid, take(order, start[:, None] + j), 0)
-        log_probs = jnp.where(j < accepted[:, None], draft_lp, resampled_lp[:, None])
+        log_probs = jnp.where(j < accepted[:, None], verdict.draft_log_probs, verdict.resampled_log_prob[:, None])
         record = RoundRecord(rank=start[:, None] + 1 + j, tokens=tokens, positions=positions, valid=valid,
                              log_probs=log_probs, offered=count, accepted=accepted, copied=use_copy & drafted,
-                             lead=lead & drafted, active=active)
+                             lead=lead & drafted, active=active,
+                             fallback=fell_before & drafted & ~(use_copy & ~lead))
         text = text.at[rows, jnp.where(valid, positions, text.shape[1])].set(tokens, mode="drop")
         decided = start + took
         pending = jnp.where(rejected, resampled.astype(jnp.int32), jnp.where(active, -1, pending))
-        filled = filled & ~rejected[:, None]  # proposed given drafts that are now rejected
+        if not one_pass:  # proposed given drafts that are now rejected: the next round proposes afresh
+            filled = filled & ~rejected[:, None]
+        filled = filled.at[rows, jnp.where(fell, decided, discard)[:, None]].set(True).at[:, discard].set(False)
         cut = cut_at_eos(cut, valid & (tokens == eos_id), positions)
         # nothing after a generated EOS is generated: the order keeps its decided part and, after
         # it, only the positions before the cut (in their order)
@@ -285,7 +353,7 @@ def device_round(verify, k: int, stored: int, source_mode: str, adaptive: bool, 
         order = jnp.where(index < stop[:, None], order, 0)
         state = RoundState(order=order, filled=filled, text=text, stop=stop, decided=decided, pending=pending,
                            group_next=(group_next + jnp.where(active, 1 + count, 0)).astype(jnp.int32), rate=rate,
-                           cut=cut)
-        return cache, table_q, table_tok, state, record, jnp.any(decided < stop)
+                           cut=cut, fallback=jnp.where(active, fell, fell_before))
+        return cache, tables, state, record, jnp.any(decided < stop)
 
     return round_
