@@ -134,6 +134,62 @@ def test_a_decode_call_writes_its_rows_into_the_cache_without_copying_it(per_row
     assert compiled.memory_analysis().temp_size_in_bytes < 0.5 * cache_bytes
 
 
+@pytest.mark.parametrize("variant, query_input", [("a3", "vector"), ("a3", "shift"), ("causal", "vector")])
+def test_per_layer_weights_and_fused_streams_compute_what_the_scanned_layers_do(variant, query_input):
+    """decode_weights' one-buffer-per-layer weights run extend as an unrolled loop, and the cache's
+    layer call fuses the two streams' shared GEMMs (transformer.layer(fuse_streams=True)): the
+    same logits and cache as the scan over the stacked weights with the streams apart (the
+    training layer), to float32 rounding."""
+    from a3jax.decode.cache import decode_weights
+    from a3jax.model import transformer
+
+    model_def, params = _model(variant, query_input=query_input)
+    cfg = model_def.bind(params).cfg
+    rng = np.random.default_rng(0)
+    b, c, q = 2, 5, 4
+    rows = (jnp.asarray(rng.integers(0, 9, (b, c)), jnp.int32), jnp.tile(jnp.arange(c, dtype=jnp.int32), (b, 1)),
+            jnp.asarray(rng.random((b, c)) < 0.8), jnp.asarray(rng.integers(c, 12, (b, q)), jnp.int32),
+            jnp.asarray(rng.integers(0, 3, (b, c)), jnp.int32), jnp.asarray(rng.integers(1, 4, (b, q)), jnp.int32))
+    weights = decode_weights(params, cfg)
+    assert len(weights.layers) == cfg.n_layers and weights.params["layers"]["wq"].size == 0
+    split = jax.jit(lambda w, cache, *r: extend(model_def.bind(w.params), cache, *r, layers=w.layers))
+    cache_split, logits_split = split(weights, init_cache(cfg, b, 16), *rows)
+    layer = transformer.layer
+    try:  # the reference: the scan, and the streams apart as in training
+        transformer.layer = lambda *a, fuse_streams=False, **kw: layer(*a, **kw)
+        scanned = jax.jit(lambda params, cache, *r: extend(model_def.bind(params), cache, *r))
+        cache_scan, logits_scan = scanned(params, init_cache(cfg, b, 16), *rows)
+    finally:
+        transformer.layer = layer
+    np.testing.assert_allclose(np.asarray(logits_split), np.asarray(logits_scan), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(cache_split.k), np.asarray(cache_scan.k), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(cache_split.v), np.asarray(cache_scan.v), atol=1e-5, rtol=0)
+
+
+def test_a_decode_call_reads_each_layers_weights_without_copying_them():
+    """With per-layer weight buffers (decode_weights) a decode call's temporaries stay below one
+    layer's weights; the scan over the stacked weights copies each layer's slice out of the stack
+    (XLA:CPU materialises it: about half of a SmolLM2 `ar` step before, BENCHMARKS.md), so its
+    temporaries hold at least the largest weight (a check that can fail)."""
+    from a3jax.decode.cache import decode_weights
+
+    cfg = ModelConfig(vocab_size=64, d_model=256, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=1024,
+                      dtype="float32", query_input="shift")
+    model_def, params = init_model(cfg, 0)
+    weights = decode_weights(params, cfg)
+    b, c, q = 1, 1, 1
+    cache = init_cache(cfg, b, 16)
+    ones = jnp.ones((b, c), jnp.int32)
+    rows = (ones, ones, jnp.ones((b, c), bool), ones[:, :q])
+    split = jax.jit(lambda w, cache, *r: extend(model_def.bind(w.params), cache, *r, layers=w.layers),
+                    donate_argnums=1).lower(weights, cache, *rows).compile()
+    scanned = jax.jit(lambda p, cache, *r: extend(model_def.bind(p), cache, *r),
+                      donate_argnums=1).lower(params, cache, *rows).compile()
+    largest = max(w.nbytes for w in weights.layers[0].values())
+    assert split.memory_analysis().temp_size_in_bytes < 0.5 * largest
+    assert scanned.memory_analysis().temp_size_in_bytes >= largest
+
+
 def _reference_keys_values(model, layout):
     """Per-layer content-stream K/V of the full sequence with its final groups: {position: [L,2,H,D]}."""
     cfg = model.cfg

@@ -52,6 +52,32 @@ class KVCache(NamedTuple):
     length: jax.Array
 
 
+class DecodeWeights(NamedTuple):
+    """The weights every decoding call reads: `params`, the model's params in the compute dtype
+    (transformer.compute_params) with the stacked layer weights replaced by zero-size
+    placeholders, and `layers`, the same layer weights one dict of arrays per layer (extend's
+    `layers`), so that a call reads each layer's weights where they lie instead of copying its
+    slice out of the stack (XLA:CPU materialises every slice of a scanned or sliced stack).
+    Build once per generation (decode_weights): the split is one copy of the layer weights."""
+
+    params: dict
+    layers: tuple
+
+
+def decode_weights(params: dict, cfg: ModelConfig) -> DecodeWeights:
+    params = transformer.compute_params(params, cfg.dtype)
+    stacked = params["layers"]
+    layers = _split_layers(stacked)
+    placeholders = {name: jnp.zeros((0,), w.dtype) for name, w in stacked.items()}
+    return DecodeWeights({**params, "layers": placeholders}, layers)
+
+
+@jax.jit
+def _split_layers(stacked: dict) -> tuple:
+    count = len(next(iter(stacked.values())))
+    return tuple({name: w[i] for name, w in stacked.items()} for i in range(count))
+
+
 def init_cache(cfg: ModelConfig, batch: int, size: int, per_row: bool = False) -> KVCache:
     shape = (cfg.n_layers, batch, cfg.n_kv_heads, size, cfg.head_dim)
     v_shape = (cfg.n_layers, batch, cfg.n_kv_heads, cfg.head_dim, size)
@@ -102,7 +128,7 @@ def _append_layer(stack, layer, new_BxCxGxK, start, slot_axis: int):
 
 
 def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid, query_positions,
-           commit_groups=None, query_groups=None, query_previous=None):
+           commit_groups=None, query_groups=None, query_previous=None, layers=None):
     """Commits the next group(s) of each row and predicts the next positions, in one call.
 
     commit_tokens, commit_positions, commit_valid: [B, C] (invalid slots are ignored, never seen);
@@ -120,6 +146,10 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
     Returns (cache, logits): float32 [B, Q, V] query-stream logits; for a next-token model
     (causal), [B, 1, V] from the valid committed row with the largest position (it predicts that
     position + 1). The caller must leave room: cache.length + C <= S (every row).
+    layers: the layer weights one dict per layer (DecodeWeights.layers): the layers run as an
+    unrolled loop reading each layer's own buffers; None: a scan over the model's stacked weights,
+    whose per-layer slices XLA:CPU copies out in every call (about half of a SmolLM2 `ar` step on
+    a CPU, BENCHMARKS.md).
     """
     cfg: ModelConfig = model.cfg
     facts = model.facts
@@ -177,15 +207,20 @@ def extend(model, cache: KVCache, commit_tokens, commit_positions, commit_valid,
             return out_content, out_query
 
         content_BxCxD, query_BxQxD = transformer.layer(  # the model's own layer
-            cfg, p, content_BxCxD, query_BxQxD, rope_content, rope_query, attend)
+            cfg, p, content_BxCxD, query_BxQxD, rope_content, rope_query, attend, fuse_streams=True)
         return (content_BxCxD, query_BxQxD, stacks, layer + 1), None
 
     # The stacked cache rides in the carry, so each layer writes its new rows in place (no copy of
     # the cache per layer or per call, no stacked scan output); a call that commits nothing
     # (C = 0: speculative decoding's chained proposals) only reads it.
     stacks = (cache.k, cache.v) if c else ()
-    (content_BxCxD, query_BxQxD, stacks, _), _ = jax.lax.scan(
-        body, (content_BxCxD, query_BxQxD, stacks, jnp.zeros((), jnp.int32)), model.layer_params())
+    carry = (content_BxCxD, query_BxQxD, stacks, jnp.zeros((), jnp.int32))
+    if layers is None:
+        carry, _ = jax.lax.scan(body, carry, model.layer_params())
+    else:
+        for weights in layers:
+            carry, _ = body(carry, weights)
+    content_BxCxD, query_BxQxD, stacks, _ = carry
     k_all, v_all = stacks if c else (cache.k, cache.v)
     cache = KVCache(k=k_all, v=v_all, tokens=tokens, positions=positions, groups=groups, valid=valid,
                     length=start + c)

@@ -260,7 +260,7 @@ def device_round(verify, k: int, source_mode: str, adaptive: bool, one_pass: boo
     min_chance the chance a chain of table drafts must keep."""
 
     @functools.partial(jax.jit, donate_argnums=(1, 2, 3))
-    def round_(params, cache, tables: Tables, state: RoundState, key, round_index, eos_id, ngrams=()):
+    def round_(weights, cache, tables: Tables, state: RoundState, key, round_index, eos_id, ngrams=()):
         order, filled, text, stop, decided, pending, group_next, rate, cut, fell_before = state
         b, slots = order.shape
         discard = slots - 1
@@ -315,7 +315,7 @@ def device_round(verify, k: int, source_mode: str, adaptive: bool, one_pass: boo
                         index=draft_index, copy_tokens=jnp.where(is_copy, copied, 0), is_copy=is_copy)
         queries = Queries(positions=query_pos, groups=query_groups, write_index=write_index,
                           fallback_index=jnp.where(fall, behind, discard))
-        cache, tables, verdict = verify(params, cache, tables, commit, queries, key, round_index)
+        cache, tables, verdict = verify(weights, cache, tables, commit, queries, key, round_index)
         n, drafts, resampled, fell = verdict.accepted, verdict.drafts, verdict.resampled, verdict.fell
 
         # the bookkeeping: what was decided, and the state for the next round

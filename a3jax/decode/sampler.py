@@ -115,7 +115,7 @@ def recompute_groups(commit_order: np.ndarray, step: int) -> np.ndarray:
 # ---- the two states behind one call: (state, commit, query) -> (state, logits) -------------------
 
 def _recompute_call(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
-                    commit_groups=None):  # the official semantics: given groups are ignored
+                    commit_groups=None, layers=None):  # the official semantics: given groups are ignored
     tokens, known, lengths = state
     b, n = tokens.shape
     rows = jnp.arange(b)[:, None]
@@ -139,9 +139,9 @@ def _recompute_call(model, state, commit_tokens, commit_positions, commit_valid,
 
 
 def _cached_call(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
-                 commit_groups=None):
+                 commit_groups=None, layers=None):
     return cache_lib.extend(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
-                            commit_groups)
+                            commit_groups, layers=layers)
 
 
 _CALLS = {"cached": _cached_call, "recompute": _recompute_call}
@@ -173,14 +173,14 @@ def _static_step(model_def, sampling: SampleConfig):
     call = _CALLS[sampling.mode]
 
     @functools.partial(jax.jit, donate_argnums=(1,))
-    def step(params, state, commit_tokens, commit_positions, commit_valid, steps, cut_B, eos_id, key, t,
+    def step(weights, state, commit_tokens, commit_positions, commit_valid, steps, cut_B, eos_id, key, t,
              commit_groups=None):
         positions_BxW, valid_BxW, given_BxW, force_tokens, force_mask = (x[t] for x in steps)
         valid_BxW = valid_BxW & (positions_BxW <= cut_B[:, None])
         query_BxW = jnp.where(valid_BxW, positions_BxW, 0)
-        model = model_def.bind(params)
+        model = model_def.bind(weights.params)
         state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_BxW,
-                             commit_groups)
+                             commit_groups, layers=weights.layers)
         tokens, picked, _ = _choose(sampling, jax.random.fold_in(key, t), logits, force_tokens,
                                     force_mask & valid_BxW)
         eos_BxW = valid_BxW & ~given_BxW & (tokens == eos_id)  # given tokens (causal) never cut
@@ -196,10 +196,10 @@ def _commit_step(model_def, mode: str):
     call = _CALLS[mode]
 
     @functools.partial(jax.jit, donate_argnums=(1,))
-    def commit(params, state, commit_tokens, commit_positions, commit_valid):
+    def commit(weights, state, commit_tokens, commit_positions, commit_valid):
         b = commit_tokens.shape[0]
-        state, _ = call(model_def.bind(params), state, commit_tokens, commit_positions, commit_valid,
-                        jnp.zeros((b, 0), jnp.int32))
+        state, _ = call(model_def.bind(weights.params), state, commit_tokens, commit_positions, commit_valid,
+                        jnp.zeros((b, 0), jnp.int32), layers=weights.layers)
         return state
 
     return commit
@@ -212,13 +212,13 @@ def _dynamic_step(model_def, sampling: SampleConfig, criterion: str, width: int)
     call = _CALLS[sampling.mode]
 
     @functools.partial(jax.jit, donate_argnums=(1,))
-    def step(params, state, commit_tokens, commit_positions, commit_valid, query_positions, remaining, k_now_TxB,
+    def step(weights, state, commit_tokens, commit_positions, commit_valid, query_positions, remaining, k_now_TxB,
              force_tokens, force_mask, cut_B, eos_id, key, t, commit_groups=None):
         remaining = remaining & (query_positions <= cut_B[:, None])
         k_now = jnp.minimum(k_now_TxB[t], jnp.sum(remaining, axis=1))
-        model = model_def.bind(params)
+        model = model_def.bind(weights.params)
         state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
-                             commit_groups)
+                             commit_groups, layers=weights.layers)
         token_key, score_key = jax.random.split(jax.random.fold_in(key, t))
         tokens, picked, log_probs = _choose(sampling, token_key, logits, force_tokens, force_mask)
         scores = position_scores(criterion, score_key, log_probs, tokens)
@@ -313,18 +313,20 @@ def generate(model_def, params, documents, known, *, bos_id: int, pad_id: int, e
     _check_inputs(documents, known, forced, groups, max_len)
     cfg = model_def.bind(params).cfg
     cfg.facts.check_decode(sampling.plan, plan.kind, sampling.mode)
-    params = transformer.compute_params(params, cfg.dtype)  # cast once, not in every call
+    # cast once, not in every call; cached mode: the layer weights one buffer per layer (no slicing)
+    weights = cache_lib.decode_weights(params, cfg) if sampling.mode == "cached" else \
+        cache_lib.DecodeWeights(transformer.compute_params(params, cfg.dtype), None)
     if eos_id is None:
         sampling = dataclasses.replace(sampling, stop_at_eos=False)
     if plan.speculative:
-        return _generate_speculative(model_def, params, cfg, documents, known, plan, sampling, bos_id=bos_id,
+        return _generate_speculative(model_def, weights, cfg, documents, known, plan, sampling, bos_id=bos_id,
                                      pad_id=pad_id, eos_id=eos_id, groups=groups, forced=forced,
                                      keep_cache=keep_cache, progress=progress, drafter=drafter)
     if plan.dynamic:
-        return _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, bos_id=bos_id,
+        return _generate_dynamic(model_def, weights, cfg, documents, known, plan, sampling, bos_id=bos_id,
                                  pad_id=pad_id, eos_id=eos_id, forced=forced, keep_cache=keep_cache,
                                  progress=progress)
-    return _generate_static(model_def, params, cfg, documents, known, plan, sampling, bos_id=bos_id,
+    return _generate_static(model_def, weights, cfg, documents, known, plan, sampling, bos_id=bos_id,
                             pad_id=pad_id, eos_id=eos_id, groups=groups, forced=forced, keep_cache=keep_cache,
                             progress=progress)
 
@@ -410,7 +412,7 @@ class _Output:
         return steps.copy()  # context "group" (cached), or the commit order (recompute)
 
 
-def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
+def _generate_static(model_def, weights, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
                      groups, forced, keep_cache, progress):
     causal = cfg.facts.next_token  # left to right from the first unknown position
     batch = len(documents)
@@ -452,7 +454,7 @@ def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *
     steps = jax.device_put((step_pos, step_valid, step_given, force_tok, force_mask))
     outputs = []  # per step, on the device: (tokens, valid, log-probs), fetched once at the end
     for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
-        state, commit, picked, cut = step(params, state, *commit, steps, cut, eos, key, np.int32(t), commit_groups)
+        state, commit, picked, cut = step(weights, state, *commit, steps, cut, eos, key, np.int32(t), commit_groups)
         commit_groups = None
         outputs.append((commit[0], commit[2], picked))
         if t >= 2:  # at most two steps in flight: the progress bar follows the device, memory stays bounded
@@ -460,11 +462,11 @@ def _generate_static(model_def, params, cfg, documents, known, plan, sampling, *
     for t, (tokens, valid, picked) in enumerate(jax.device_get(outputs)):
         out.record(t + 1, tokens, step_pos[t], valid, picked)
     if keep_cache and not causal:
-        state = _commit_step(model_def, sampling.mode)(params, state, *commit)
+        state = _commit_step(model_def, sampling.mode)(weights, state, *commit)
     return out.result(n_steps, state if keep_cache else None)
 
 
-def _generate_speculative(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
+def _generate_speculative(model_def, weights, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
                           groups, forced, keep_cache, progress, drafter):
     if sampling.mode != "cached":
         raise UserError(f"plan {sampling.plan!r} verifies drafts against the exact KV cache: use mode='cached'")
@@ -472,7 +474,7 @@ def _generate_speculative(model_def, params, cfg, documents, known, plan, sampli
         raise UserError(f"plan {sampling.plan!r} samples its own tokens: forced= and keep_cache= are not supported")
     prefill = _prefill(documents, known, bos_id, pad_id, False, sampling.context)
     out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
-    out, calls, stats = generate_speculative(model_def, params, cfg, documents, known, plan, sampling,
+    out, calls, stats = generate_speculative(model_def, weights, cfg, documents, known, plan, sampling,
                                              bos_id=bos_id, pad_id=pad_id, eos_id=eos_id, groups=groups,
                                              prefill=prefill, output=out, progress=progress, drafter=drafter)
     result = out.result(calls, None)
@@ -480,7 +482,7 @@ def _generate_speculative(model_def, params, cfg, documents, known, plan, sampli
     return result
 
 
-def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
+def _generate_dynamic(model_def, weights, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
                       forced, keep_cache, progress):
     batch = len(documents)
     unknown = [np.flatnonzero(~m) + 1 for m in known]
@@ -517,7 +519,7 @@ def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, 
         if t >= lag and not bool(lefts[t - lag]):
             break
         state, commit, (positions, picked), remaining, cut, left = step(
-            params, state, *commit, query, remaining, k_now, force_tok, force_mask, cut, eos, key, np.int32(t),
+            weights, state, *commit, query, remaining, k_now, force_tok, force_mask, cut, eos, key, np.int32(t),
             commit_groups)
         commit_groups = None
         outputs.append((commit[0], positions, commit[2], picked))
@@ -527,5 +529,5 @@ def _generate_dynamic(model_def, params, cfg, documents, known, plan, sampling, 
     for t, (tokens, positions, chosen, picked) in enumerate(jax.device_get(outputs[:done_steps])):
         out.record(t + 1, tokens, positions, chosen, picked)
     if keep_cache:
-        state = _commit_step(model_def, sampling.mode)(params, state, *commit)
+        state = _commit_step(model_def, sampling.mode)(weights, state, *commit)
     return out.result(done_steps, state if keep_cache else None)

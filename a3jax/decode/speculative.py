@@ -97,16 +97,16 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
     shape = functools.partial(shaped_probs, temperature=temperature, top_k=top_k, top_p=top_p)
 
     @functools.partial(jax.jit, donate_argnums=(1, 2))
-    def prefill(params, cache, tables: rounds.Tables, tokens, positions, valid, groups, query_positions,
+    def prefill(weights, cache, tables: rounds.Tables, tokens, positions, valid, groups, query_positions,
                 write_index, key):
         """Commits the prompt; the first proposals into the table."""
-        cache, logits = cache_lib.extend(model_def.bind(params), cache, tokens, positions, valid,
-                                         query_positions, groups)
+        cache, logits = cache_lib.extend(model_def.bind(weights.params), cache, tokens, positions, valid,
+                                         query_positions, groups, layers=weights.layers)
         probs = shape(logits)
         return cache, rounds.Tables(_store(tables.q, write_index, probs),
                                     _store(tables.tok, write_index, _sample(key, probs)))
 
-    def verify(params, cache, tables: rounds.Tables, commit: rounds.Commit, queries: rounds.Queries, key,
+    def verify(weights, cache, tables: rounds.Tables, commit: rounds.Commit, queries: rounds.Queries, key,
                round_index):
         """One round: commit the pending token and the drafts, verify, propose, fall back.
         Returns (cache, tables, rounds.Verdict)."""
@@ -126,10 +126,10 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
         n_proposals = 1 if narrow else k
         rows_used = [slice(0, k + n_proposals)] + ([slice(2 * k, 3 * k)] if fallback else [])
         pick = lambda x: jnp.concatenate([x[:, r] for r in rows_used], 1)  # noqa: E731
-        cache, logits = cache_lib.extend(model_def.bind(params), cache, row(commit.pending, drafts),
+        cache, logits = cache_lib.extend(model_def.bind(weights.params), cache, row(commit.pending, drafts),
                                          row(commit.pending_position, commit.positions),
                                          row(commit.pending_valid, commit.valid), pick(queries.positions), groups,
-                                         pick(queries.groups))
+                                         pick(queries.groups), layers=weights.layers)
         probs = shape(logits)
         p = probs[:, :k]
         accept_key, resample_key, draft_key, fallback_key = jax.random.split(jax.random.fold_in(key, round_index), 4)
@@ -151,7 +151,7 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
         proposal_probs = probs[:, k:k + n_proposals]
         proposed = _sample(draft_key, proposal_probs)
         if chain:  # proposal j + 1 reads proposal j as its previous token (shifted query stream)
-            proposed, proposal_probs = _chain(params, cache, proposed, proposal_probs, queries.positions[:, k:2 * k],
+            proposed, proposal_probs = _chain(weights, cache, proposed, proposal_probs, queries.positions[:, k:2 * k],
                                               queries.groups[:, k:2 * k], draft_key)
         index = queries.write_index[:, :proposal_probs.shape[1]]
         table_q, table_tok = _store(tables.q, index, proposal_probs), _store(tables.tok, index, proposed)
@@ -170,14 +170,14 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
                                  resampled_log_prob=resampled_log_p, fell=fell)
         return cache, rounds.Tables(table_q, table_tok), verdict
 
-    def _chain(params, cache, proposed, probs, query_positions, query_groups, key):
+    def _chain(weights, cache, proposed, probs, query_positions, query_groups, key):
         """Chained proposals: proposal j + 1 (position P_{j+1}) computed in its own pass with the
         token sampled for P_j as its previous-token input (when P_j = P_{j+1} - 1; otherwise the
         row reads the cache like the verify pass's rows). Any proposal distribution keeps the
         sampling exact (it is fixed before the target reads it); these follow the text's
         dependencies. proposed [B, 1] and probs [B, 1, V] (the verify pass's first proposal) grow
         to the width of query_positions."""
-        model = model_def.bind(params)
+        model = model_def.bind(weights.params)
         b, width = query_positions.shape
         empty_tokens = jnp.zeros((b, 0), jnp.int32)
         empty_valid = jnp.zeros((b, 0), bool)
@@ -186,7 +186,7 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
             chained = query_positions[:, j] == query_positions[:, j - 1] + 1
             _, logits = cache_lib.extend(model, cache, empty_tokens, empty_tokens, empty_valid,
                                          query_positions[:, j:j + 1], empty_tokens, query_groups[:, j:j + 1],
-                                         (tokens[-1][:, None], chained[:, None]))
+                                         (tokens[-1][:, None], chained[:, None]), layers=weights.layers)
             key, sub = jax.random.split(key)
             dists.append(shape(logits)[:, 0])
             tokens.append(_sample(sub, dists[-1]))
@@ -205,7 +205,7 @@ def _order(plan, unknown: np.ndarray, rng, user_groups) -> np.ndarray:
     return unknown[np.lexsort((unknown, ranks))]
 
 
-def generate_speculative(model_def, params, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
+def generate_speculative(model_def, weights, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
                          groups, prefill, output, progress, drafter=None):
     """The speculative driver (see the module docstring). `prefill` is sampler._prefill's
     (tokens, positions, valid, groups); `output` a sampler._Output that records the commits;
@@ -253,7 +253,7 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
         for j in range(min(k_max, stop[b])):
             first[b, j], first_index[b, j] = order_mat[b, j], j
             filled[b, j] = True
-    cache, tables = prefill_call(params, cache, tables, *prefill, first, first_index, sub)
+    cache, tables = prefill_call(weights, cache, tables, *prefill, first, first_index, sub)
     stats["calls"] += 1
     stats["row_calls"] += stop > 0
     bar = tqdm(total=int(stop.sum()), desc="decode", unit="tok", disable=not progress, file=sys.stderr)
@@ -269,14 +269,14 @@ def generate_speculative(model_def, params, cfg, documents, known, plan, samplin
                               decided=np.zeros(batch, np.int32), pending=np.full(batch, -1, np.int32),
                               group_next=prefill[3].max(axis=1).astype(np.int32) + 1,
                               rate=np.full((batch, 2), 0.6, np.float32), cut=cut, fallback=np.zeros(batch, bool))
-    _device_rounds(functools.partial(round_call, ngrams=ngrams), params, cache, tables, jax.device_put(state), key,
+    _device_rounds(functools.partial(round_call, ngrams=ngrams), weights, cache, tables, jax.device_put(state), key,
                    eos, 2 * longest + 3, output, stats, passes_per_round, bar,
                    "ngram" if source_mode == "ngram" else "copy")
     bar.close()
     return output, stats["calls"], stats
 
 
-def _device_rounds(round_call, params, cache, tables, state, key, eos, max_rounds, output, stats, passes_per_round,
+def _device_rounds(round_call, weights, cache, tables, state, key, eos, max_rounds, output, stats, passes_per_round,
                    bar, text_source):
     """Runs rounds.device_round until no row has positions left, never waiting for the round just
     sent (the loop looks two rounds back; a round sent after the last one with work changes
@@ -286,7 +286,7 @@ def _device_rounds(round_call, params, cache, tables, state, key, eos, max_round
     for r in range(max_rounds):
         if r >= lag and not bool(lefts[r - lag]):
             break
-        cache, tables, state, record, left = round_call(params, cache, tables, state, key,
+        cache, tables, state, record, left = round_call(weights, cache, tables, state, key,
                                                         np.int32(stats["calls"] + r), eos)
         records.append(record)
         lefts.append(left)

@@ -161,7 +161,7 @@ def _heads(cfg: ModelConfig, x_BxRxD, w, n_heads, rope_tables: Rope | None = Non
 
 
 def layer(cfg: ModelConfig, p, content_BxCxD, query_BxQxD, rope_content: Rope, rope_query: Rope | None,
-          attend, update_content: bool = True):
+          attend, update_content: bool = True, fuse_streams: bool = False):
     """One pre-norm LLaMA layer over the content rows and (a3) the query rows: THE layer body of
     training (Transformer.hidden_states) and of decoding (decode/cache.py), which differ only in
     `attend`.
@@ -171,8 +171,15 @@ def layer(cfg: ModelConfig, p, content_BxCxD, query_BxQxD, rope_content: Rope, r
     streams' attention outputs (training: both streams over the row under the group masks;
     decoding: the cache with these keys appended). update_content=False (the a3 model's last
     layer in training, whose content output is never read) computes the query rows only and
-    returns the content rows unchanged. Returns (content_BxCxD, query_BxQxD or None).
+    returns the content rows unchanged. fuse_streams: the two streams' rows go through the
+    weights they share (norms, wq, wo, the MLP) as one [B, C + Q] GEMM each, so that every weight
+    is read once per layer, not once per stream: decoding, where a call's few rows make each
+    layer a read of its weights (SmolLM2 on a CPU: an `ar` step 1.3x faster, BENCHMARKS.md);
+    training's long rows are compute-bound and keep the streams apart (no concatenated copies).
+    Returns (content_BxCxD, query_BxQxD or None).
     """
+    if fuse_streams and query_BxQxD is not None and update_content:
+        return _fused_layer(cfg, p, content_BxCxD, query_BxQxD, rope_content, rope_query, attend)
     content_normed_BxCxD = rms_norm(content_BxCxD, p["attn_norm"], cfg.norm_eps)
     k_BxCxGxK = _heads(cfg, content_normed_BxCxD, p["wk"], cfg.n_kv_heads, rope_content)
     v_BxCxGxK = _heads(cfg, content_normed_BxCxD, p["wv"], cfg.n_kv_heads)
@@ -188,6 +195,22 @@ def layer(cfg: ModelConfig, p, content_BxCxD, query_BxQxD, rope_content: Rope, r
     if query_BxQxD is not None:
         query_BxQxD = residual_tail(cfg, p, query_BxQxD, out_query)
     return content_BxCxD, query_BxQxD
+
+
+def _fused_layer(cfg: ModelConfig, p, content_BxCxD, query_BxQxD, rope_content: Rope, rope_query: Rope, attend):
+    """layer(..., fuse_streams=True): the same values, the shared weights read once."""
+    c = content_BxCxD.shape[1]
+    both_BxRxD = jnp.concatenate([content_BxCxD, query_BxQxD], 1)
+    normed_BxRxD = rms_norm(both_BxRxD, p["attn_norm"], cfg.norm_eps)
+    content_normed_BxCxD = normed_BxRxD[:, :c]
+    k_BxCxGxK = _heads(cfg, content_normed_BxCxD, p["wk"], cfg.n_kv_heads, rope_content)
+    v_BxCxGxK = _heads(cfg, content_normed_BxCxD, p["wv"], cfg.n_kv_heads)
+    rope_both = Rope(*(jnp.concatenate([a, b], 1) for a, b in zip(rope_content, rope_query)))
+    q_BxRxHxK = _heads(cfg, normed_BxRxD, p["wq"], cfg.n_heads, rope_both)
+    out_content, out_query = (checkpoint_name(o, "attention")
+                              for o in attend(q_BxRxHxK[:, :c], q_BxRxHxK[:, c:], k_BxCxGxK, v_BxCxGxK))
+    both_BxRxD = residual_tail(cfg, p, both_BxRxD, jnp.concatenate([out_content, out_query], 1))
+    return both_BxRxD[:, :c], both_BxRxD[:, c:]
 
 
 def residual_tail(cfg: ModelConfig, p, x_BxRxD, attn_BxRxHxK):
@@ -348,8 +371,14 @@ class Transformer(nnx.Module):
         return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
     def logits(self, hidden_BxNxD):
-        """float32 logits [B, N, V] from final-normed hidden states."""
-        logits_BxNxV = logits_of(hidden_BxNxD, self.head())
+        """float32 logits [B, N, V] from final-normed hidden states. A full-precision tied head
+        contracts the [V, D] embedding as it lies: for a decoding call's single row, XLA:CPU would
+        copy the transposed embedding (its whole 113 MB for SmolLM2) in every call."""
+        tied_full = self.cfg.tie_embeddings and jnp.promote_types(hidden_BxNxD.dtype, jnp.float32) == hidden_BxNxD.dtype
+        if tied_full:
+            logits_BxNxV = jnp.einsum("...d,vd->...v", hidden_BxNxD, self.embed[...].astype(hidden_BxNxD.dtype))
+        else:
+            logits_BxNxV = logits_of(hidden_BxNxD, self.head())
         logits_BxNxV = constrain(logits_BxNxV, "batch", None, "vocab")
         if self.facts.masked_inputs:  # MASK is an input only: never predicted
             logits_BxNxV = logits_BxNxV.at[..., self.cfg.mask_token_id].set(MASK_LOGIT)
