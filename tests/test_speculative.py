@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from a3jax.decode import SampleConfig, generate
+from a3jax.decode import SampleConfig, generate, parse_plan
 from a3jax.decode.sampling import shaped_probs
 from a3jax.layout import build_layout, unsort
 from a3jax.model import ModelConfig
@@ -180,6 +180,14 @@ def test_bad_uses_are_refused():
     with pytest.raises(ValueError, match="forced= and keep_cache="):
         generate(model_def, params, docs, known, forced=[np.zeros(6, np.int32)],
                  sampling=SampleConfig(plan="speculative(2)"), **kwargs)
+    # a chain reads the token just proposed as the next row's previous token: the shifted query
+    # stream in the order ar, with model drafts; elsewhere it is refused, not silently one-pass
+    with pytest.raises(ValueError, match="query_input='vector'"):
+        generate(model_def, params, docs, known, sampling=SampleConfig(plan="speculative(2, chain)"), **kwargs)
+    for plan, why in [("speculative(2, chain, order=random)", "order=random"),
+                      ("speculative(2, chain, draft=ngram)", "draft=ngram")]:
+        with pytest.raises(ValueError, match=why):
+            parse_plan(plan)
 
 
 @pytest.mark.slow

@@ -104,7 +104,8 @@ def speculative_rows(model_def, params, cfg, docs, known, args, special, drafter
     if args.plans:
         plans = ["ar"] + [p.strip() for p in args.plans.split(";") if p.strip() and p.strip() != "ar"]
     else:
-        plans = ["ar", f"blocks({k})", f"speculative({k}, draft=model)", f"speculative({k}, draft=model, chain)",
+        chained = [f"speculative({k}, draft=model, chain)"] if cfg.shifted_query else []  # needs the shifted stream
+        plans = ["ar", f"blocks({k})", f"speculative({k}, draft=model)", *chained,
                  f"speculative({k}, draft=copy)", f"speculative({k})", f"speculative({2 * k}, adaptive)"]
         if drafter is not None:
             plans += [f"speculative({k}, draft=ngram)"]

@@ -23,6 +23,7 @@ is one pass that verifies its drafts and proposes the next ones, so no plan take
                                         continuations)
   speculative(k, chain)                 the model's proposals chained through the shifted query
                                         stream: better drafts, but a pass per drafted position
+                                        (model.query_input=shift, order=ar, model drafts only)
   speculative(k, order=random)          a random order of the unknown positions (order=groups: the
                                         caller's group ids rank the positions); copies need 'ar'
 """
@@ -177,6 +178,10 @@ def _speculative(spec: str, positional: list[str], keywords: dict, integer) -> P
     if draft in ("copy", "ngram") and order != "ar":
         raise UserError(f"plan {spec!r}: {draft} drafts follow the text left to right; use order=ar or "
                         "draft=model")
+    if chain and (order != "ar" or draft == "ngram"):
+        why = "draft=ngram chains the table's drafts itself" if draft == "ngram" else \
+            f"order={order} (a chain reads the token just proposed for the position before: order=ar)"
+        raise UserError(f"plan {spec!r}: chained proposals need order=ar and model drafts, but {why}; drop `chain`")
     return Plan("speculative", k=k, adaptive=adaptive, order=order, draft=draft, chain=chain)
 
 

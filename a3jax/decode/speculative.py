@@ -40,7 +40,7 @@ Draft sources (`draft=`):
          the next position (exact after a full acceptance, a fallback after a rejection): one pass
          per round, however many positions it drafts (order 'ar' only).
 Chained proposals (`speculative(k, chain)`; a model with the shifted query stream,
-model.query_input=shift, in the order 'ar'): the proposal of position p + 1 is re-run, in the same
+model.query_input=shift, in the order 'ar', refused elsewhere): the proposal of position p + 1 is re-run, in the same
 call, with the token just proposed for p as its previous-token input, one row per pass, so drafts
 follow each other the way subword tokens do. On the demo's subword model chaining raised the
 model drafts' acceptance from about 0.35 to 0.69, but a round of k drafts costs k passes for at
@@ -220,7 +220,10 @@ def generate_speculative(model_def, weights, cfg, documents, known, plan, sampli
         raise UserError(f"plan {sampling.plan!r} drafts from a token corpus: pass drafter=NgramDrafter(...) "
                         "(a3jax sample and bench decode build it from the model's training data)")
     # chained model proposals cost a pass per drafted position (only where the plan asks for them)
-    chain = bool(plan.chain and cfg.shifted_query and plan.order == "ar" and source_mode != "ngram")
+    if plan.chain and not cfg.shifted_query:
+        raise UserError(f"plan {sampling.plan!r} chains proposals through the shifted query stream, which this "
+                        f"model does not have (model.query_input={cfg.query_input!r}, not 'shift'); drop `chain`")
+    chain = bool(plan.chain)
     narrow = chain or source_mode == "ngram"  # only the next position's proposal comes from the verify pass
     prefill_call, verify = _calls(model_def, float(sampling.temperature), int(sampling.top_k),
                                   float(sampling.top_p), chain, narrow, not chain)
