@@ -63,7 +63,7 @@ def test_training_and_decoding_run_the_same_layer(variant, monkeypatch):
     plan = "random(2)" if variant == "a3" else "ar"
 
     def decoded_and_full():
-        sampler._static_step.cache_clear()  # retrace: a compiled step would keep the old layer
+        sampler._step.cache_clear()  # retrace: a compiled step would keep the old layer
         jax.clear_caches()
         result = generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD, forced=[doc],
                           sampling=SampleConfig(plan=plan, seed=2))
@@ -84,7 +84,7 @@ def test_training_and_decoding_run_the_same_layer(variant, monkeypatch):
         decoded_perturbed, full_perturbed = decoded_and_full()
     finally:  # no compiled step of the perturbed model may outlive this test
         monkeypatch.undo()
-        sampler._static_step.cache_clear()
+        sampler._step.cache_clear()
         jax.clear_caches()
     np.testing.assert_allclose(decoded_perturbed, full_perturbed, atol=1e-5)
     assert np.abs(decoded_perturbed - decoded).max() > 1e-2  # the perturbation reached decoding
@@ -385,7 +385,7 @@ def test_eos_ends_the_document_and_nothing_after_it_is_generated():
     result = generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD, eos_id=EOS, forced=[forced],
                       sampling=SampleConfig(plan="ar"))
     np.testing.assert_array_equal(result.tokens[0], [1, 2, 3, 4])
-    assert result.n_steps == 6  # the plan had 6 steps; steps after the EOS commit nothing
+    assert result.n_steps == 3  # the plan had 6 steps; the loop stops once the EOS cut every later one
     kept = generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD, eos_id=EOS, forced=[forced],
                     sampling=SampleConfig(plan="ar", stop_at_eos=False))
     np.testing.assert_array_equal(kept.tokens[0], forced)
@@ -438,11 +438,11 @@ def test_recompute_mode_follows_the_official_semantics():
 
 
 def test_one_compile_for_the_prefill_and_one_for_all_steps():
-    from a3jax.decode.sampler import _compiled_fields, _static_step
+    from a3jax.decode.sampler import _compiled_fields, _step
 
     model_def, params = _model()
     sampling = SampleConfig(plan="ar", seed=7)
-    step = _static_step(model_def, _compiled_fields(sampling))  # the step every seed shares
+    step = _step(model_def, _compiled_fields(sampling))  # the step every seed shares
     before = step._cache_size()
     generate(model_def, params, [np.zeros(12, np.int32)], [np.arange(12) < 2], bos_id=BOS, pad_id=PAD,
              eos_id=EOS, sampling=sampling)
@@ -668,10 +668,10 @@ def test_a_new_seed_reuses_the_compiled_step():
     model_def, params = _model()
     doc = np.array([BOS, 3, 4, 5, 6, 7, 8, 9], np.int32)
     known = np.arange(doc.size) < 3
-    sampler._static_step.cache_clear()
+    sampler._step.cache_clear()
     draws = [generate(model_def, params, [doc], [known], bos_id=BOS, pad_id=PAD,
                       sampling=SampleConfig(plan="ar", temperature=1.0, seed=seed)).tokens[0] for seed in range(4)]
-    assert sampler._static_step.cache_info().currsize == 1
+    assert sampler._step.cache_info().currsize == 1
     assert len({tuple(d) for d in draws}) > 1  # the seeds still sample differently
 
 

@@ -4,7 +4,7 @@ token, the acceptance rates, the text that copies and n-gram contexts are read f
 fallback after a rejection, the EOS cut -- is computed inside the round's own call, over typed
 pytrees (RoundState, Tables, Commit, Queries, Verdict, RoundRecord below). The host only
 enqueues rounds, looks two rounds back for whether any row has positions left (as
-sampler._dynamic_step does), and fetches the rounds' commits once at the end
+sampler._run_steps does), and fetches the rounds' commits once at the end
 (speculative._device_rounds).
 
 Exactness does not rest on these rules (any draft fixed before the target reads it keeps the

@@ -11,7 +11,12 @@ to predict now) against the state, where the state is either
              the `mdlm` (masked diffusion) variant: unknown positions input MASK, attention is
              bidirectional, and the content stream's logits at the queried positions are used
              (dynamic confidence plans give the usual MDLM sampler).
-The host loop only moves small int arrays (chosen tokens and positions) between steps.
+Static plans (a fixed grouping: ar, blocks, random, the caller's groups) and dynamic ones (the k
+best positions by a criterion) share ONE jitted step (_step: typed Commit, StaticSchedule or
+DynamicSchedule, StepState and StepRecord pytrees) and ONE host loop (_run_steps): the prefill is
+the first step's commit, keep_cache's last commit a step with nothing to query. Nothing but the
+step index goes from the host to the device between steps; the records are fetched once at the
+end. Speculative plans run rounds of their own (decode/speculative.py, decode/rounds.py).
 
 Documents are int arrays of the tokens at positions 1..L (BOS is added at position 0); `known`
 marks the given positions, the others are generated. Rows may differ in length and in gaps.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -162,78 +168,112 @@ def _compiled_fields(sampling: SampleConfig) -> SampleConfig:
     return dataclasses.replace(sampling, seed=0)
 
 
-@functools.lru_cache(maxsize=64)
-def _static_step(model_def, sampling: SampleConfig):
-    """Step t of a static plan, everything the next step needs kept on the device: the host
-    enqueues step t + 1 while step t runs (no per-step transfer). `steps`: the plan's [T, B, W]
-    positions, valid, given and forced tokens and mask, uploaded once.
+class Commit(NamedTuple):
+    """The group a step commits (chosen by the step before), [B, W]: tokens, original positions,
+    valid; groups: the prefill's group ids (BOS 0, the given tokens' ranks), or None: one new
+    group (cache.extend)."""
 
-    The EOS cut too: cut_B is each row's 1-based position of its first generated EOS (NO_CUT
-    before one); a position beyond it is dropped (not queried, not committed). eos_id < 0: none."""
+    tokens: jax.Array
+    positions: jax.Array
+    valid: jax.Array
+    groups: jax.Array | None = None
+
+
+class StaticSchedule(NamedTuple):
+    """A static plan's steps, uploaded once, [T, B, W]: step t queries positions[t] where valid[t];
+    given[t]: a causal model's given tokens (committed as they are, never an EOS cut);
+    force_tokens/force_mask: tokens committed instead of sampled. Width 0: a commit-only step."""
+
+    positions: jax.Array
+    valid: jax.Array
+    given: jax.Array
+    force_tokens: jax.Array
+    force_mask: jax.Array
+
+
+class DynamicSchedule(NamedTuple):
+    """A dynamic plan: every step queries the unknown positions query [B, Q] still to fill and
+    commits the k_now[t] [T, B] best of them by the plan's criterion; force_* as above, [B, Q]."""
+
+    query: jax.Array
+    k_now: jax.Array
+    force_tokens: jax.Array
+    force_mask: jax.Array
+
+
+class StepState(NamedTuple):
+    """What a step hands the next besides the cache (donated on its own), on the device: the group
+    to commit, each row's EOS cut (cut_at_eos), and a dynamic plan's positions still to fill
+    ([B, Q]; [B, 0] for a static plan)."""
+
+    commit: Commit
+    cut: jax.Array
+    remaining: jax.Array
+
+
+class StepRecord(NamedTuple):
+    """What a step chose, [B, W]: tokens, positions, valid, and the model's log-probs of them."""
+
+    tokens: jax.Array
+    positions: jax.Array
+    valid: jax.Array
+    log_probs: jax.Array
+
+
+@functools.lru_cache(maxsize=64)
+def _step(model_def, sampling: SampleConfig, criterion: str | None = None, width: int = 0):
+    """THE step of the static and dynamic plans (criterion None: static), jitted: commit the last
+    chosen group, query this step's positions, choose. Everything the next step needs stays on the
+    device (StepState), so the host enqueues step t + 1 while step t runs. A static schedule of
+    width 0 is a commit-only step (keep_cache's last group). `cache`: the KV cache (cached mode)
+    or the recompute row. Returns (cache, state, StepRecord, whether a later step has a position
+    to fill): a generated EOS drops every later position of its row (not queried, not committed),
+    and the host stops once no row has one."""
     call = _CALLS[sampling.mode]
 
     @functools.partial(jax.jit, donate_argnums=(1,))
-    def step(weights, state, commit_tokens, commit_positions, commit_valid, steps, cut_B, eos_id, key, t,
-             commit_groups=None):
-        positions_BxW, valid_BxW, given_BxW, force_tokens, force_mask = (x[t] for x in steps)
-        valid_BxW = valid_BxW & (positions_BxW <= cut_B[:, None])
-        query_BxW = jnp.where(valid_BxW, positions_BxW, 0)
-        model = model_def.bind(weights.params)
-        state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_BxW,
-                             commit_groups, layers=weights.layers)
-        tokens, picked, _ = _choose(sampling, jax.random.fold_in(key, t), logits, force_tokens,
-                                    force_mask & valid_BxW)
-        eos_BxW = valid_BxW & ~given_BxW & (tokens == eos_id)  # given tokens (causal) never cut
-        cut_B = cut_at_eos(cut_B, eos_BxW, positions_BxW)
-        return state, (tokens, query_BxW, valid_BxW), picked, cut_B
-
-    return step
-
-
-@functools.lru_cache(maxsize=64)
-def _commit_step(model_def, mode: str):
-    """Commits the last group without predicting anything (keep_cache=True)."""
-    call = _CALLS[mode]
-
-    @functools.partial(jax.jit, donate_argnums=(1,))
-    def commit(weights, state, commit_tokens, commit_positions, commit_valid):
-        b = commit_tokens.shape[0]
-        state, _ = call(model_def.bind(weights.params), state, commit_tokens, commit_positions, commit_valid,
-                        jnp.zeros((b, 0), jnp.int32), layers=weights.layers)
-        return state
-
-    return commit
-
-
-@functools.lru_cache(maxsize=64)
-def _dynamic_step(model_def, sampling: SampleConfig, criterion: str, width: int):
-    """Step t of a dynamic plan, its state kept on the device like _static_step's: the positions
-    still to fill (remaining_BxQ), the EOS cut, and whether any row has a position left."""
-    call = _CALLS[sampling.mode]
-
-    @functools.partial(jax.jit, donate_argnums=(1,))
-    def step(weights, state, commit_tokens, commit_positions, commit_valid, query_positions, remaining, k_now_TxB,
-             force_tokens, force_mask, cut_B, eos_id, key, t, commit_groups=None):
-        remaining = remaining & (query_positions <= cut_B[:, None])
-        k_now = jnp.minimum(k_now_TxB[t], jnp.sum(remaining, axis=1))
-        model = model_def.bind(weights.params)
-        state, logits = call(model, state, commit_tokens, commit_positions, commit_valid, query_positions,
-                             commit_groups, layers=weights.layers)
-        token_key, score_key = jax.random.split(jax.random.fold_in(key, t))
-        tokens, picked, log_probs = _choose(sampling, token_key, logits, force_tokens, force_mask)
-        scores = position_scores(criterion, score_key, log_probs, tokens)
-        scores = jnp.where(remaining, scores, -jnp.inf)
-        top, index = jax.lax.top_k(scores, width)
-        chosen = (jnp.arange(width)[None, :] < k_now[:, None]) & (top > -jnp.inf)
-        take = lambda x: jnp.take_along_axis(x, index, axis=1)  # noqa: E731
-        tokens, positions = take(tokens), take(query_positions)
-        done_BxQ = jnp.any(query_positions[:, :, None] == jnp.where(chosen, positions, -1)[:, None, :], axis=-1)
-        remaining = remaining & ~done_BxQ
-        eos_BxW = chosen & (tokens == eos_id)
-        cut_B = cut_at_eos(cut_B, eos_BxW, positions)
-        left = jnp.any(remaining & (query_positions <= cut_B[:, None]))  # the next step has work
-        commit = (tokens, jnp.where(chosen, positions, 0), chosen)
-        return state, commit, (positions, take(picked)), remaining, cut_B, left
+    def step(weights, cache, state: StepState, schedule, key, t, eos_id):
+        cut = state.cut
+        if criterion is None:
+            positions, valid, given, force_tokens, force_mask = (x[t] for x in schedule)
+            valid = valid & (positions <= cut[:, None])
+            query = jnp.where(valid, positions, 0)
+            token_key = jax.random.fold_in(key, t)
+        else:
+            query, force_tokens, force_mask = schedule.query, schedule.force_tokens, schedule.force_mask
+            valid = state.remaining & (query <= cut[:, None])
+            token_key, score_key = jax.random.split(jax.random.fold_in(key, t))
+        commit = state.commit
+        cache, logits = call(model_def.bind(weights.params), cache, commit.tokens, commit.positions,
+                             commit.valid, query, commit.groups, layers=weights.layers)
+        if not query.shape[1]:  # commit only
+            record = StepRecord(query, query, valid, jnp.zeros(query.shape, jnp.float32))
+            return cache, StepState(Commit(query, query, valid), cut, state.remaining), record, jnp.zeros((), bool)
+        tokens, picked, log_probs = _choose(sampling, token_key, logits, force_tokens, force_mask & valid)
+        remaining = state.remaining
+        if criterion is None:  # every queried position is committed
+            eos = valid & ~given & (tokens == eos_id)  # given tokens (causal) never cut
+            record = StepRecord(tokens, query, valid, picked)
+            cut = cut_at_eos(cut, eos, query)
+            # any later step with a position before the cut (in a random order the next step's
+            # may lie past the cut while a later one's does not)
+            later = (jnp.arange(schedule.valid.shape[0]) > t)[:, None, None]
+            left = jnp.any(later & schedule.valid & (schedule.positions <= cut[None, :, None]))
+        else:  # the k_now best positions by the criterion
+            k_now = jnp.minimum(schedule.k_now[t], jnp.sum(valid, axis=1))
+            scores = jnp.where(valid, position_scores(criterion, score_key, log_probs, tokens), -jnp.inf)
+            top, index = jax.lax.top_k(scores, width)
+            chosen = (jnp.arange(width)[None, :] < k_now[:, None]) & (top > -jnp.inf)
+            take = lambda x: jnp.take_along_axis(x, index, axis=1)  # noqa: E731
+            tokens, positions = take(tokens), take(query)
+            record = StepRecord(tokens, positions, chosen, take(picked))
+            done = jnp.any(query[:, :, None] == jnp.where(chosen, positions, -1)[:, None, :], axis=-1)
+            remaining = valid & ~done
+            cut = cut_at_eos(cut, chosen & (tokens == eos_id), positions)
+            left = jnp.any(remaining & (query <= cut[:, None]))
+        state = StepState(commit=Commit(record.tokens, jnp.where(record.valid, record.positions, 0), record.valid),
+                          cut=cut, remaining=remaining)
+        return cache, state, record, left
 
     return step
 
@@ -443,27 +483,48 @@ def _generate_static(model_def, weights, cfg, documents, known, plan, sampling, 
         force_tok[:, b] = source[np.maximum(step_pos[:, b], 1) - 1]
         step_given[:, b] = step_valid[:, b] & known[b][np.maximum(step_pos[:, b], 1) - 1]
         force_mask[:, b] = step_valid[:, b] if forced is not None else step_given[:, b]
+    schedule = StaticSchedule(step_pos, step_valid, step_given, force_tok, force_mask)
+    commit = Commit(*_prefill(documents, known, bos_id, pad_id, causal, sampling.context))
+    size = bucket(commit.tokens.shape[1] + len(step_pos) * width)
+    cache = _init_state(cfg, sampling.mode, documents, known, pad_id, size)
+    state = StepState(commit, eos_start(batch, eos_id, sampling.stop_at_eos)[0], np.zeros((batch, 0), bool))
+    return _run_steps(model_def, weights, cfg, cache, state, schedule, sampling, None, n_steps, documents, known,
+                      eos_id, keep_cache, progress, commit_last=not causal)
 
-    *commit, commit_groups = _prefill(documents, known, bos_id, pad_id, causal, sampling.context)
-    size = bucket(commit[0].shape[1] + len(step_pos) * width)
-    state = _init_state(cfg, sampling.mode, documents, known, pad_id, size)
-    step = _static_step(model_def, _compiled_fields(sampling))
+
+def _run_steps(model_def, weights, cfg, cache, state, schedule, sampling, criterion, n_steps, documents, known, eos_id,
+               keep_cache, progress, commit_last=True):
+    """The one host loop of the static and dynamic plans: enqueue _step after _step, looking
+    `lag` steps back for whether any row has a position left (the host never waits for the step
+    just sent; a step sent after the last one with work chooses nothing and is not counted),
+    except with keep_cache, whose final cache must hold exactly the steps taken (then the last
+    chosen group is committed by a commit-only step). The records are fetched once at the end."""
+    fields = _compiled_fields(sampling)
+    step = _step(model_def, fields) if criterion is None else \
+        _step(model_def, fields, criterion, int(np.max(schedule.k_now)))
     out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     key = jax.random.key(int(sampling.seed))
-    cut, eos = eos_start(batch, eos_id, sampling.stop_at_eos)
-    steps = jax.device_put((step_pos, step_valid, step_given, force_tok, force_mask))
-    outputs = []  # per step, on the device: (tokens, valid, log-probs), fetched once at the end
+    eos = eos_start(len(documents), eos_id, sampling.stop_at_eos)[1]
+    state, schedule = jax.device_put((state, schedule))
+    lag = 1 if keep_cache else 2
+    records, lefts = [], []  # per step, on the device
     for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
-        state, commit, picked, cut = step(weights, state, *commit, steps, cut, eos, key, np.int32(t), commit_groups)
-        commit_groups = None
-        outputs.append((commit[0], commit[2], picked))
-        if t >= 2:  # at most two steps in flight: the progress bar follows the device, memory stays bounded
-            jax.block_until_ready(outputs[t - 2][0])
-    for t, (tokens, valid, picked) in enumerate(jax.device_get(outputs)):
-        out.record(t + 1, tokens, step_pos[t], valid, picked)
-    if keep_cache and not causal:
-        state = _commit_step(model_def, sampling.mode)(weights, state, *commit)
-    return out.result(n_steps, state if keep_cache else None)
+        if t >= lag and not bool(lefts[t - lag]):
+            break
+        cache, state, record, left = step(weights, cache, state, schedule, key, np.int32(t), eos)
+        records.append(record)
+        lefts.append(left)
+    lefts = jax.device_get(lefts)
+    done = next((t + 1 for t, left in enumerate(lefts) if not left), len(lefts))
+    for t, record in enumerate(jax.device_get(records[:done])):
+        out.record(t + 1, *record)
+    if not keep_cache:
+        return out.result(done, None)
+    if commit_last:  # the last chosen group, by a step with nothing to query
+        b = len(documents)
+        empty = StaticSchedule(*(np.zeros((1, b, 0), dtype) for dtype in (np.int32, bool, bool, np.int32, bool)))
+        cache, *_ = _step(model_def, fields)(weights, cache, state, empty, key, np.int32(0), eos)
+    return out.result(done, cache)
 
 
 def _generate_speculative(model_def, weights, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
@@ -500,34 +561,10 @@ def _generate_dynamic(model_def, weights, cfg, documents, known, plan, sampling,
         for b, u in enumerate(unknown):
             force_tok[b, :u.size] = np.asarray(forced[b])[u - 1]
             force_mask[b, :u.size] = True
-
-    *commit, commit_groups = _prefill(documents, known, bos_id, pad_id, False, sampling.context)
-    size = bucket(commit[0].shape[1] + len(k_now) * width)
-    state = _init_state(cfg, sampling.mode, documents, known, pad_id, size)
-    step = _dynamic_step(model_def, _compiled_fields(sampling), plan.criterion, width)
-    out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
-    key = jax.random.key(int(sampling.seed))
-    cut, eos = eos_start(batch, eos_id, sampling.stop_at_eos)
-    query, remaining, k_now, force_tok, force_mask = jax.device_put((query, remaining, k_now, force_tok, force_mask))
-    # A generated EOS can empty every row before the schedule ends: the loop stops then. It looks
-    # `lag` steps back so that the host never waits for the step just sent (a step sent after the
-    # last one with work commits and chooses nothing, and is not counted), except with keep_cache,
-    # whose final cache must hold exactly the steps taken.
-    lag = 1 if keep_cache else 2
-    outputs, lefts = [], []  # per step, on the device: (tokens, positions, chosen, log-probs), work left
-    for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
-        if t >= lag and not bool(lefts[t - lag]):
-            break
-        state, commit, (positions, picked), remaining, cut, left = step(
-            weights, state, *commit, query, remaining, k_now, force_tok, force_mask, cut, eos, key, np.int32(t),
-            commit_groups)
-        commit_groups = None
-        outputs.append((commit[0], positions, commit[2], picked))
-        lefts.append(left)
-    lefts = jax.device_get(lefts)
-    done_steps = next((t + 1 for t, left in enumerate(lefts) if not left), len(lefts))
-    for t, (tokens, positions, chosen, picked) in enumerate(jax.device_get(outputs[:done_steps])):
-        out.record(t + 1, tokens, positions, chosen, picked)
-    if keep_cache:
-        state = _commit_step(model_def, sampling.mode)(weights, state, *commit)
-    return out.result(done_steps, state if keep_cache else None)
+    schedule = DynamicSchedule(query, k_now, force_tok, force_mask)
+    commit = Commit(*_prefill(documents, known, bos_id, pad_id, False, sampling.context))
+    size = bucket(commit.tokens.shape[1] + len(k_now) * width)
+    cache = _init_state(cfg, sampling.mode, documents, known, pad_id, size)
+    state = StepState(commit, eos_start(batch, eos_id, sampling.stop_at_eos)[0], remaining)
+    return _run_steps(model_def, weights, cfg, cache, state, schedule, sampling, plan.criterion, n_steps, documents,
+                      known, eos_id, keep_cache, progress)
