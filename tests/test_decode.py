@@ -514,7 +514,8 @@ def test_score_equals_the_sum_of_the_samplers_log_probs_when_forced(plan, query_
         np.testing.assert_array_equal(tokens, doc)
     groups = [np.arange(1, d.size + 1) for d in docs] if plan == "ar" else result.groups
     scores = sequence_log_probs(model_def, params, docs, groups, seq_len=16, bos_id=BOS, pad_id=PAD)
-    np.testing.assert_allclose([lp.sum() for lp in result.log_probs], scores, atol=1e-5)
+    for doc, log_probs, score in zip(docs, result.log_probs, scores):  # float32 rounding: 1e-5 a token
+        np.testing.assert_allclose(log_probs.sum(), score, atol=1e-5 * doc.size)
     assert np.all(scores < 0)
 
 
