@@ -174,7 +174,7 @@ def layer(cfg: ModelConfig, p, content_BxCxD, query_BxQxD, rope_content: Rope, r
     returns the content rows unchanged. fuse_streams: the two streams' rows go through the
     weights they share (norms, wq, wo, the MLP) as one [B, C + Q] GEMM each, so that every weight
     is read once per layer, not once per stream: decoding, where a call's few rows make each
-    layer a read of its weights (SmolLM2 on a CPU: an `ar` step 1.3x faster, BENCHMARKS.md);
+    layer a read of its weights (SmolLM2 on a CPU: an `ar` call 1.45x faster, BENCHMARKS.md);
     training's long rows are compute-bound and keep the streams apart (no concatenated copies).
     Returns (content_BxCxD, query_BxQxD or None).
     """
