@@ -58,7 +58,7 @@ demo: $(BASE_STAMP)
 	$(BIN)/a3jax demo --workdir=$(WORKDIR)
 
 # Tiers (tests/conftest.py): `make test` is tier 1, every test but the whole-program (e2e), heavy
-# and real-model ones (about 7.5 minutes on 2 cores); `make test-rest` runs exactly those (the
+# and real-model ones (6-9 minutes on 2 cores, README); `make test-rest` runs exactly those (the
 # real-model tests skip, saying how to fetch the model, until `make smollm2` has); `make test-all`
 # both. CI runs every tier.
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
