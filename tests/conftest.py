@@ -68,7 +68,7 @@ def fast_compile_options() -> dict | None:
 #   heavy       every `slow` test but the few in TIER1_SLOW (one of each property: sampling
 #               exactness, greedy identity, sharded parity, resume), and the tests listed in HEAVY;
 #               on 2026-12-08 tier 1 took 16:35 with them (32 minutes of worker time), over issue
-XX
+#               38's budget, and 9:20 without them at the same slow moment of the machine
 #   real_model  needs a downloaded pretrained model (skipped, saying how to fetch it, without one)
 E2E_MODULES = ("tests/reliability/", "tests/test_multiprocess.py", "tests/test_demo.py", "tests/test_device_script.py",
                "tests/test_packaging.py", "tests/test_sweep.py", "tests/test_lm_eval.py", "tests/test_bench.py")
