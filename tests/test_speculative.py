@@ -87,8 +87,9 @@ def test_samples_follow_the_one_at_a_time_joint_exactly(order, k, query_input):
     expected = np.zeros(81)
     expected[sequences @ (3 ** np.arange(3, -1, -1))] = probs * n
     assert _chi_square(samples, expected) > 1e-3
-    # fewer calls than one per position (5 per row for 'ar' incl. the prefill)
-    assert result.stats["calls"] < 5
+    # fewer calls than one per position: 5 per row one at a time, the prompt's call included (the
+    # batch's calls are its slowest row's: out of 12,000 rows, some reject every draft)
+    assert result.stats["row_calls"].mean() < 4.5
     by_source = result.stats["by_source"]  # every draft offered is counted once, under its source
     assert sum(v["offered"] for v in by_source.values()) == result.stats["offered"].sum()
     assert sum(v["accepted"] for v in by_source.values()) == result.stats["accepted"].sum()
@@ -265,7 +266,9 @@ def test_copied_and_mixed_drafts_sample_the_joint_exactly(draft, query_input):
         fallback = result.stats["fallback"]
         assert 0 < fallback["accepted"] < fallback["offered"]
         exact = by_source["model"]["offered"] - fallback["offered"]
-        assert by_source["model"]["accepted"] - fallback["accepted"] == exact > n // 10
+        # (round 0 drafts from the table too, with the prompt: the model's exact drafts are the
+        # rarer branch, about 1% of rows)
+        assert by_source["model"]["accepted"] - fallback["accepted"] == exact > n // 1000
         assert result.stats["passes"] == result.stats["calls"]  # one pass per round: nothing chained
     if draft == "auto":
         assert by_source["model"]["offered"] > n // 10
@@ -310,7 +313,8 @@ def test_one_pass_rounds_take_every_branch_and_never_spend_more_passes_than_ar()
             result = generate(model_def, params, docs, known, bos_id=10, pad_id=11, eos_id=eos,
                               sampling=SampleConfig(plan=plan, seed=5, temperature=temperature), drafter=drafter)
             stats = result.stats
-            assert stats["passes"] == stats["calls"] <= 1 + longest, plan  # the prefill + one pass a token at most
+            # round 0 (the prompt) + one pass a token at most
+            assert stats["passes"] == stats["calls"] <= 1 + longest, plan
             assert (stats["row_calls"] <= 1 + np.array([(~m).sum() for m in known])).all(), plan
             copies += stats["by_source"]["copy"]["offered"]
             cut += sum(t.size < d.size for t, d in zip(result.tokens, docs))

@@ -2,10 +2,10 @@
 round decides -- each row's next positions, its draft source and count, the pending resampled
 token, the acceptance rates, the text that copies and n-gram contexts are read from, the
 fallback after a rejection, the EOS cut -- is computed inside the round's own call, over typed
-pytrees (RoundState, Tables, Commit, Queries, Verdict, RoundRecord below). The host only
-enqueues rounds, looks two rounds back for whether any row has positions left (as
-sampler._run_steps does), and fetches the rounds' commits once at the end
-(speculative._device_rounds).
+pytrees (RoundState, Tables, Prompt, Commit, Queries, Verdict, RoundRecord below). Round 0
+commits the prompt in the same pass (there is no separate prefill). The host only enqueues rounds
+through decode/driver.py (as it does the static and dynamic plans' steps), looks two rounds back
+for whether any row has positions left, and fetches the rounds' commits once at the end.
 
 Exactness does not rest on these rules (any draft fixed before the target reads it keeps the
 sampling exact): tests/test_speculative.py checks the samples against the one-at-a-time joint.
@@ -56,6 +56,17 @@ class Tables(NamedTuple):
 
     q: jax.Array
     tok: jax.Array
+
+
+class Prompt(NamedTuple):
+    """The given tokens, committed by round 0 in the same pass as its first proposals (and drafts
+    copied from them): [B, P] tokens, positions, valid and group ids (sampler._prefill's; every
+    later round passes P = 0)."""
+
+    tokens: jax.Array
+    positions: jax.Array
+    valid: jax.Array
+    groups: jax.Array
 
 
 class Commit(NamedTuple):
@@ -250,17 +261,20 @@ def ngram_run(tables, width: int, text, position, lead, has_lead, room, k: int, 
 @functools.lru_cache(maxsize=16)
 def device_round(verify, k: int, source_mode: str, adaptive: bool, one_pass: bool, min_match: int, max_match: int,
                  ngram_width: int = 0, min_chance: float = MIN_RUN_CHANCE):
-    """The jitted round: plan, `verify` (speculative._calls' round body: commit, verify, propose),
-    then the bookkeeping. Returns (cache, tables, state, record, whether any row has positions
-    left). `one_pass`: the verify pass has fallback rows, and a rejection keeps the table's later
-    proposals (drafts, if stale ones: any draft fixed before the target reads it keeps the
-    sampling exact) with the rejected draft's fallback proposal first, so every round drafts;
-    otherwise (chained proposals) a rejection clears the table and the next round only proposes.
-    draft=ngram: `ngrams` are device_ngram_tables(drafter), ngram_width its max_order - 1 and
-    min_chance the chance a chain of table drafts must keep."""
+    """The jitted round: plan, `verify` (speculative._verify: commit, verify, propose), then the
+    bookkeeping. Round 0 also commits the `prompt` (nothing is proposed yet: its pass proposes
+    the first positions, and verifies drafts copied from the prompt where the source copies).
+    Returns (cache, tables, state, record, whether any row has positions left). `one_pass`: the
+    verify pass has fallback rows, and a rejection keeps the table's later proposals (drafts, if
+    stale ones: any draft fixed before the target reads it keeps the sampling exact) with the
+    rejected draft's fallback proposal first, so every round drafts; otherwise (chained
+    proposals) a rejection clears the table and the next round only proposes. draft=ngram:
+    `ngrams` are device_ngram_tables(drafter), ngram_width its max_order - 1 and min_chance the
+    chance a chain of table drafts must keep."""
 
     @functools.partial(jax.jit, donate_argnums=(1, 2, 3))
-    def round_(weights, cache, tables: Tables, state: RoundState, key, round_index, eos_id, ngrams=()):
+    def round_(weights, cache, tables: Tables, state: RoundState, prompt: Prompt, key, round_index, eos_id,
+               ngrams=()):
         order, filled, text, stop, decided, pending, group_next, rate, cut, fell_before = state
         b, slots = order.shape
         discard = slots - 1
@@ -315,7 +329,7 @@ def device_round(verify, k: int, source_mode: str, adaptive: bool, one_pass: boo
                         index=draft_index, copy_tokens=jnp.where(is_copy, copied, 0), is_copy=is_copy)
         queries = Queries(positions=query_pos, groups=query_groups, write_index=write_index,
                           fallback_index=jnp.where(fall, behind, discard))
-        cache, tables, verdict = verify(weights, cache, tables, commit, queries, key, round_index)
+        cache, tables, verdict = verify(weights, cache, tables, prompt, commit, queries, key, round_index)
         n, drafts, resampled, fell = verdict.accepted, verdict.drafts, verdict.resampled, verdict.fell
 
         # the bookkeeping: what was decided, and the state for the next round

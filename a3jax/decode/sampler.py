@@ -13,10 +13,11 @@ to predict now) against the state, where the state is either
              (dynamic confidence plans give the usual MDLM sampler).
 Static plans (a fixed grouping: ar, blocks, random, the caller's groups) and dynamic ones (the k
 best positions by a criterion) share ONE jitted step (_step: typed Commit, StaticSchedule or
-DynamicSchedule, StepState and StepRecord pytrees) and ONE host loop (_run_steps): the prefill is
-the first step's commit, keep_cache's last commit a step with nothing to query. Nothing but the
-step index goes from the host to the device between steps; the records are fetched once at the
-end. Speculative plans run rounds of their own (decode/speculative.py, decode/rounds.py).
+DynamicSchedule, StepState and StepRecord pytrees): the prefill is the first step's commit,
+keep_cache's last commit a step with nothing to query. Speculative plans run rounds
+(decode/rounds.py: one jitted round, the prompt committed by round 0). Steps and rounds go
+through the same host loop (decode/driver.py): nothing but the step index goes from the host to
+the device between calls, and the records are fetched once at the end.
 
 Documents are int arrays of the tokens at positions 1..L (BOS is added at position 0); `known`
 marks the given positions, the others are generated. Rows may differ in length and in gaps.
@@ -26,15 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
+from a3jax.decode import driver
 from a3jax.decode.plans import parse_plan, static_groups
 from a3jax.decode.sampling import check_settings, choose_tokens, cut_at_eos, eos_start, position_scores
 from a3jax.decode.speculative import generate_speculative
@@ -92,7 +92,7 @@ class GenerateResult:
     #                              token under the grouping of its step (see groupings); 0 at given positions
     steps: list[np.ndarray]  # the step (1-based) that committed each position; 0 = given
     groups: list[np.ndarray]  # cached: the grouping sampled from; recompute: the commit order (above)
-    n_steps: int  # decoding calls after the prefill
+    n_steps: int  # model calls (the first commits the prompt)
     state: object = None  # the final KV cache (cached mode with keep_cache=True)
     mode: str = "cached"  # SampleConfig.mode: how to read `groups`
     stats: dict | None = None  # speculative plans: model calls, drafts offered/accepted by position
@@ -494,11 +494,9 @@ def _generate_static(model_def, weights, cfg, documents, known, plan, sampling, 
 
 def _run_steps(model_def, weights, cfg, cache, state, schedule, sampling, criterion, n_steps, documents, known, eos_id,
                keep_cache, progress, commit_last=True):
-    """The one host loop of the static and dynamic plans: enqueue _step after _step, looking
-    `lag` steps back for whether any row has a position left (the host never waits for the step
-    just sent; a step sent after the last one with work chooses nothing and is not counted),
-    except with keep_cache, whose final cache must hold exactly the steps taken (then the last
-    chosen group is committed by a commit-only step). The records are fetched once at the end."""
+    """The static and dynamic plans' steps through driver.drive (lag 2; 1 with keep_cache, whose
+    final cache must hold exactly the steps taken: then the last chosen group is committed by a
+    commit-only step)."""
     fields = _compiled_fields(sampling)
     step = _step(model_def, fields) if criterion is None else \
         _step(model_def, fields, criterion, int(np.max(schedule.k_now)))
@@ -506,17 +504,16 @@ def _run_steps(model_def, weights, cfg, cache, state, schedule, sampling, criter
     key = jax.random.key(int(sampling.seed))
     eos = eos_start(len(documents), eos_id, sampling.stop_at_eos)[1]
     state, schedule = jax.device_put((state, schedule))
-    lag = 1 if keep_cache else 2
-    records, lefts = [], []  # per step, on the device
-    for t in tqdm(range(n_steps), desc="decode", unit="step", disable=not progress, file=sys.stderr):
-        if t >= lag and not bool(lefts[t - lag]):
-            break
-        cache, state, record, left = step(weights, cache, state, schedule, key, np.int32(t), eos)
-        records.append(record)
-        lefts.append(left)
-    lefts = jax.device_get(lefts)
-    done = next((t + 1 for t, left in enumerate(lefts) if not left), len(lefts))
-    for t, record in enumerate(jax.device_get(records[:done])):
+    carry = [cache, state]
+
+    def send(t):
+        carry[0], carry[1], record, left = step(weights, carry[0], carry[1], schedule, key, np.int32(t), eos)
+        return record, left
+
+    total = int(sum(np.sum(~k) for k in known))
+    records, done = driver.drive(send, n_steps, lag=1 if keep_cache else 2, progress=progress, total=total)
+    cache, state = carry
+    for t, record in enumerate(records):
         out.record(t + 1, *record)
     if not keep_cache:
         return out.result(done, None)

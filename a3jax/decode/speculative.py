@@ -15,6 +15,8 @@ against the exact KV cache (decode/cache.py) that
   falls back: for each draft d_j, a query row for the position after it that sees what verify
            row j sees (not d_j): if d_j is rejected, that row's distribution drafts the next
            round's first position, so every round verifies at least one draft.
+Round 0 commits the prompt in the same pass, proposes the first positions and verifies any drafts
+copied from the prompt (there is no separate prefill call).
 Draft d_j is accepted with probability min(1, p_j(d_j) / q_j(d_j)); at the first rejection a token
 is sampled from the normalised max(0, p_j - q_j) and the round ends (its token is committed by the
 next round's call). This is standard speculative sampling: for ANY draft distribution q_j that is
@@ -62,15 +64,13 @@ chi-square against the one-at-a-time joint, greedy identity with `ar`).
 from __future__ import annotations
 
 import functools
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from a3jax.decode import cache as cache_lib
-from a3jax.decode import rounds
+from a3jax.decode import driver, rounds
 from a3jax.decode.sampling import eos_start, shaped_probs
 from a3jax.decode.sampling import sample_probs as _sample
 from a3jax.errors import UserError
@@ -86,30 +86,20 @@ def _store(table, index_BxR, values):
 
 
 @functools.lru_cache(maxsize=16)
-def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool = False, narrow: bool = False,
-           fallback: bool = False):
-    """The jitted prefill and the round's verify body (unjitted: decode/rounds.py jits the whole
-    round around it). A round's verify pass holds the k verify rows and k proposal rows, or with
-    `narrow` (chained proposals, n-gram drafts: only the next position's proposal is read from it)
-    one proposal row; `chain` computes proposals 2..k in their own passes; `fallback` adds k rows,
-    row j the position after draft j seen as verify row j sees it (without draft j): at a rejection
-    of draft j, that row's proposal drafts the next round's first position."""
+def _verify(model_def, temperature: float, top_k: int, top_p: float, chain: bool = False, narrow: bool = False,
+            fallback: bool = False):
+    """The round's pass (unjitted: decode/rounds.py jits the whole round around it). It holds the
+    k verify rows and k proposal rows, or with `narrow` (chained proposals, n-gram drafts: only
+    the next position's proposal is read from it) one proposal row; `chain` computes proposals
+    2..k in their own passes; `fallback` adds k rows, row j the position after draft j seen as
+    verify row j sees it (without draft j): at a rejection of draft j, that row's proposal drafts
+    the next round's first position."""
     shape = functools.partial(shaped_probs, temperature=temperature, top_k=top_k, top_p=top_p)
 
-    @functools.partial(jax.jit, donate_argnums=(1, 2))
-    def prefill(weights, cache, tables: rounds.Tables, tokens, positions, valid, groups, query_positions,
-                write_index, key):
-        """Commits the prompt; the first proposals into the table."""
-        cache, logits = cache_lib.extend(model_def.bind(weights.params), cache, tokens, positions, valid,
-                                         query_positions, groups, layers=weights.layers)
-        probs = shape(logits)
-        return cache, rounds.Tables(_store(tables.q, write_index, probs),
-                                    _store(tables.tok, write_index, _sample(key, probs)))
-
-    def verify(weights, cache, tables: rounds.Tables, commit: rounds.Commit, queries: rounds.Queries, key,
-               round_index):
-        """One round: commit the pending token and the drafts, verify, propose, fall back.
-        Returns (cache, tables, rounds.Verdict)."""
+    def verify(weights, cache, tables: rounds.Tables, prompt: rounds.Prompt, commit: rounds.Commit,
+               queries: rounds.Queries, key, round_index):
+        """One round: commit the prompt (round 0; width 0 later), the pending token and the drafts,
+        verify, propose, fall back. Returns (cache, tables, rounds.Verdict)."""
         b, k = commit.valid.shape
         rows = jnp.arange(b)[:, None]
         drafts = jnp.where(commit.is_copy, commit.copy_tokens, tables.tok[rows, commit.index])
@@ -117,18 +107,21 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
                             tables.q[rows, commit.index])
         start = cache.length  # [B]: each row's next free slot
 
-        def row(pending_value, drafted):  # the pending token (if any), then the drafts: no hole
+        def row(given, pending_value, drafted):  # the prompt, the pending token (if any), then the drafts
             both = jnp.concatenate([pending_value[:, None], drafted], 1)
-            return jnp.where(commit.pending_valid[:, None], both, jnp.roll(both, -1, axis=1))
+            both = jnp.where(commit.pending_valid[:, None], both, jnp.roll(both, -1, axis=1))
+            return jnp.concatenate([given.astype(both.dtype), both], 1)
 
         j = jnp.arange(k, dtype=jnp.int32)[None, :]
-        groups = row(commit.group, jnp.where(commit.valid, commit.group[:, None] + 1 + j, 0))
+        groups = row(prompt.groups, commit.group, jnp.where(commit.valid, commit.group[:, None] + 1 + j, 0))
         n_proposals = 1 if narrow else k
         rows_used = [slice(0, k + n_proposals)] + ([slice(2 * k, 3 * k)] if fallback else [])
         pick = lambda x: jnp.concatenate([x[:, r] for r in rows_used], 1)  # noqa: E731
-        cache, logits = cache_lib.extend(model_def.bind(weights.params), cache, row(commit.pending, drafts),
-                                         row(commit.pending_position, commit.positions),
-                                         row(commit.pending_valid, commit.valid), pick(queries.positions), groups,
+        cache, logits = cache_lib.extend(model_def.bind(weights.params), cache,
+                                         row(prompt.tokens, commit.pending, drafts),
+                                         row(prompt.positions, commit.pending_position, commit.positions),
+                                         row(prompt.valid, commit.pending_valid, commit.valid),
+                                         pick(queries.positions), groups,
                                          pick(queries.groups), layers=weights.layers)
         probs = shape(logits)
         p = probs[:, :k]
@@ -164,8 +157,8 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
             slot = jnp.where(fell[:, None], slot, discard)
             table_q = _store(table_q, slot, fallback_probs)
             table_tok = _store(table_tok, slot, _sample(fallback_key, fallback_probs))
-        # each row keeps its pending token and accepted drafts; the next call writes over the rest
-        cache = cache._replace(length=start + commit.pending_valid.astype(jnp.int32) + n)
+        # each row keeps its prompt, pending token and accepted drafts; the next call writes over the rest
+        cache = cache._replace(length=start + prompt.tokens.shape[1] + commit.pending_valid.astype(jnp.int32) + n)
         verdict = rounds.Verdict(accepted=n, drafts=drafts, resampled=resampled, draft_log_probs=draft_log_p,
                                  resampled_log_prob=resampled_log_p, fell=fell)
         return cache, rounds.Tables(table_q, table_tok), verdict
@@ -192,7 +185,7 @@ def _calls(model_def, temperature: float, top_k: int, top_p: float, chain: bool 
             tokens.append(_sample(sub, dists[-1]))
         return jnp.stack(tokens, 1), jnp.stack(dists, 1)
 
-    return prefill, verify
+    return verify
 
 
 def _order(plan, unknown: np.ndarray, rng, user_groups) -> np.ndarray:
@@ -207,9 +200,11 @@ def _order(plan, unknown: np.ndarray, rng, user_groups) -> np.ndarray:
 
 def generate_speculative(model_def, weights, cfg, documents, known, plan, sampling, *, bos_id, pad_id, eos_id,
                          groups, prefill, output, progress, drafter=None):
-    """The speculative driver (see the module docstring). `prefill` is sampler._prefill's
-    (tokens, positions, valid, groups); `output` a sampler._Output that records the commits;
-    `drafter` a decode.ngram.NgramDrafter (draft=ngram). Returns (output, n_calls, stats)."""
+    """The speculative driver (see the module docstring): rounds.device_round through
+    driver.drive, round 0 committing the prompt (`prefill`: sampler._prefill's tokens, positions,
+    valid and groups, [B, P]) and proposing the first positions in the same pass. `output` is a
+    sampler._Output that records the commits; `drafter` a decode.ngram.NgramDrafter
+    (draft=ngram). Returns (output, n_calls, stats)."""
     batch = len(documents)
     unknown = [np.flatnonzero(~m) + 1 for m in known]
     orders = [_order(plan, u, np.random.default_rng([int(sampling.seed), b]),
@@ -225,84 +220,60 @@ def generate_speculative(model_def, weights, cfg, documents, known, plan, sampli
                         f"model does not have (model.query_input={cfg.query_input!r}, not 'shift'); drop `chain`")
     chain = bool(plan.chain)
     narrow = chain or source_mode == "ngram"  # only the next position's proposal comes from the verify pass
-    prefill_call, verify = _calls(model_def, float(sampling.temperature), int(sampling.top_k),
-                                  float(sampling.top_p), chain, narrow, not chain)
+    verify = _verify(model_def, float(sampling.temperature), int(sampling.top_k), float(sampling.top_p), chain,
+                     narrow, not chain)
     passes_per_round = 1 + (k_max - 1 if chain else 0)  # sequential passes through the layer stack
-    tokens0 = prefill[0]
+    prompt = rounds.Prompt(*prefill)
     longest = max(o.size for o in orders)
     # a row's slots hold its prompt and its decided tokens only (a round's rejected drafts are
     # written over by the next round), and a round writes the pending token + k drafts after them
-    capacity = tokens0.shape[1] + longest + k_max + 1
+    capacity = prompt.tokens.shape[1] + longest + k_max + 1
     cache = cache_lib.init_cache(cfg, batch, capacity, per_row=True)
     slots = longest + 1  # order indices 0..longest-1, and a discard slot
     tables = rounds.Tables(q=jnp.zeros((batch, slots, cfg.vocab_size), jnp.float32),
                            tok=jnp.zeros((batch, slots), jnp.int32))
-    filled = np.zeros((batch, slots), bool)
     order_mat = np.zeros((batch, slots), np.int32)
     for b, order in enumerate(orders):
         order_mat[b, :order.size] = order
     stop = np.array([o.size for o in orders], np.int32)
-    stats = {"calls": 0, "passes": 1, "offered": np.zeros(k_max, np.int64), "accepted": np.zeros(k_max, np.int64),
-             "row_calls": np.zeros(batch, np.int64),
-             "by_source": {s: {"offered": 0, "accepted": 0, "rounds": 0} for s in SOURCES},
-             "fallback": {"offered": 0, "accepted": 0}}
-    key = jax.random.key(int(sampling.seed))
-
-    # the prefill: the prompt, and proposals for the first k_max positions
-    key, sub = jax.random.split(key)
-    first = np.zeros((batch, k_max), np.int32)
-    first_index = np.full((batch, k_max), slots - 1, np.int32)
-    for b in range(batch):
-        for j in range(min(k_max, stop[b])):
-            first[b, j], first_index[b, j] = order_mat[b, j], j
-            filled[b, j] = True
-    cache, tables = prefill_call(weights, cache, tables, *prefill, first, first_index, sub)
-    stats["calls"] += 1
-    stats["row_calls"] += stop > 0
-    bar = tqdm(total=int(stop.sum()), desc="decode", unit="tok", disable=not progress, file=sys.stderr)
-    ngrams = rounds.device_ngram_tables(drafter) if source_mode == "ngram" else ()
-    round_call = rounds.device_round(verify, k_max, source_mode, bool(plan.adaptive), not chain, MIN_MATCH,
-                                     MAX_MATCH, drafter.max_order - 1 if source_mode == "ngram" else 0)
     cut, eos = eos_start(batch, eos_id, sampling.stop_at_eos)
     text = np.full((batch, 1 + max(d.size for d in documents)), -1, np.int32)
     for b, (d, m) in enumerate(zip(documents, known)):
         text[b, 0] = bos_id
         text[b, 1:1 + d.size] = np.where(m, d, -1)
-    state = rounds.RoundState(order=order_mat, filled=filled, text=text, stop=stop,
+    state = rounds.RoundState(order=order_mat, filled=np.zeros((batch, slots), bool), text=text, stop=stop,
                               decided=np.zeros(batch, np.int32), pending=np.full(batch, -1, np.int32),
-                              group_next=prefill[3].max(axis=1).astype(np.int32) + 1,
+                              group_next=prompt.groups.max(axis=1).astype(np.int32) + 1,
                               rate=np.full((batch, 2), 0.6, np.float32), cut=cut, fallback=np.zeros(batch, bool))
-    _device_rounds(functools.partial(round_call, ngrams=ngrams), weights, cache, tables, jax.device_put(state), key,
-                   eos, 2 * longest + 3, output, stats, passes_per_round, bar,
-                   "ngram" if source_mode == "ngram" else "copy")
-    bar.close()
-    return output, stats["calls"], stats
+    ngrams = rounds.device_ngram_tables(drafter) if source_mode == "ngram" else ()
+    round_call = rounds.device_round(verify, k_max, source_mode, bool(plan.adaptive), not chain, MIN_MATCH,
+                                     MAX_MATCH, drafter.max_order - 1 if source_mode == "ngram" else 0)
+    no_prompt = rounds.Prompt(*(np.zeros((batch, 0), x.dtype) for x in prompt))
+    key = jax.random.key(int(sampling.seed))
+    carry = [cache, tables, jax.device_put(state)]
+
+    def send(r):  # round 0 commits the prompt; every later round the last rejection's token and its drafts
+        carry[0], carry[1], carry[2], record, left = round_call(weights, *carry, prompt if r == 0 else no_prompt, key,
+                                                                np.int32(r), eos, ngrams=ngrams)
+        return record, left
+
+    # every round decides a token or proposes for the next position: at most two rounds a position
+    records, done = driver.drive(send, 2 * longest + 3, progress=progress, total=int(stop.sum()), must_finish=True)
+    stats = _round_stats(records, output, batch, k_max, "ngram" if source_mode == "ngram" else "copy")
+    stats["calls"] = done
+    stats["passes"] = passes_per_round * done
+    return output, done, stats
 
 
-def _device_rounds(round_call, weights, cache, tables, state, key, eos, max_rounds, output, stats, passes_per_round,
-                   bar, text_source):
-    """Runs rounds.device_round until no row has positions left, never waiting for the round just
-    sent (the loop looks two rounds back; a round sent after the last one with work changes
-    nothing and is not counted), then records the rounds' commits and counts into output/stats."""
-    lag = 2
-    records, lefts, shown = [], [], 0  # shown: rounds whose tokens the progress bar counts
-    for r in range(max_rounds):
-        if r >= lag and not bool(lefts[r - lag]):
-            break
-        cache, tables, state, record, left = round_call(weights, cache, tables, state, key,
-                                                        np.int32(stats["calls"] + r), eos)
-        records.append(record)
-        lefts.append(left)
-        if r >= lag and not bar.disable:
-            bar.update(int(np.sum(np.asarray(records[r - lag].valid))))
-            shown = r - lag + 1
-    lefts = jax.device_get(lefts)
-    done = next((r + 1 for r, left in enumerate(lefts) if not left), None)
-    if done is None:  # a bug: every round decides a token, or proposes for the next one
-        raise RuntimeError(f"speculative decoding did not finish in {max_rounds} rounds; report a bug")
-    k_max = stats["offered"].size
+def _round_stats(records, output, batch, k_max, text_source):
+    """Records the rounds' commits into output; returns the counts: rounds each row took part in,
+    drafts offered and accepted by position, by source and after a fallback."""
+    stats = {"offered": np.zeros(k_max, np.int64), "accepted": np.zeros(k_max, np.int64),
+             "row_calls": np.zeros(batch, np.int64),
+             "by_source": {s: {"offered": 0, "accepted": 0, "rounds": 0} for s in SOURCES},
+             "fallback": {"offered": 0, "accepted": 0}}
     j = np.arange(k_max)
-    for r, record in enumerate(jax.device_get(records[:done])):
+    for record in records:
         output.record(record.rank, record.tokens, record.positions, record.valid, record.log_probs)
         stats["row_calls"] += record.active
         offered, accepted = record.offered[:, None] > j, record.accepted[:, None] > j
@@ -323,8 +294,4 @@ def _device_rounds(round_call, weights, cache, tables, state, key, eos, max_roun
         source["rounds"] += int(model_rows.sum())
         stats["fallback"]["offered"] += int(record.fallback.sum())
         stats["fallback"]["accepted"] += int((record.fallback & (record.accepted >= 1)).sum())
-        if r >= shown and not bar.disable:
-            bar.update(int(record.valid.sum()))
-    stats["calls"] += done
-    stats["passes"] += passes_per_round * done
-    stats["rounds_on_device"] = done
+    return stats
