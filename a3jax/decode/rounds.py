@@ -132,8 +132,8 @@ class RoundRecord(NamedTuple):
 
 
 def drafts_worth(rate, room):
-    """jnp speculative._drafts_worth per row: draft until the chance that every draft so far is
-    accepted falls below MIN_RUN_CHANCE, at least 1 and at most `room`."""
+    """Drafts per row for `adaptive` plans: until the chance that every draft so far is accepted
+    (rate ** n) falls below MIN_RUN_CHANCE, at least 1 and at most `room`."""
     rate = jnp.clip(rate, 1e-3, 0.999)
     want = jnp.ceil(math.log(MIN_RUN_CHANCE) / jnp.log(rate)).astype(jnp.int32)
     return jnp.minimum(room, jnp.maximum(1, want))
@@ -209,7 +209,8 @@ def device_ngram_tables(drafter):
 
 
 def ngram_next(tables, contexts):
-    """jnp NgramDrafter.next_tokens: contexts int32 [B, W] (right-aligned, -1 = none) -> the
+    """The device lookup of NgramDrafter.next_tokens (its host twin, kept as the tests'
+    reference): contexts int32 [B, W] (right-aligned, -1 = none) -> the
     most frequent next token of the longest context the tables know (-1: none) and its chance."""
     token = jnp.full(contexts.shape[0], -1, jnp.int32)
     share = jnp.zeros(contexts.shape[0], jnp.float32)
