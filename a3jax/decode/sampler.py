@@ -503,6 +503,8 @@ def _run_steps(model_def, weights, cfg, cache, state, schedule, sampling, criter
     out = _Output(documents, known, eos_id, sampling.stop_at_eos, _layout_of(cfg, sampling), sampling.mode)
     key = jax.random.key(int(sampling.seed))
     eos = eos_start(len(documents), eos_id, sampling.stop_at_eos)[1]
+    # the positions the steps decide (a causal model's steps also commit the given tokens after its gap)
+    total = int(np.sum(schedule.valid if criterion is None else state.remaining))
     state, schedule = jax.device_put((state, schedule))
     carry = [cache, state]
 
@@ -510,7 +512,6 @@ def _run_steps(model_def, weights, cfg, cache, state, schedule, sampling, criter
         carry[0], carry[1], record, left = step(weights, carry[0], carry[1], schedule, key, np.int32(t), eos)
         return record, left
 
-    total = int(sum(np.sum(~k) for k in known))
     records, done = driver.drive(send, n_steps, lag=1 if keep_cache else 2, progress=progress, total=total)
     cache, state = carry
     for t, record in enumerate(records):
