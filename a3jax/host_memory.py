@@ -9,6 +9,14 @@ keep that block in the process from one step to the next: the demo's causal step
 time, its A3 step 0.82x (BENCHMARKS.md, issue 38). The cost: memory freed by the process stays
 mapped to it (its peak), which is what a training process holds anyway.
 
+Except for a large model: SmolLM2-135M's train step (8 x 128 tokens) allocates blocks of several
+GB, and with mmap off the heap grew by a step's temporaries two or three steps in a row (freed
+blocks split by smaller allocations no longer fit the next step's): 20.3 GB peak RSS in 24 steps
+against 8.8 GB with glibc's defaults, the same losses and no slower (BENCHMARKS.md, 2026-12-08).
+So `train` hands a model above KEEP_UP_TO_PARAMS back to a bounded setting (fit_model): blocks
+above 32 MB (glibc's largest mmap threshold) are mmapped and returned when freed, smaller ones
+stay in the heap.
+
 Applied by the CLI and the tests before JAX starts, only where XLA computes on the CPU (no GPU or
 TPU plugin installed, or JAX_PLATFORMS=cpu) and glibc is the C library; A3JAX_CPU_MALLOC=0 leaves
 malloc alone.
@@ -23,7 +31,13 @@ import os
 
 OPT_OUT = "A3JAX_CPU_MALLOC"
 # mallopt parameters (glibc's malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -3, -4, -8
+MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+DEFAULT_MMAP_MAX = 65536
+# measured: kept memory made the demo's ~1M-parameter model's steps 0.8x; it gave SmolLM2-135M
+# no speed and 2.3x the peak
+KEEP_UP_TO_PARAMS = 20_000_000
+_applied = False
 ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
 
 
@@ -55,5 +69,28 @@ def keep_freed_memory(environ=os.environ) -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    return all(libc.mallopt(param, value) == 1
-               for param, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)))
+    global _applied
+    _applied = all(libc.mallopt(param, value) == 1
+                   for param, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)))
+    return _applied
+
+
+def model_params(cfg) -> int:
+    """About how many weights a model.ModelConfig has (embeddings, attention and MLP matrices)."""
+    embed = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+    attention = 2 * cfg.d_model * (cfg.q_dim + cfg.kv_dim)
+    return embed + cfg.n_layers * (attention + 3 * cfg.d_model * cfg.ffn_dim)
+
+
+def fit_model(cfg) -> bool:
+    """Where keep_freed_memory applied and the model has more than KEEP_UP_TO_PARAMS weights:
+    mmap again for blocks above 32 MB, trimming past 64 MB (see the module docstring); callable
+    at any time (it only changes how later allocations are served). Returns whether it did."""
+    global _applied
+    if not _applied or model_params(cfg) <= KEEP_UP_TO_PARAMS:
+        return False
+    libc = _glibc()
+    _applied = not all(libc.mallopt(param, value) == 1
+                       for param, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_MMAP_MAX, DEFAULT_MMAP_MAX),
+                                            (M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)))
+    return not _applied

@@ -70,3 +70,43 @@ def test_host_devices_are_set_only_where_the_user_set_no_count():
     assert not xla_flags.apply_host_devices(4, env)  # the count is the user's (or set already)
     assert env["XLA_FLAGS"].endswith("=2")
     assert not xla_flags.apply_host_devices(1, {}) and xla_flags.apply_host_devices(3, {})
+
+
+# Keep the settings, then fit them to a model (a config preset), and free a 200 MB block: how many
+# MB of it the process still holds.
+_FIT = """
+import sys
+from a3jax import host_memory
+from a3jax.configs import load_config, parse
+applied = host_memory.keep_freed_memory()
+fitted = host_memory.fit_model(parse(load_config(sys.argv[1])).model)
+import numpy as np
+rss = lambda: int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
+before = rss()
+block = np.ones(50_000_000, np.float32)
+block = None
+print(applied, fitted, (rss() - before) // 1024)
+"""
+
+
+@pytest.mark.skipif(host_memory._glibc() is None or not os.path.exists("/proc/self/status"),
+                    reason="glibc's mallopt and Linux's /proc only")
+@pytest.mark.parametrize("preset, fitted, held", [("tiny", "False", 190), ("llama3_1b", "True", 0)])
+def test_a_large_models_freed_blocks_go_back_to_the_system(preset, fitted, held):
+    """A small model keeps its freed temporaries (the page faults they save); a model above
+    KEEP_UP_TO_PARAMS gets blocks past 32 MB mmapped and returned when freed (SmolLM2's step held
+    2.3x its memory otherwise)."""
+    assert host_memory.model_params(load_config_model("tiny")) < host_memory.KEEP_UP_TO_PARAMS
+    assert host_memory.model_params(load_config_model("llama3_1b")) > host_memory.KEEP_UP_TO_PARAMS
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", host_memory.OPT_OUT: "1"}
+    done = subprocess.run([sys.executable, "-c", _FIT, preset], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-800:]
+    applied, was_fitted, mb = done.stdout.split()
+    assert (applied, was_fitted) == ("True", fitted)
+    assert abs(int(mb) - held) < 20, (preset, mb)
+
+
+def load_config_model(preset):
+    from a3jax.configs import load_config, parse
+
+    return parse(load_config(preset)).model

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from a3jax import flops, parallel
+from a3jax import flops, host_memory, parallel
 from a3jax.checkpoint import Checkpointer, load_params
 from a3jax.configs import Experiment, parse
 from a3jax.data import load_corpus, load_tokenizer, train_batches
@@ -46,6 +46,7 @@ def train(config, workdir: str | pathlib.Path, *, stop_after: int | None = None,
     if resume not in RESUME_MODES:
         raise UserError(f"--resume={resume!r} is not one of {RESUME_MODES}")
     exp = parse(config)
+    host_memory.fit_model(exp.model)  # a large model's step: its GB-sized temporaries go back when freed
     tokenizer = load_tokenizer(exp.data)
     tokenizer.check_vocab(exp.model.vocab_size)
     workdir = pathlib.Path(workdir)
