@@ -75,22 +75,16 @@ def keep_freed_memory(environ=os.environ) -> bool:
     return _applied
 
 
-def model_params(cfg) -> int:
-    """About how many weights a model.ModelConfig has (embeddings, attention and MLP matrices)."""
-    embed = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
-    attention = 2 * cfg.d_model * (cfg.q_dim + cfg.kv_dim)
-    return embed + cfg.n_layers * (attention + 3 * cfg.d_model * cfg.ffn_dim)
-
-
-def fit_model(cfg) -> bool:
-    """Where keep_freed_memory applied and the model has more than KEEP_UP_TO_PARAMS weights:
-    mmap again for blocks above 32 MB, trimming past 64 MB (see the module docstring); callable
-    at any time (it only changes how later allocations are served). Returns whether it did."""
+def fit_model(n_weights: int) -> bool:
+    """Where keep_freed_memory applied and the model has more than KEEP_UP_TO_PARAMS weights
+    (ModelConfig.n_weights): mmap again for blocks above 32 MB, trimming past 64 MB (see the
+    module docstring); callable at any time (it only changes how later allocations are served).
+    Returns whether it did."""
     global _applied
-    if not _applied or model_params(cfg) <= KEEP_UP_TO_PARAMS:
+    if not _applied or n_weights <= KEEP_UP_TO_PARAMS:
         return False
-    libc = _glibc()
-    _applied = not all(libc.mallopt(param, value) == 1
-                       for param, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_MMAP_MAX, DEFAULT_MMAP_MAX),
-                                            (M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)))
-    return not _applied
+    released = all(_glibc().mallopt(param, value) == 1
+                   for param, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_MMAP_MAX, DEFAULT_MMAP_MAX),
+                                        (M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)))
+    _applied = not released
+    return released

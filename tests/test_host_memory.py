@@ -79,7 +79,7 @@ import sys
 from a3jax import host_memory
 from a3jax.configs import load_config, parse
 applied = host_memory.keep_freed_memory()
-fitted = host_memory.fit_model(parse(load_config(sys.argv[1])).model)
+fitted = host_memory.fit_model(parse(load_config(sys.argv[1])).model.n_weights)
 import numpy as np
 rss = lambda: int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
 before = rss()
@@ -96,8 +96,8 @@ def test_a_large_models_freed_blocks_go_back_to_the_system(preset, fitted, held)
     """A small model keeps its freed temporaries (the page faults they save); a model above
     KEEP_UP_TO_PARAMS gets blocks past 32 MB mmapped and returned when freed (SmolLM2's step held
     2.3x its memory otherwise)."""
-    assert host_memory.model_params(load_config_model("tiny")) < host_memory.KEEP_UP_TO_PARAMS
-    assert host_memory.model_params(load_config_model("llama3_1b")) > host_memory.KEEP_UP_TO_PARAMS
+    assert load_config_model("tiny").n_weights < host_memory.KEEP_UP_TO_PARAMS
+    assert load_config_model("llama3_1b").n_weights > host_memory.KEEP_UP_TO_PARAMS
     env = {**os.environ, "JAX_PLATFORMS": "cpu", host_memory.OPT_OUT: "1"}
     done = subprocess.run([sys.executable, "-c", _FIT, preset], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-800:]

@@ -130,3 +130,11 @@ class ModelConfig:
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * self.head_dim
+
+    @property
+    def n_weights(self) -> int:
+        """About how many weights the model has: embeddings (one table if tied), the attention and
+        MLP matrices (norms and the query stream's few vectors left out)."""
+        embed = self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2)
+        attention = 2 * self.d_model * (self.q_dim + self.kv_dim)
+        return embed + self.n_layers * (attention + 3 * self.d_model * self.ffn_dim)

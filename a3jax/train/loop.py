@@ -46,7 +46,7 @@ def train(config, workdir: str | pathlib.Path, *, stop_after: int | None = None,
     if resume not in RESUME_MODES:
         raise UserError(f"--resume={resume!r} is not one of {RESUME_MODES}")
     exp = parse(config)
-    host_memory.fit_model(exp.model)  # a large model's step: its GB-sized temporaries go back when freed
+    host_memory.fit_model(exp.model.n_weights)  # a large model's step: its GB-sized temporaries go back when freed
     tokenizer = load_tokenizer(exp.data)
     tokenizer.check_vocab(exp.model.vocab_size)
     workdir = pathlib.Path(workdir)
