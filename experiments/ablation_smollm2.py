@@ -18,8 +18,8 @@ random(4) and blocks(8) every 50 steps (64 rows: the curve by token count). Arms
   mix_lr3e-4    the same at lr 3e-4: faster to learn the query stream, or harmful to `ar`?
 Resume either with the same command (checkpoints every 25 steps); longer runs: `train.steps`.
 Run on 2026-12-07: both arms, one after the other (`--only NAME`: each needed the 2-core machine
-alone then, its step peaking at 22 GB RSS; 8.5 GB since host_memory.fit_model, 2026-12-08), and the unadapted start with `--evaluate
-runs/smollm2/converted`. Results: docs/ablation/smollm2.
+alone then, its step peaking at 22 GB RSS; 8.5 GB since host_memory.fit_model, 2026-12-08), and
+the unadapted start with `--evaluate runs/smollm2/converted`. Results: docs/ablation/smollm2.
 Post-training eval: the same orders on 128 rows; greedy infilling of natural held-out code spans (16 of
 each kind asked for; 50 found)
 (token accuracy, exact match); speculative(4) on those spans at temperature 1 (calls and passes
